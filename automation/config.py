@@ -1,0 +1,150 @@
+"""Settings from the environment (and a `.env` file), read once and validated together.
+
+The variable names are the interface contract of `design.md`; scripts depend on them.
+Every bad variable is reported in one `ConfigError`, each line naming the variable,
+what it accepts and what it got.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from automation.errors import ConfigError
+
+AMOCRM_DOMAINS = ("amocrm.ru", "kommo.com", "amocrm.com")
+
+
+class Settings(BaseSettings):
+    """Everything the server reads from its environment. Frozen once built."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", frozen=True, case_sensitive=False
+    )
+
+    database_url: str = "sqlite:///automation.db"
+    rules_file: str = "rules.yaml"
+    webhook_secret: SecretStr | None = None
+    amocrm_subdomain: str | None = None
+    amocrm_base_url: str | None = None
+    amocrm_domain: Literal["amocrm.ru", "kommo.com", "amocrm.com"] = "amocrm.ru"
+    amocrm_access_token: SecretStr | None = None
+    amocrm_client_id: str | None = None
+    amocrm_client_secret: SecretStr | None = None
+    amocrm_redirect_uri: str | None = None
+    amocrm_refresh_token: SecretStr | None = None
+    amocrm_max_rps: float = Field(default=7.0, gt=0, le=1000)
+    amocrm_account_id: int | None = Field(default=None, gt=0)
+    amocrm_retry_uncertain: bool = False
+    #: Seconds all sending pauses after amoCRM answers 403 (account blocked).
+    amocrm_pause_on_403: float = Field(default=900.0, ge=0)
+    #: Attempts before a retryable failure becomes `failed`.
+    amocrm_max_attempts: int = Field(default=8, ge=1, le=100)
+    dry_run: bool | None = None
+    admin_token: SecretStr | None = None
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator(
+        "webhook_secret",
+        "amocrm_access_token",
+        "amocrm_client_secret",
+        "amocrm_refresh_token",
+        "admin_token",
+        "amocrm_subdomain",
+        "amocrm_base_url",
+        "amocrm_client_id",
+        "amocrm_redirect_uri",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        """`WEBHOOK_SECRET=` in a .env file means "not set", not "the empty secret"."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("amocrm_account_id", "dry_run", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("amocrm_base_url")
+    @classmethod
+    def _base_url_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected a URL starting with http:// or https://, got {value!r}")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _dry_run_default(self) -> Settings:
+        """Dry run is on when no way to authenticate is configured (design.md)."""
+        if self.dry_run is None:
+            object.__setattr__(self, "dry_run", not self.has_credentials)
+        return self
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.amocrm_access_token is not None or self.amocrm_refresh_token is not None
+
+    @property
+    def is_dry_run(self) -> bool:
+        return bool(self.dry_run)
+
+    @property
+    def amocrm_url(self) -> str | None:
+        """Base URL of the account's API, or None when neither variable is set."""
+        if self.amocrm_base_url:
+            return self.amocrm_base_url
+        if self.amocrm_subdomain:
+            return f"https://{self.amocrm_subdomain}.{self.amocrm_domain}"
+        return None
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict with every secret replaced by `***`."""
+        shown: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = "***"
+            shown[name.upper()] = value
+        return shown
+
+
+_EXPECTED = {
+    "amocrm_domain": "one of " + ", ".join(AMOCRM_DOMAINS),
+    "log_format": "one of text, json",
+    "amocrm_max_rps": "a number > 0",
+    "amocrm_account_id": "a positive integer",
+    "max_body_bytes": "a positive integer (bytes)",
+    "amocrm_retry_uncertain": "a boolean (1/0, true/false)",
+    "dry_run": "a boolean (1/0, true/false)",
+    "amocrm_pause_on_403": "a number of seconds >= 0",
+    "amocrm_max_attempts": "an integer from 1 to 100",
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Settings:
+    """Build `Settings` from `environ` (default: the process environment and `.env`).
+
+    Raises `ConfigError` listing every invalid variable at once.
+    """
+    try:
+        if environ is None:
+            return Settings(_env_file=env_file)  # type: ignore[call-arg]
+        values = {key.lower(): value for key, value in environ.items()}
+        known = {name: values[name] for name in Settings.model_fields if name in values}
+        return Settings(_env_file=None, **known)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, environ if environ is not None else os.environ)) from exc
+
+
+def _describe(exc: ValidationError, environ: Mapping[str, str]) -> str:
+    lines = ["invalid settings:"]
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        expected = _EXPECTED.get(name, error["msg"])
+        got = error.get("input")
+        lines.append(f"  {name.upper()}: expected {expected}, got {got!r}")
+    return "\n".join(lines)
