@@ -31,3 +31,24 @@ class RulesError(AutomationError):
         count = len(problems)
         head = f"{filename}: {count} error{'s' if count != 1 else ''}"
         super().__init__("\n".join([head, *problems]))
+
+
+class AmoAuthError(AutomationError):
+    """amoCRM refused the OAuth token request; check the AMOCRM_CLIENT_* settings.
+
+    The first line is the default message. When the refresh token is spent or revoked,
+    authorize again with `automation auth exchange CODE`. Messages never carry secrets.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status_code: int | None = None,
+        title: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.title = title
+        self.detail = detail
+        super().__init__(message)

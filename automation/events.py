@@ -87,6 +87,7 @@ _NUMERIC_KEYS = frozenset(
 _FLAG_KEYS = frozenset({"is_read", "is_in_work", "is_completed"})
 _FLAGS = {"1": True, "0": False, "true": True, "false": False}
 _KEY_RE = re.compile(r"\[([^\[\]]*)\]")
+_INT_RE = re.compile(r"-?[0-9]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +164,25 @@ def parse_json(body: bytes) -> dict[str, Any]:
         raise PayloadError(f"body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise PayloadError(f"JSON body must be an object, got {type(data).__name__}")
+    if _too_deep(data):
+        raise PayloadError(f"JSON body nested deeper than {MAX_DEPTH} levels")
     return {str(key): _densify(value) for key, value in data.items()}
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether containers nest deeper than `MAX_DEPTH`, as a form key may not either.
+
+    Checked without recursion: `json.loads` accepts ~1,000 levels, more than the
+    recursive `_densify` and `_normalise` below can walk.
+    """
+    stack = [(data, 1)]
+    while stack:
+        node, level = stack.pop()
+        if level > MAX_DEPTH:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def parse_form(body: bytes) -> dict[str, Any]:
@@ -238,7 +257,9 @@ def _densify(value: Any) -> Any:
 
 
 def _num(key: str) -> tuple[int, str]:
-    return (int(key), "") if key.isdigit() and len(key) < 10 else (1 << 62, key)
+    if key.isascii() and key.isdigit() and len(key) < 10:
+        return (int(key), "")
+    return (1 << 62, key)
 
 
 # ------------------------------------------------------------------------ typed events
@@ -322,7 +343,8 @@ def _item_event(
         index=index,
         data=data,
         account=account,
-        entities=entity_ids(family, data),
+        # A note's own id is the note's; the entity it belongs to is `element_id`.
+        entities=entity_ids(family, {"id": data.get("element_id")} if action == "note" else data),
         change=change_key(family, action, data),
     )
 
@@ -347,9 +369,18 @@ def _normalise(value: Any, key: str = "") -> Any:
 
 def _maybe_int(value: Any) -> Any:
     """Ids are digits, except message and chat ids, which are UUIDs: keep those."""
-    if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit():
-        return int(value)
-    return value
+    number = _parse_int(value) if isinstance(value, str) else None
+    return value if number is None else number
+
+
+def _parse_int(text: str) -> int | None:
+    """`"42"`, `"-7"` → int; anything else (`"--5"`, `"¹"`, 5,000 digits) → None."""
+    if not _INT_RE.fullmatch(text):
+        return None
+    try:
+        return int(text)
+    except ValueError:  # more digits than sys.get_int_max_str_digits() allows
+        return None
 
 
 def _to_int(value: Any, path: str) -> int | None:
@@ -359,8 +390,9 @@ def _to_int(value: Any, path: str) -> int | None:
         return int(value)
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit():
-        return int(value)
+    number = _parse_int(value) if isinstance(value, str) else None
+    if number is not None:
+        return number
     raise PayloadError(f"field {path!r}: expected a number, got {value!r}")
 
 
@@ -402,8 +434,9 @@ def _entity_kind(value: Any) -> str | None:
         name = value.removesuffix("s") if value not in ("companies",) else "company"
         if name in ENTITY_TYPE_CODES:
             return name
-        if value.isdigit():
-            return ENTITY_KINDS.get(int(value))
+        number = _parse_int(value)
+        if number is not None:
+            return ENTITY_KINDS.get(number)
     return None
 
 
