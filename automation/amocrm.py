@@ -1,0 +1,589 @@
+"""The amoCRM HTTP client: one pooled session, bearer auth, every answer classified.
+
+The dispatcher owns pacing and retries; this module owns the wire. A salesbot call
+sends one request, never retries and never raises for a network or HTTP outcome: it
+returns a `CallResult` whose `Outcome` tells the dispatcher what amoCRM did, and above
+all whether the request certainly did not reach amoCRM (`NOT_SENT`: safe to resend) or
+may have (`UNCERTAIN`: resending could start a bot twice for the same customer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import http.client
+import http.cookiejar
+import json
+import logging
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import requests
+import requests.auth
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+from urllib3.util.retry import Retry
+
+from automation.errors import AmoAuthError
+
+logger = logging.getLogger("automation.amocrm")
+
+SALESBOT_RUN_PATH = "/api/v2/salesbot/run"
+OAUTH_TOKEN_PATH = "/oauth2/access_token"
+#: amoCRM refuses a salesbot call with more tasks than this.
+MAX_TASKS_PER_CALL = 100
+BODY_EXCERPT_CHARS = 2000
+DEFAULT_CONNECT_TIMEOUT = 3.05
+DEFAULT_READ_TIMEOUT = 10.0
+_ERROR_CHARS = 500
+_USER_AGENT = "amocrm-automation/0.1"
+
+TokenProvider = Callable[[], str]
+#: A token must be visible ASCII to go in a header (RFC 6750 `b64token` is narrower).
+_SENDABLE_TOKEN = re.compile(r"[\x21-\x7e]*")
+
+
+class Outcome(enum.StrEnum):
+    """What became of one salesbot call; the value is stable and can be stored."""
+
+    #: 2xx with an empty body, `{}` or `success: true`: amoCRM will start the bots.
+    ACCEPTED = "accepted"
+    #: 2xx with `success: false`: amoCRM refused the batch as a whole.
+    REFUSED = "refused"
+    #: 400/422: amoCRM blames the batch; `bad_indexes` names the tasks it blames.
+    BAD_REQUEST = "bad_request"
+    #: 429: too many requests; slow down and retry.
+    RATE_LIMITED = "rate_limited"
+    #: 401: the access token is expired or revoked; refresh it and retry.
+    UNAUTHORIZED = "unauthorized"
+    #: 403: the account's API access is blocked; never retry on a timer.
+    FORBIDDEN = "forbidden"
+    #: 5xx: amoCRM failed; retry later.
+    SERVER_ERROR = "server_error"
+    #: The request certainly did not reach amoCRM (refused, DNS, connect timeout).
+    NOT_SENT = "not_sent"
+    #: The request may have reached amoCRM but no answer came back.
+    UNCERTAIN = "uncertain"
+    #: Any other answer (1xx, 3xx, other 4xx, a 2xx body that is not JSON).
+    OTHER = "other"
+
+
+_RETRYABLE = frozenset({Outcome.RATE_LIMITED, Outcome.SERVER_ERROR, Outcome.NOT_SENT})
+_STATUS_OUTCOMES = {
+    400: Outcome.BAD_REQUEST,
+    422: Outcome.BAD_REQUEST,
+    401: Outcome.UNAUTHORIZED,
+    403: Outcome.FORBIDDEN,
+    429: Outcome.RATE_LIMITED,
+}
+
+
+@dataclass(frozen=True)
+class SalesbotTask:
+    """One launch: start bot `bot_id` on entity `entity_id` of type `entity_type`.
+
+    `entity_type` is amoCRM's numeric code (1 contact, 2 lead, …: see
+    `automation.events.ENTITY_TYPE_CODES`). Nothing is validated here on purpose: a bad
+    value comes back as `BAD_REQUEST` naming its index, so the dispatcher isolates it
+    through the same path as any item amoCRM rejects.
+    """
+
+    bot_id: int
+    entity_id: int
+    entity_type: int
+
+    def as_json(self) -> dict[str, int]:
+        return {"bot_id": self.bot_id, "entity_id": self.entity_id, "entity_type": self.entity_type}
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """The classified result of one salesbot call; never contains the token."""
+
+    outcome: Outcome
+    #: HTTP status, or None when no answer arrived.
+    status_code: int | None
+    #: The first `BODY_EXCERPT_CHARS` characters of the answer (problem+json, HTML, …).
+    body_excerpt: str
+    #: Short description of a failure (exception class and message, or HTTP title).
+    error: str | None
+    #: Indexes of the tasks amoCRM blamed in a 400, ascending; empty if none named.
+    bad_indexes: tuple[int, ...]
+    started_at: datetime
+    finished_at: datetime
+    duration_ms: float
+    #: Seconds from a `Retry-After` header, when amoCRM sent one (it rarely does).
+    retry_after: float | None = None
+
+    @property
+    def retryable(self) -> bool:
+        """True when sending the same batch again later is safe and may succeed."""
+        return self.outcome in _RETRYABLE
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """An OAuth token pair; the refresh token is single-use, so store it at once."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    expires_at: datetime
+
+
+class _BearerAuth(requests.auth.AuthBase):
+    """Sets the Bearer header per request (an explicit auth also stops .netrc lookups)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+
+@dataclass
+class _Clock:
+    """Wall-clock start for the record, monotonic start for the duration."""
+
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    _start: float = field(default_factory=time.perf_counter)
+
+    def stop(self) -> tuple[datetime, float]:
+        elapsed = time.perf_counter() - self._start
+        return self.started_at + timedelta(seconds=elapsed), round(elapsed * 1000, 3)
+
+
+class AmoCRMClient:
+    """A client for one amoCRM account at `base_url` (e.g. `Settings.amocrm_url`).
+
+    `token_provider` is called before every salesbot call, so a token refreshed by
+    another process (stored in the database) is picked up without rebuilding the
+    client. Threads may share one client: nothing in its session changes per call (no
+    cookies, no redirects); size `pool_size` to their number so none waits for a
+    connection.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token_provider: TokenProvider,
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        pool_size: int = 10,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url: expected an http:// or https:// URL, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._token_provider = token_provider
+        self._timeout = (connect_timeout, read_timeout)
+        self._session = _make_session(pool_size)
+
+    def __enter__(self) -> AmoCRMClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._session.close()
+
+    def run_salesbots(self, tasks: Sequence[SalesbotTask]) -> CallResult:
+        """POST `tasks` to `/api/v2/salesbot/run` once and classify the answer.
+
+        Never raises for what the network or amoCRM does; raises `ValueError` for a
+        batch that is empty or larger than `MAX_TASKS_PER_CALL` (a caller bug), and
+        lets an exception from the token provider through.
+        """
+        _check_batch(tasks)
+        result = self._send_tasks(tasks, self._token_provider())
+        _log_call(
+            SALESBOT_RUN_PATH,
+            f"tasks={len(tasks)}",
+            result.status_code,
+            result.outcome.value,
+            result.duration_ms,
+            result.error or "",
+        )
+        return result
+
+    def _send_tasks(self, tasks: Sequence[SalesbotTask], token: str) -> CallResult:
+        clock = _Clock()
+        if not _SENDABLE_TOKEN.fullmatch(token):
+            return _unsendable_token(clock)
+        try:
+            response = self._session.post(
+                self.base_url + SALESBOT_RUN_PATH,
+                json=[task.as_json() for task in tasks],
+                auth=_BearerAuth(token),
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            return _failed_call(exc, clock, secrets=(token,))
+        return _answered_call(response, len(tasks), clock)
+
+    def exchange_code(
+        self, client_id: str, client_secret: str, code: str, redirect_uri: str
+    ) -> TokenSet:
+        """Trade an authorization code (valid ~20 minutes, single-use) for tokens.
+
+        Raises `AmoAuthError` with amoCRM's title and detail when refused or unreachable.
+        """
+        body = {
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+        }
+        return self._request_tokens(body, secrets=(client_secret, code))
+
+    def refresh_tokens(
+        self, client_id: str, client_secret: str, refresh_token: str, redirect_uri: str
+    ) -> TokenSet:
+        """Trade a refresh token for a new pair; the old refresh token is then spent.
+
+        Raises `AmoAuthError` when refused or unreachable. After an answer lost in
+        transit the old token may already be spent: say so, and let the operator know
+        that a failing next refresh means authorizing again.
+        """
+        body = {
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "redirect_uri": redirect_uri,
+        }
+        return self._request_tokens(body, secrets=(client_secret, refresh_token))
+
+    def _request_tokens(self, body: dict[str, str], secrets: Sequence[str]) -> TokenSet:
+        grant = body["grant_type"]
+        clock = _Clock()
+        try:
+            response = self._session.post(
+                self.base_url + OAUTH_TOKEN_PATH,
+                json=body,
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            result = _failed_call(exc, clock, secrets=secrets)
+            facts, outcome = f"grant_type={grant}", result.outcome.value
+            _log_call(
+                OAUTH_TOKEN_PATH, facts, None, outcome, result.duration_ms, result.error or ""
+            )
+            raise _unreachable_error(grant, result) from exc
+        status, (_, duration_ms) = response.status_code, clock.stop()
+        outcome = "ok" if status == 200 else "refused"
+        _log_call(OAUTH_TOKEN_PATH, f"grant_type={grant}", status, outcome, duration_ms)
+        if status != 200:
+            raise _refused_error(grant, response, secrets)
+        return _parse_tokens(response)
+
+
+def _make_session(pool_size: int) -> requests.Session:
+    """A session with one connection pool, no retries, no redirects and no cookies.
+
+    Retries belong to the dispatcher (urllib3 would resend a POST after a reset, the
+    double launch we must avoid); cookies would make calls depend on each other.
+    """
+    adapter = HTTPAdapter(
+        pool_connections=1,
+        pool_maxsize=pool_size,
+        max_retries=Retry(total=0, read=False, redirect=False),
+    )
+    session = requests.Session()
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.headers["User-Agent"] = _USER_AGENT
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return session
+
+
+def _check_batch(tasks: Sequence[SalesbotTask]) -> None:
+    if not tasks:
+        raise ValueError("run_salesbots: expected at least one task, got none")
+    if len(tasks) > MAX_TASKS_PER_CALL:
+        raise ValueError(
+            f"run_salesbots: expected at most {MAX_TASKS_PER_CALL} tasks, got {len(tasks)}"
+        )
+
+
+# --- answers -----------------------------------------------------------------------
+
+
+def classify_answer(
+    status: int, body: bytes, task_count: int
+) -> tuple[Outcome, tuple[int, ...], str | None]:
+    """Classify an HTTP answer: (outcome, blamed task indexes, error text or None)."""
+    document = _json_or_none(body)
+    if 200 <= status < 300:
+        outcome, error = _classify_success(body, document)
+        return outcome, (), error
+    outcome = _STATUS_OUTCOMES.get(status, Outcome.OTHER)
+    if 500 <= status < 600:
+        outcome = Outcome.SERVER_ERROR
+    indexes = bad_indexes(document, task_count) if outcome is Outcome.BAD_REQUEST else ()
+    return outcome, indexes, _http_error_text(status, document)
+
+
+def _classify_success(body: bytes, document: Any) -> tuple[Outcome, str | None]:
+    """A 2xx is accepted unless its body says `success: false` or is not JSON at all.
+
+    amoCRM.ru documents `{"_links": …, "success": true}`, Kommo an empty 202; both mean
+    accepted. A 2xx with HTML or a JSON list is not amoCRM speaking: report it as OTHER.
+    """
+    if not body.strip():
+        return Outcome.ACCEPTED, None
+    if not isinstance(document, dict):
+        return Outcome.OTHER, "2xx answer whose body is not a JSON object"
+    if _is_false(document.get("success", True)):
+        return Outcome.REFUSED, "amoCRM answered success: false"
+    return Outcome.ACCEPTED, None
+
+
+def _is_false(value: Any) -> bool:
+    return value is False or value in (0, "0", "false", "False")
+
+
+def bad_indexes(document: Any, task_count: int) -> tuple[int, ...]:
+    """Indexes of the tasks a 400 problem+json blames in `validation-errors[].request_id`.
+
+    amoCRM sends `request_id` as a string ("0"); ints are accepted too. Ids that are
+    missing, not numbers or outside the batch are ignored: they cannot name a task.
+    """
+    errors = document.get("validation-errors") if isinstance(document, dict) else None
+    if not isinstance(errors, list):
+        return ()
+    found = {_as_index(item.get("request_id")) for item in errors if isinstance(item, dict)}
+    return tuple(sorted(i for i in found if i is not None and 0 <= i < task_count))
+
+
+def _as_index(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body.strip() else None
+    except ValueError:
+        return None
+
+
+def _http_error_text(status: int, document: Any) -> str:
+    """`HTTP 400: Bad Request: Request validation failed` from a problem+json body."""
+    parts = [f"HTTP {status}"]
+    if isinstance(document, dict):
+        parts += [str(document[key]) for key in ("title", "detail") if document.get(key)]
+    else:
+        with contextlib.suppress(ValueError):
+            parts.append(http.HTTPStatus(status).phrase)
+    return ": ".join(parts)[:_ERROR_CHARS]
+
+
+def _excerpt(body: bytes) -> str:
+    # amoCRM speaks UTF-8 everywhere; `response.text` would run charset detection.
+    return body[: BODY_EXCERPT_CHARS * 4].decode("utf-8", "replace")[:BODY_EXCERPT_CHARS]
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "").strip()
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _answered_call(response: requests.Response, task_count: int, clock: _Clock) -> CallResult:
+    finished_at, duration_ms = clock.stop()
+    outcome, indexes, error = classify_answer(response.status_code, response.content, task_count)
+    return CallResult(
+        outcome=outcome,
+        status_code=response.status_code,
+        body_excerpt=_excerpt(response.content),
+        error=error,
+        bad_indexes=indexes,
+        started_at=clock.started_at,
+        finished_at=finished_at,
+        duration_ms=duration_ms,
+        retry_after=_retry_after(response) if outcome is Outcome.RATE_LIMITED else None,
+    )
+
+
+# --- transport failures ------------------------------------------------------------
+
+#: Causes meaning the request (or part of it) was written before things broke.
+_UNCERTAIN_CAUSES: tuple[type[BaseException], ...] = (
+    ReadTimeoutError,
+    ProtocolError,
+    http.client.HTTPException,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
+#: Causes raised while connecting, before any byte of the request was written.
+#: (NameResolutionError is a NewConnectionError; both subclass ConnectTimeoutError.)
+_NOT_SENT_CAUSES: tuple[type[BaseException], ...] = (
+    NewConnectionError,
+    ConnectTimeoutError,
+    ssl.SSLCertVerificationError,
+)
+#: requests raises these while preparing the request, before opening a connection.
+_UNSENDABLE = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.InvalidJSONError,
+)
+
+
+def classify_exception(exc: BaseException) -> Outcome:
+    """NOT_SENT when the request certainly never left, UNCERTAIN otherwise.
+
+    requests wraps urllib3's errors, so the whole cause chain is inspected. When in
+    doubt the answer is UNCERTAIN: a launch wrongly held back costs an operator a look,
+    a launch wrongly resent costs a customer a duplicate conversation.
+    """
+    if isinstance(exc, (requests.ConnectTimeout, *_UNSENDABLE)):
+        return Outcome.NOT_SENT
+    if isinstance(exc, (requests.ReadTimeout, requests.exceptions.ChunkedEncodingError)):
+        return Outcome.UNCERTAIN
+    causes = list(_causes(exc))
+    if any(isinstance(cause, _UNCERTAIN_CAUSES) for cause in causes):
+        return Outcome.UNCERTAIN
+    if any(isinstance(cause, _NOT_SENT_CAUSES) for cause in causes):
+        return Outcome.NOT_SENT
+    return Outcome.UNCERTAIN
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and everything it wraps: args, urllib3's `reason`, `__cause__`, `__context__`."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending and len(seen) < 50:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [*current.args, getattr(current, "reason", None)]
+        linked += [current.__cause__, current.__context__]
+        pending += [item for item in linked if isinstance(item, BaseException)]
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _unsendable_token(clock: _Clock) -> CallResult:
+    """NOT_SENT: http.client would raise a bare ValueError quoting the token."""
+    error = "the token provider returned a token with spaces, line breaks or non-ASCII"
+    return _unanswered(Outcome.NOT_SENT, error, clock)
+
+
+def _failed_call(exc: BaseException, clock: _Clock, secrets: Sequence[str]) -> CallResult:
+    error = _scrub(f"{type(exc).__name__}: {exc}", secrets)
+    return _unanswered(classify_exception(exc), error[:_ERROR_CHARS], clock)
+
+
+def _unanswered(outcome: Outcome, error: str, clock: _Clock) -> CallResult:
+    finished_at, duration_ms = clock.stop()
+    return CallResult(
+        outcome=outcome,
+        status_code=None,
+        body_excerpt="",
+        error=error,
+        bad_indexes=(),
+        started_at=clock.started_at,
+        finished_at=finished_at,
+        duration_ms=duration_ms,
+    )
+
+
+# --- OAuth -------------------------------------------------------------------------
+
+
+def _unreachable_error(grant: str, result: CallResult) -> AmoAuthError:
+    message = f"token request ({grant}) did not get an answer: {result.error}"
+    if result.outcome is Outcome.UNCERTAIN and grant == "refresh_token":
+        message += (
+            "; the request may have reached amoCRM and spent the refresh token: if the"
+            " next refresh is refused, authorize again with `automation auth exchange CODE`"
+        )
+    return AmoAuthError(message)
+
+
+def _refused_error(grant: str, response: requests.Response, secrets: Sequence[str]) -> AmoAuthError:
+    """An error naming amoCRM's title, detail and hint, with every secret masked."""
+    document = _json_or_none(response.content)
+    problem = document if isinstance(document, dict) else {}
+    title = _scrub(str(problem.get("title") or response.reason or ""), secrets)
+    detail = _scrub(str(problem.get("detail") or ""), secrets)
+    hint = _scrub(str(problem.get("hint") or ""), secrets)
+    message = f"amoCRM refused the token request ({grant}): HTTP {response.status_code}"
+    message += "".join(f": {part}" for part in (title, detail) if part)
+    message += f" (hint: {hint})" if hint else ""
+    return AmoAuthError(
+        message[:_ERROR_CHARS], status_code=response.status_code, title=title, detail=detail
+    )
+
+
+def _parse_tokens(response: requests.Response) -> TokenSet:
+    document = _json_or_none(response.content)
+    answer = document if isinstance(document, dict) else {}
+    access, refresh = answer.get("access_token"), answer.get("refresh_token")
+    expires_in = answer.get("expires_in")
+    if not (isinstance(access, str) and access and isinstance(refresh, str) and refresh):
+        raise AmoAuthError("amoCRM answered the token request without access_token/refresh_token")
+    if not isinstance(expires_in, int | float) or isinstance(expires_in, bool):
+        raise AmoAuthError(f"amoCRM answered the token request with expires_in={expires_in!r}")
+    # expires_in is relative: count it from our clock, not amoCRM's server_time.
+    expires_at = datetime.now(UTC) + timedelta(seconds=float(expires_in))
+    return TokenSet(access_token=access, refresh_token=refresh, expires_at=expires_at)
+
+
+# --- logging -----------------------------------------------------------------------
+
+
+def _log_call(
+    path: str, facts: str, status: int | None, outcome: str, duration_ms: float, error: str = ""
+) -> None:
+    """One line per call, `key=value` after method and path; never a token or a secret."""
+    level = logging.INFO if outcome in (Outcome.ACCEPTED.value, "ok") else logging.WARNING
+    logger.log(
+        level,
+        "POST %s %s status=%s outcome=%s duration_ms=%.1f%s",
+        path,
+        facts,
+        status if status is not None else "-",
+        outcome,
+        duration_ms,
+        f" error={error!r}" if error else "",
+        extra={"path": path, "status": status, "outcome": outcome, "duration_ms": duration_ms},
+    )
