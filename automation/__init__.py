@@ -6,13 +6,40 @@ configures logging until `create_app()` is called.
 
 from __future__ import annotations
 
-from flask import Flask
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
 
 from automation.config import Settings, load_settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the Flask app from `settings` (default: the environment)."""
+    """Build the app: settings, logging, database (schema checked), rules, routes.
+
+    Raises `ConfigError`, `SchemaOutdated` or `RulesError` with a message that says
+    what to fix, so that a misconfigured server refuses to start.
+    """
+    from automation import health, webhooks
+    from automation.cli import main as cli
+    from automation.logs import configure_logging
+    from automation.runtime import Runtime
+
+    settings = settings or load_settings()
+    configure_logging(settings.log_format)
     app = Flask(__name__)
-    app.config["SETTINGS"] = settings or load_settings()
+    # Werkzeug answers 413 while reading a body past the limit, chunked ones too.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    Runtime.build(settings).init_app(app)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(health.bp)
+    app.register_error_handler(HTTPException, _json_error)
+    for command in cli.commands.values():
+        app.cli.add_command(command)
     return app
+
+
+def _json_error(exc: HTTPException) -> tuple[Response, int]:
+    """Every HTTP error as JSON with a message, never an HTML page or a traceback."""
+    body: dict[str, Any] = {"error": exc.description or exc.name}
+    return jsonify(body), exc.code or 500

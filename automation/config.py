@@ -125,7 +125,9 @@ _EXPECTED = {
 }
 
 
-def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Settings:
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | None = ".env"
+) -> Settings:
     """Build `Settings` from `environ` (default: the process environment and `.env`).
 
     Raises `ConfigError` listing every invalid variable at once.
@@ -135,7 +137,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
             return Settings(_env_file=env_file)  # type: ignore[call-arg]
         values = {key.lower(): value for key, value in environ.items()}
         known = {name: values[name] for name in Settings.model_fields if name in values}
-        return Settings(_env_file=None, **known)  # type: ignore[call-arg]
+        return Settings(_env_file=None, **known)  # type: ignore[call-arg, arg-type]
     except ValidationError as exc:
         raise ConfigError(_describe(exc, environ if environ is not None else os.environ)) from exc
 

@@ -7,9 +7,18 @@ or `DATABASE_URL` would change what the code under test does.
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import make_url, text
+
+from automation.config import Settings
+from automation.database import make_engine, upgrade
+from automation.models import Base
 
 for _name in list(os.environ):
     if _name.startswith("AMOCRM_") or _name in {
@@ -35,3 +44,130 @@ def webhook_body() -> object:
         return (WEBHOOKS / f"{name}.form").read_bytes().strip()
 
     return read
+
+
+# ------------------------------------------------------------------------- databases
+#
+# Every database test runs on SQLite and, when TEST_DATABASE_URL is set, on PostgreSQL
+# too. Each session migrates a database of its own once (with Alembic, never
+# create_all); each test then starts from empty tables. On PostgreSQL the session
+# creates a fresh database and drops it at the end: the server keeps what earlier runs
+# left.
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def _postgres_database() -> Iterator[str]:
+    admin_url = os.environ.get("TEST_DATABASE_URL")
+    if not admin_url:
+        pytest.skip("TEST_DATABASE_URL is not set: PostgreSQL tests skipped")
+    name = f"automation_test_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(admin.url).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database on each backend."""
+    if request.param == "sqlite":
+        path = tmp_path / "automation.db"
+        shutil.copy(request.getfixturevalue("_sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("_postgres_database")
+    engine = make_engine(url)
+    tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return url
+
+
+TEST_RULES = """\
+version: 1
+rules:
+  - name: qualified
+    on: lead.status_changed
+    when:
+      status_id: 59936202
+    launch: {bot_id: 101, entity: lead}
+  - name: new-chat
+    on: talk.added
+    launch: {bot_id: 202, entity: contact}
+  - name: first-message
+    on: message.added
+    cooldown: 1h
+    launch: {bot_id: 303, entity: contact}
+"""
+
+
+@pytest.fixture
+def rules_file(tmp_path: Path) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(TEST_RULES)
+    return path
+
+
+@pytest.fixture
+def make_settings(database_url: str, rules_file: Path) -> Callable[..., Settings]:
+    """Settings for one test: this test's database and rules, a known secret."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "rules_file": str(rules_file),
+            "webhook_secret": "s3cret",
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return build
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def make_app() -> Iterator[Callable[[Settings], Any]]:
+    """Build apps from settings; their database connections are closed afterwards."""
+    from automation import create_app
+
+    built: list[Any] = []
+
+    def build(settings: Settings) -> Any:
+        application = create_app(settings)
+        application.config["TESTING"] = True
+        built.append(application)
+        return application
+
+    yield build
+    for application in built:
+        application.extensions["automation"].engine.dispose()
+
+
+@pytest.fixture
+def app(make_app: Callable[[Settings], Any], settings: Settings) -> Any:
+    return make_app(settings)
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()

@@ -1,0 +1,149 @@
+"""Connecting to the database and keeping its schema at the code's revision.
+
+SQLite (the embedded default) runs in WAL mode with a busy timeout, and the server
+brings its schema up to date by itself. PostgreSQL (through psycopg 3) is upgraded only
+by an operator (`automation db upgrade`): several hosts may share it, and a web worker
+should not run DDL behind their backs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from automation.errors import AutomationError
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+#: How long a SQLite writer waits for the lock before giving up, in milliseconds.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+class SchemaOutdated(AutomationError):
+    """The database schema is older than the code: run `automation db upgrade`."""
+
+
+def normalise_url(url: str) -> str:
+    """`postgresql://…` means psycopg 3 here; we do not ship psycopg2."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine with the connection settings the server relies on."""
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin_immediate)
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the driver, issue BEGIN, so `_sqlite_begin_immediate` works.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin_immediate(connection: Any) -> None:
+    """Take the write lock at BEGIN: a read-then-write transaction that upgrades its
+    lock later can fail with "database is locked" instead of waiting its turn."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def insert_ignoring(session: Session, model: type[Any]) -> Any:
+    """The dialect's INSERT, which has `on_conflict_do_nothing` on SQLite and PostgreSQL."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(model)
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+# ---------------------------------------------------------------------------- schema
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic config that works from any working directory."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    head = script.get_current_head()
+    assert head is not None, "migrations/ has no revisions"
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Run the migrations up to `revision` (the only way the schema changes)."""
+    with _sqlite_migration_lock(url):
+        command.upgrade(alembic_config(url), revision)
+
+
+def ensure_schema(engine: Engine) -> str:
+    """Bring SQLite up to date; check PostgreSQL and refuse an old schema.
+
+    Returns the revision the database is at.
+    """
+    url = engine.url.render_as_string(hide_password=False)
+    head = head_revision()
+    if is_sqlite(engine):
+        if current_revision(engine) != head:
+            upgrade(url)
+        return head
+    current = current_revision(engine)
+    if current != head:
+        raise SchemaOutdated(
+            f"database schema is at revision {current or 'none'}, the code needs {head}: "
+            "run `automation db upgrade`"
+        )
+    return head
+
+
+@contextmanager
+def _sqlite_migration_lock(url: str) -> Iterator[None]:
+    """Serialise migrations of one SQLite file across gunicorn workers starting at once."""
+    database = make_url(url).database if url.startswith("sqlite") else None
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,0 +1,85 @@
+"""`GET /healthz`: is this server able to accept and store webhooks right now?"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from automation import budget
+from automation.database import current_revision
+from automation.models import Delivery, Dispatcher
+from automation.runtime import Runtime, runtime
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    """200 when the database answers at the code's schema and rules are loaded; else 503.
+
+    A broken rules file that replaced nothing (the last good rules still run) shows
+    its error here but does not make the server unhealthy.
+    """
+    state = runtime()
+    database = _database(state)
+    rules = _rules(state)
+    dispatch = _dispatch(state) if database["reachable"] else {}
+    healthy = bool(database["reachable"]) and database["schema_current"] and rules["loaded"]
+    status = "ok" if healthy else "unhealthy"
+    if healthy and dispatch.get("paused_until"):
+        status = "degraded"  # webhooks are still stored; nothing goes out for now
+    body = {"status": status, "database": database, "rules": rules, "dispatch": dispatch}
+    return jsonify(body), 200 if healthy else 503
+
+
+def _database(state: Runtime) -> dict[str, Any]:
+    try:
+        revision = current_revision(state.engine)
+        with state.sessions() as session:
+            last = session.execute(select(func.max(Delivery.received_at))).scalar()
+    except SQLAlchemyError as exc:
+        return {"reachable": False, "error": type(exc).__name__, "schema_current": False}
+    return {
+        "reachable": True,
+        "schema_revision": revision,
+        "schema_current": revision == state.schema_revision,
+        "last_webhook_at": _iso(last),
+    }
+
+
+def _dispatch(state: Runtime) -> dict[str, Any]:
+    """The shared pause (after a 403 or a lost token) and the last heartbeat."""
+    now = datetime.now(UTC)
+    try:
+        with state.sessions() as session:
+            hold = budget.current_hold(session, now)
+            beat = session.execute(select(func.max(Dispatcher.heartbeat_at))).scalar()
+    except SQLAlchemyError as exc:
+        return {"error": type(exc).__name__}
+    return {
+        "dry_run": state.settings.is_dry_run,
+        "last_heartbeat_at": _iso(beat),
+        "paused_until": _iso(hold.hold_until) if hold else None,
+        "pause_reason": hold.hold_reason if hold else None,
+    }
+
+
+def _rules(state: Runtime) -> dict[str, Any]:
+    loader = state.rules
+    rules = loader.maybe_reload()
+    return {
+        "file": str(loader.path),
+        "loaded": rules is not None,
+        "loaded_at": _iso(loader.loaded_at),
+        "rule_count": len(rules.rules) if rules else 0,
+        "content_hash": rules.content_hash if rules else None,
+        "last_error": loader.error,
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None

@@ -1,0 +1,262 @@
+"""The database schema as SQLAlchemy 2 typed models.
+
+`deliveries` is the inbox (every webhook body we acknowledged), `launches` is the
+outbox and the launch log. The schema changes only through Alembic revisions in
+`migrations/`; a test checks that these models and the migrations agree.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Stable constraint names on SQLite and PostgreSQL alike, so migrations can name them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: An auto-incrementing 64-bit key; SQLite only auto-increments INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps stored as naive UTC, returned timezone-aware.
+
+    SQLite has no time zones; storing naive UTC everywhere makes both databases
+    compare and sort the same way.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given: pass timezone-aware UTC times")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # SQLite computed expressions come back as text
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+class LaunchStatus(enum.StrEnum):
+    """Where a launch is in its life (the interface contract of design.md)."""
+
+    #: Stored, waiting for `not_before` and a free request slot.
+    PENDING = "pending"
+    #: Claimed by a dispatcher; its API call is being made.
+    SENDING = "sending"
+    #: amoCRM accepted the batch it was in.
+    SENT = "sent"
+    #: Gave up: amoCRM rejected it, or the retry budget ran out.
+    FAILED = "failed"
+    #: The request may have reached amoCRM but no answer came; not resent by default.
+    UNCERTAIN = "uncertain"
+    #: Recorded as if sent, because the server runs in dry-run mode.
+    DRY_RUN = "dry_run"
+    #: Cancelled by an operator before it was sent.
+    CANCELLED = "cancelled"
+    #: Never sent, by design: a rule's cooldown suppressed it (see `reason`).
+    SKIPPED = "skipped"
+
+
+class DeliveryStatus(enum.StrEnum):
+    """Whether we understood a stored webhook."""
+
+    #: At least one event of a known type.
+    ACCEPTED = "accepted"
+    #: Only unknown groups: stored so it can be replayed once we understand it.
+    UNRECOGNIZED = "unrecognized"
+
+
+def _enum(cls: type[enum.Enum]) -> SAEnum:
+    return SAEnum(
+        cls,
+        native_enum=False,
+        create_constraint=False,
+        length=16,
+        values_callable=lambda members: [member.value for member in members],
+    )
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        LaunchStatus: _enum(LaunchStatus),
+        DeliveryStatus: _enum(DeliveryStatus),
+    }
+
+
+class Delivery(Base):
+    """One webhook body as amoCRM posted it, stored before we answered."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(index=True)
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(String(200))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    account_id: Mapped[int | None] = mapped_column(BigInteger)
+    account_subdomain: Mapped[str | None] = mapped_column(String(100))
+    event_count: Mapped[int] = mapped_column(Integer)
+    launch_count: Mapped[int] = mapped_column(Integer)
+    #: Launches this delivery tried to add that already existed (amoCRM retries,
+    #: the same move sent as both `leads[update]` and `leads[status]`).
+    duplicate_count: Mapped[int] = mapped_column(Integer)
+    status: Mapped[DeliveryStatus]
+
+
+class Launch(Base):
+    """One bot to start on one entity: the outbox row and its launch-log entry."""
+
+    __tablename__ = "launches"
+    __table_args__ = (
+        # The dispatcher's claim: due pending launches, oldest first.
+        Index("ix_launches_due", "status", "not_before", "id"),
+        # Cooldown look-ups and "what ran on this lead?".
+        Index("ix_launches_target", "entity_id", "entity_type", "bot_id", "created_at"),
+        Index("ix_launches_rule_created", "rule", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="SET NULL"), index=True
+    )
+    rule: Mapped[str] = mapped_column(String(200))
+    event_type: Mapped[str] = mapped_column(String(64))
+    event_group: Mapped[str] = mapped_column(String(100))
+    event_index: Mapped[int] = mapped_column(Integer)
+    bot_id: Mapped[int] = mapped_column(BigInteger)
+    entity_type: Mapped[int] = mapped_column(SmallInteger)
+    entity_id: Mapped[int] = mapped_column(BigInteger)
+    #: What changed in amoCRM (`lead:27754599@1727700894:s59936202`).
+    change_key: Mapped[str] = mapped_column(String(300))
+    #: sha256 of (rule, bot, entity, change): one launch per change, enforced here.
+    dedupe_key: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[LaunchStatus]
+    #: Why the launch is in its status (`cooldown`, amoCRM's message, …).
+    reason: Mapped[str | None] = mapped_column(Text)
+    not_before: Mapped[datetime]
+    #: API calls this launch rode in (bisecting a rejected batch adds calls too).
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Times it went back to `pending` after a retryable failure: the retry budget.
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    updated_at: Mapped[datetime]
+    sending_at: Mapped[datetime | None]
+    settled_at: Mapped[datetime | None]
+    #: The dispatcher holding it while `sending`, so a dead one's claims can be recovered.
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    #: The API call it is in while `sending`, then the call that settled it.
+    call_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_calls.id", ondelete="SET NULL"), index=True
+    )
+
+
+class ApiCall(Base):
+    """One request to amoCRM, committed before it goes out: the launch log's evidence."""
+
+    __tablename__ = "api_calls"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    dispatcher: Mapped[str] = mapped_column(String(100))
+    endpoint: Mapped[str] = mapped_column(String(100))
+    launch_count: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(index=True)
+    #: NULL while in flight; still NULL after a crash means "outcome unknown".
+    finished_at: Mapped[datetime | None]
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    #: How the answer was classified (`accepted`, `rate_limited`, `uncertain`, …).
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    #: The first 2,000 characters of amoCRM's answer.
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+
+
+class CallLaunch(Base):
+    """Which launches rode in which call: every attempt of a launch, in order."""
+
+    __tablename__ = "call_launches"
+
+    call_id: Mapped[int] = mapped_column(
+        ForeignKey("api_calls.id", ondelete="CASCADE"), primary_key=True
+    )
+    launch_id: Mapped[int] = mapped_column(
+        ForeignKey("launches.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    #: Position of the launch in the request body, as amoCRM's `request_id` counts.
+    position: Mapped[int] = mapped_column(Integer)
+
+
+class RateLimit(Base):
+    """The request budget to amoCRM, shared by every dispatcher through one row.
+
+    Dispatchers lock this row to take a request slot, so that N of them together
+    never exceed AMOCRM_MAX_RPS; a 429 or 403 seen by one slows or pauses them all.
+    """
+
+    __tablename__ = "rate_limits"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    #: No request before this moment (after a 429: back off; after a 403: pause).
+    hold_until: Mapped[datetime | None]
+    hold_reason: Mapped[str | None] = mapped_column(Text)
+    #: 429s in a row: the back-off grows with them, one success resets it.
+    consecutive_429: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime]
+
+
+class Dispatcher(Base):
+    """A running (or dead) dispatcher process and its heartbeat."""
+
+    __tablename__ = "dispatchers"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime] = mapped_column(index=True)
+    stopped_at: Mapped[datetime | None]
+
+
+class OAuthToken(Base):
+    """The account's OAuth tokens; a refresh replaces both in one transaction."""
+
+    __tablename__ = "oauth_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    access_token: Mapped[str] = mapped_column(Text)
+    refresh_token: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]

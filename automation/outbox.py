@@ -1,0 +1,357 @@
+"""All SQL of the launch outbox behind one door.
+
+`enqueue` stores a delivery and its launches in the caller's transaction. De-duplication
+is the database's job (a unique `dedupe_key`, `INSERT … ON CONFLICT DO NOTHING`), never
+read-then-write: two copies of one webhook arriving at the same instant on two workers
+still produce one launch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
+
+from sqlalchemy import CursorResult, Result, insert, select, update
+from sqlalchemy.orm import Session
+
+from automation.database import insert_ignoring
+from automation.events import Payload
+from automation.models import ApiCall, CallLaunch, Delivery, DeliveryStatus, Launch, LaunchStatus
+
+if TYPE_CHECKING:
+    from automation.rules import Launch as PlannedLaunch
+
+#: How much of amoCRM's answer an API call keeps.
+EXCERPT_CHARS = 2000
+
+#: Launches that count for a cooldown: the bot ran, or is about to.
+_COOLDOWN_STATUSES = (
+    LaunchStatus.PENDING,
+    LaunchStatus.SENDING,
+    LaunchStatus.SENT,
+    LaunchStatus.UNCERTAIN,
+    LaunchStatus.DRY_RUN,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A webhook as received: what we store in `deliveries` before answering."""
+
+    body: bytes
+    content_type: str
+    remote_addr: str | None
+    received_at: datetime
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What `enqueue` stored: the answer the webhook gives amoCRM."""
+
+    delivery_id: int
+    events: int
+    launches: int
+    skipped: int
+    duplicates: int
+    status: DeliveryStatus
+
+
+def enqueue(session: Session, inbound: Inbound, planned: Sequence[PlannedLaunch]) -> Enqueued:
+    """Store the delivery and its launches; the caller commits (one transaction).
+
+    A launch whose dedupe key exists already is not stored again and counts as a
+    duplicate. A launch inside its rule's cooldown is stored as `skipped` with the
+    reason, so "why did my bot not start?" has an answer in the log.
+    """
+    delivery = _add_delivery(session, inbound)
+    added = skipped = duplicates = 0
+    for launch in planned:
+        status, reason = _cooldown_verdict(session, launch, inbound.received_at)
+        if _insert_launch(session, delivery.id, launch, status, reason, inbound.received_at):
+            added += status is LaunchStatus.PENDING
+            skipped += status is LaunchStatus.SKIPPED
+        else:
+            duplicates += 1
+    delivery.launch_count = added
+    delivery.duplicate_count = duplicates
+    return Enqueued(
+        delivery.id, len(inbound.payload.events), added, skipped, duplicates, delivery.status
+    )
+
+
+def _add_delivery(session: Session, inbound: Inbound) -> Delivery:
+    payload = inbound.payload
+    delivery = Delivery(
+        received_at=inbound.received_at,
+        remote_addr=inbound.remote_addr,
+        content_type=inbound.content_type[:200],
+        body=inbound.body,
+        account_id=payload.account.id,
+        account_subdomain=payload.account.subdomain,
+        event_count=len(payload.events),
+        launch_count=0,
+        duplicate_count=0,
+        status=DeliveryStatus.ACCEPTED if payload.recognized else DeliveryStatus.UNRECOGNIZED,
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery
+
+
+def _cooldown_verdict(
+    session: Session, launch: PlannedLaunch, now: datetime
+) -> tuple[LaunchStatus, str | None]:
+    """`skipped` when the same bot ran on the same entity inside the rule's cooldown."""
+    if not launch.cooldown:
+        return LaunchStatus.PENDING, None
+    earlier = session.execute(
+        select(Launch.id, Launch.created_at)
+        .where(
+            Launch.entity_id == launch.entity_id,
+            Launch.entity_type == launch.entity_type,
+            Launch.bot_id == launch.bot_id,
+            Launch.created_at > now - launch.cooldown,
+            Launch.status.in_(_COOLDOWN_STATUSES),
+        )
+        .order_by(Launch.created_at.desc())
+        .limit(1)
+    ).first()
+    if earlier is None:
+        return LaunchStatus.PENDING, None
+    return LaunchStatus.SKIPPED, (
+        f"cooldown: launch #{earlier.id} of bot {launch.bot_id} on this entity at "
+        f"{earlier.created_at:%Y-%m-%d %H:%M:%S}Z is inside the {launch.cooldown} window"
+    )
+
+
+def dedupe_digest(launch: PlannedLaunch) -> str:
+    """The stored form of a launch's dedupe key: fixed length, whatever the rule name."""
+    return hashlib.sha256(launch.dedupe_key.encode()).hexdigest()
+
+
+def _insert_launch(
+    session: Session,
+    delivery_id: int,
+    launch: PlannedLaunch,
+    status: LaunchStatus,
+    reason: str | None,
+    now: datetime,
+) -> bool:
+    """Insert unless the dedupe key exists; True when a row was added."""
+    statement = (
+        insert_ignoring(session, Launch)
+        .values(
+            delivery_id=delivery_id,
+            rule=launch.rule,
+            event_type=launch.event.type,
+            event_group=launch.event.group[:100],
+            event_index=launch.event.index,
+            bot_id=launch.bot_id,
+            entity_type=launch.entity_type,
+            entity_id=launch.entity_id,
+            change_key=launch.event.change[:300],
+            dedupe_key=dedupe_digest(launch),
+            status=status,
+            reason=reason,
+            not_before=launch.not_before,
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+            settled_at=now if status is LaunchStatus.SKIPPED else None,
+        )
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(Launch.id)
+    )
+    return session.execute(statement).first() is not None
+
+
+# ------------------------------------------------------------------ the dispatcher's side
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A launch a dispatcher holds while it is `sending`."""
+
+    id: int
+    bot_id: int
+    entity_type: int
+    entity_id: int
+    retries: int
+
+
+def claim_due(session: Session, dispatcher: str, now: datetime, limit: int = 100) -> list[Claimed]:
+    """Take up to `limit` due pending launches, oldest first, and mark them `sending`.
+
+    On PostgreSQL rows locked by another dispatcher's claim are skipped
+    (`FOR UPDATE SKIP LOCKED`); on SQLite the write lock taken at BEGIN does the same.
+    """
+    query = (
+        select(Launch.id, Launch.bot_id, Launch.entity_type, Launch.entity_id, Launch.retries)
+        .where(Launch.status == LaunchStatus.PENDING, Launch.not_before <= now)
+        .order_by(Launch.not_before, Launch.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    claimed = [Claimed(*row) for row in session.execute(query)]
+    if claimed:
+        session.execute(
+            update(Launch)
+            .where(Launch.id.in_([launch.id for launch in claimed]))
+            .values(
+                status=LaunchStatus.SENDING, sending_at=now, updated_at=now, claimed_by=dispatcher
+            )
+        )
+    return claimed
+
+
+def start_call(
+    session: Session, dispatcher: str, endpoint: str, launches: Sequence[Claimed], now: datetime
+) -> int:
+    """Record an API call and the launches in it; commit this BEFORE sending.
+
+    After a crash, a launch whose call row exists may have reached amoCRM; one
+    without may not. That is how recovery tells `uncertain` from `pending`.
+    """
+    call = ApiCall(
+        dispatcher=dispatcher, endpoint=endpoint, launch_count=len(launches), started_at=now
+    )
+    session.add(call)
+    session.flush()
+    ids = [launch.id for launch in launches]
+    session.execute(
+        insert(CallLaunch),
+        [{"call_id": call.id, "launch_id": id_, "position": i} for i, id_ in enumerate(ids)],
+    )
+    session.execute(
+        update(Launch)
+        .where(Launch.id.in_(ids))
+        .values(call_id=call.id, attempts=Launch.attempts + 1, updated_at=now)
+    )
+    return call.id
+
+
+def finish_call(
+    session: Session,
+    call_id: int,
+    now: datetime,
+    *,
+    outcome: str,
+    status_code: int | None = None,
+    error: str | None = None,
+    excerpt: str | None = None,
+) -> None:
+    """Record how an API call ended."""
+    session.execute(
+        update(ApiCall)
+        .where(ApiCall.id == call_id)
+        .values(
+            finished_at=now,
+            outcome=outcome,
+            status_code=status_code,
+            error=error,
+            response_excerpt=excerpt[:EXCERPT_CHARS] if excerpt else excerpt,
+        )
+    )
+
+
+def settle(
+    session: Session,
+    ids: Sequence[int],
+    status: LaunchStatus,
+    now: datetime,
+    reason: str | None = None,
+) -> None:
+    """Move launches to a final status (`sent`, `failed`, `uncertain`, `dry_run`)."""
+    if not ids:
+        return
+    error = reason if status in (LaunchStatus.FAILED, LaunchStatus.UNCERTAIN) else None
+    values: dict[str, object] = {"status": status, "settled_at": now, "updated_at": now}
+    values |= {"reason": reason, "claimed_by": None}
+    if error is not None:
+        values["last_error"] = error
+    session.execute(update(Launch).where(Launch.id.in_(ids)).values(**values))
+
+
+def retry_later(
+    session: Session, launch: Claimed, not_before: datetime, now: datetime, error: str
+) -> None:
+    """Back to `pending` after a retryable failure; it counts against the budget."""
+    session.execute(
+        update(Launch)
+        .where(Launch.id == launch.id)
+        .values(
+            status=LaunchStatus.PENDING,
+            not_before=not_before,
+            retries=Launch.retries + 1,
+            last_error=error,
+            reason=f"retry after: {error}",
+            claimed_by=None,
+            updated_at=now,
+        )
+    )
+
+
+def release(session: Session, ids: Sequence[int], now: datetime, reason: str | None = None) -> None:
+    """Back to `pending` without counting a retry: the launch was never at fault
+    (shutdown, a paused account)."""
+    if ids:
+        session.execute(
+            update(Launch)
+            .where(Launch.id.in_(ids), Launch.status == LaunchStatus.SENDING)
+            .values(status=LaunchStatus.PENDING, claimed_by=None, updated_at=now, reason=reason)
+        )
+
+
+def recover_orphans(session: Session, live: Sequence[str], now: datetime) -> tuple[int, int]:
+    """Launches left `sending` by a dispatcher that is gone.
+
+    If their call never started they go back to `pending`; if it started but never
+    finished, they become `uncertain`: amoCRM may have started the bot already, and a
+    second launch would message the customer twice. Returns (pending, uncertain).
+    """
+    orphaned = Launch.status == LaunchStatus.SENDING
+    if live:
+        orphaned = orphaned & (Launch.claimed_by.is_(None) | Launch.claimed_by.not_in(live))
+    unstarted = _rowcount(
+        session.execute(
+            update(Launch)
+            .where(orphaned, Launch.call_id.is_(None))
+            .values(status=LaunchStatus.PENDING, claimed_by=None, updated_at=now)
+        )
+    )
+    in_flight = _rowcount(
+        session.execute(
+            update(Launch)
+            .where(orphaned, Launch.call_id.is_not(None))
+            .values(
+                status=LaunchStatus.UNCERTAIN,
+                settled_at=now,
+                updated_at=now,
+                claimed_by=None,
+                reason="uncertain: the dispatcher stopped while its request was in flight",
+            )
+            .execution_options(synchronize_session=False)
+        )
+    )
+    return unstarted, in_flight
+
+
+def release_claims(session: Session, dispatcher: str, now: datetime) -> None:
+    """A stopping dispatcher gives back what it claimed but has not sent."""
+    held = session.execute(
+        select(Launch.id).where(
+            Launch.claimed_by == dispatcher,
+            Launch.status == LaunchStatus.SENDING,
+            Launch.call_id.is_(None),
+        )
+    ).scalars()
+    release(session, list(held), now, reason="released: dispatcher stopped")
+
+
+def _rowcount(result: Result[Any]) -> int:
+    return int(cast(CursorResult[Any], result).rowcount)

@@ -1,0 +1,82 @@
+"""Eight copies of one webhook stored at the same instant still give one launch.
+
+The unique dedupe key in the database decides, not a read-then-write check: run the
+real enqueue path from 8 threads and from 8 processes, released by a barrier.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from automation.database import make_engine, make_session_factory
+from automation.events import decode_body
+from automation.models import Delivery, Launch
+from automation.outbox import Inbound, enqueue
+from automation.rules import load_rules_file
+
+COPIES = 8
+
+
+def _deliver(url: str, rules_path: str, body: bytes, barrier: object) -> int:
+    engine = make_engine(url)
+    sessions = make_session_factory(engine)
+    rules = load_rules_file(rules_path)
+    payload = decode_body(body)
+    now = datetime.now(UTC)
+    planned = [launch for event in payload.events for launch in rules.match(event, now)]
+    barrier.wait()  # type: ignore[attr-defined]
+    with sessions.begin() as session:
+        added = enqueue(session, Inbound(body, "form", None, now, payload), planned).launches
+    engine.dispose()
+    return added
+
+
+def _count(url: str) -> tuple[int, int]:
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        launches = connection.scalar(select(func.count()).select_from(Launch))
+        deliveries = connection.scalar(select(func.count()).select_from(Delivery))
+    engine.dispose()
+    return int(launches or 0), int(deliveries or 0)
+
+
+def test_eight_threads_storing_the_same_webhook_add_one_launch(
+    database_url: str, rules_file: Path, webhook_body: object
+) -> None:
+    body = webhook_body("status_lead")  # type: ignore[operator]
+    barrier = threading.Barrier(COPIES)
+    results: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(_deliver(database_url, str(rules_file), body, barrier))
+        )
+        for _ in range(COPIES)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(results) == [0] * (COPIES - 1) + [1]
+    assert _count(database_url) == (1, COPIES)
+
+
+def test_eight_processes_storing_the_same_webhook_add_one_launch(
+    database_url: str, rules_file: Path, webhook_body: object
+) -> None:
+    body = webhook_body("status_lead")  # type: ignore[operator]
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(COPIES)
+        with context.Pool(COPIES) as pool:
+            results = pool.starmap(
+                _deliver, [(database_url, str(rules_file), body, barrier)] * COPIES
+            )
+
+    assert sorted(results) == [0] * (COPIES - 1) + [1]
+    assert _count(database_url) == (1, COPIES)

@@ -1,0 +1,72 @@
+"""The schema changes only through Alembic: models and migrations must agree."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from automation.database import (
+    SchemaOutdated,
+    alembic_config,
+    current_revision,
+    ensure_schema,
+    head_revision,
+    make_engine,
+    upgrade,
+)
+from automation.models import Base
+
+
+def _differences(url: str) -> list[object]:
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "compare_server_default": True}
+        )
+        diff = compare_metadata(context, Base.metadata)
+    engine.dispose()
+    return list(diff)
+
+
+def test_migrations_have_a_single_head() -> None:
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    assert len(script.get_heads()) == 1
+
+
+def test_models_and_migrations_agree(database_url: str) -> None:
+    assert _differences(database_url) == []
+
+
+def test_downgrade_and_upgrade_round_trip(database_url: str) -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(database_url), "base")
+    engine = make_engine(database_url)
+    assert current_revision(engine) is None
+    upgrade(database_url)
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
+    assert _differences(database_url) == []
+
+
+def test_sqlite_schema_is_brought_up_to_date_at_start(tmp_path: object) -> None:
+    url = f"sqlite:///{tmp_path}/fresh.db"
+    engine = make_engine(url)
+    assert ensure_schema(engine) == head_revision()
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
+def test_postgresql_on_an_old_schema_refuses_to_start(database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only: SQLite upgrades itself")
+    from alembic import command
+
+    command.downgrade(alembic_config(database_url), "base")
+    engine = make_engine(database_url)
+    with pytest.raises(SchemaOutdated, match=r"run `automation db upgrade`"):
+        ensure_schema(engine)
+    engine.dispose()
+    upgrade(database_url)

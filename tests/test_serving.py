@@ -1,0 +1,92 @@
+"""The app as a real gunicorn process on loopback: every fixture over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from automation.database import make_engine
+from automation.models import Delivery, Launch
+
+ROOT = Path(__file__).resolve().parents[1]
+WEBHOOKS = Path(__file__).parent / "fixtures" / "webhooks"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}")
+        try:
+            if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:  # not listening yet, or a worker still booting
+            time.sleep(0.1)
+    raise AssertionError("server did not become healthy")
+
+
+def server_env(database_url: str, rules_file: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMOCRM_")}
+    env.update(DATABASE_URL=database_url, RULES_FILE=str(rules_file), WEBHOOK_SECRET="s3cret")
+    return env
+
+
+@pytest.fixture(params=["gunicorn", "automation serve"])
+def server(request: pytest.FixtureRequest, database_url: str, rules_file: Path) -> Iterator[str]:
+    port = free_port()
+    if request.param == "gunicorn":
+        command = [str(BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}", "wsgi:app"]
+    else:
+        command = [str(BIN / "automation"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+    process = subprocess.Popen(command, cwd=ROOT, env=server_env(database_url, rules_file))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+def test_every_webhook_fixture_posted_over_http_is_stored(server: str, database_url: str) -> None:
+    fixtures = sorted(WEBHOOKS.glob("*.form"))
+    answers = {}
+    for path in fixtures:
+        answer = requests.post(
+            f"{server}/webhooks/amocrm/s3cret/",
+            data=path.read_bytes().strip(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            timeout=5,
+        )
+        assert answer.status_code == 200, (path.name, answer.text)
+        answers[path.stem] = answer.json()
+
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        deliveries = connection.execute(select(Delivery.id, Delivery.body)).all()
+        launches = connection.execute(select(Launch.rule, Launch.entity_id)).all()
+    engine.dispose()
+    assert sorted(body for _, body in deliveries) == sorted(p.read_bytes().strip() for p in fixtures)
+    assert sorted(launches) == [
+        ("first-message", 93589657),
+        ("new-chat", 93589657),
+        ("qualified", 27754599),
+    ]
+    assert answers["status_lead"]["launches"] == 1
+    assert answers["add_contact"]["launches"] == 0
