@@ -1,0 +1,112 @@
+"""The request budget to amoCRM, shared by every dispatcher through the database.
+
+amoCRM allows about 7 requests a second per integration, answers 429 beyond that, and
+blocks the account (403 for everything) when an integration keeps pushing. So the
+budget is counted where all dispatchers see it: a slot is the `api_calls` row itself,
+taken while holding the one `rate_limits` row, so N dispatchers together never start
+more than `max_rps` calls in any window of `WINDOW` seconds. A 429 or 403 seen by one
+dispatcher puts a hold on the row that stops them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from automation.database import insert_ignoring
+from automation.models import ApiCall, RateLimit
+
+NAME = "amocrm"
+#: The window the limit is counted over, padded a little: our clock reads when the
+#: call row is written, amoCRM's when the request arrives a few milliseconds later.
+WINDOW = timedelta(seconds=1.03)
+#: Longest back-off after repeated 429s.
+MAX_BACKOFF = timedelta(seconds=60)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether a request may start now, and if not, for how long to wait and why."""
+
+    wait: float
+    reason: str | None = None
+
+    @property
+    def go(self) -> bool:
+        return self.wait <= 0
+
+
+def take(session: Session, max_rps: float, now: datetime) -> Verdict:
+    """Check the shared budget; the caller inserts its call row in this transaction.
+
+    Locks the budget row first (PostgreSQL `FOR UPDATE`; SQLite holds its write lock
+    from BEGIN), so that the count and the caller's insert are one atomic step.
+    """
+    state = _locked_row(session, now)
+    if state.hold_until is not None and state.hold_until > now:
+        return Verdict((state.hold_until - now).total_seconds(), state.hold_reason)
+    limit = max(1, int(max_rps))
+    window_start = now - WINDOW
+    recent = session.execute(
+        select(ApiCall.started_at)
+        .where(ApiCall.started_at > window_start, ApiCall.outcome.is_distinct_from("dry_run"))
+        .order_by(ApiCall.started_at.desc())
+        .limit(limit)
+    ).scalars()
+    starts = list(recent)
+    if len(starts) < limit:
+        return Verdict(0.0)
+    oldest = starts[-1]
+    return Verdict(max((oldest + WINDOW - now).total_seconds(), 0.001), "rate limit")
+
+
+def hold(session: Session, until: datetime, reason: str, now: datetime) -> None:
+    """Stop every dispatcher from sending until `until` (a 403, a lost token)."""
+    state = _locked_row(session, now)
+    if state.hold_until is None or state.hold_until < until:
+        state.hold_until = until
+        state.hold_reason = reason
+    state.updated_at = now
+
+
+def rate_limited(session: Session, now: datetime) -> timedelta:
+    """Record a 429: every dispatcher backs off, longer with each 429 in a row."""
+    state = _locked_row(session, now)
+    state.consecutive_429 += 1
+    backoff = min(timedelta(seconds=2 ** (state.consecutive_429 - 1)), MAX_BACKOFF)
+    hold(session, now + backoff, f"rate limited by amoCRM (429 #{state.consecutive_429})", now)
+    return backoff
+
+
+def succeeded(session: Session, now: datetime) -> None:
+    """A request went through: forget the 429 streak (holds run out by themselves)."""
+    state = _locked_row(session, now)
+    if state.consecutive_429:
+        state.consecutive_429 = 0
+        state.updated_at = now
+
+
+def current_hold(session: Session, now: datetime) -> RateLimit | None:
+    """The active hold, if any, for `/healthz`."""
+    state = session.get(RateLimit, NAME)
+    if state is None or state.hold_until is None or state.hold_until <= now:
+        return None
+    return state
+
+
+def _locked_row(session: Session, now: datetime) -> RateLimit:
+    query = select(RateLimit).where(RateLimit.name == NAME)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    state = session.execute(query).scalar_one_or_none()
+    if state is None:  # first use: two dispatchers may both get here, one insert wins
+        session.execute(
+            insert_ignoring(session, RateLimit)
+            .values(name=NAME, consecutive_429=0, updated_at=now)
+            .on_conflict_do_nothing()
+        )
+        state = session.execute(query).scalar_one()
+    return state

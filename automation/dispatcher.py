@@ -1,0 +1,433 @@
+"""The dispatcher loop: claim → take a request slot → call amoCRM → record.
+
+What it must make impossible: a launch that silently never happens (every launch ends
+in a recorded status), a customer who gets a bot twice (a call whose answer was lost
+makes its launches `uncertain`, never silently resent), and an account that amoCRM
+blocks (a shared budget under AMOCRM_MAX_RPS; a 429 slows every dispatcher, a 403
+pauses them all).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+from tenacity import wait_random_exponential
+
+from automation import budget, outbox
+from automation.amocrm import (
+    MAX_TASKS_PER_CALL,
+    SALESBOT_RUN_PATH,
+    AmoCRMClient,
+    CallResult,
+    Outcome,
+    SalesbotTask,
+)
+from automation.config import Settings
+from automation.errors import ConfigError
+from automation.models import Dispatcher as DispatcherRow
+from automation.models import LaunchStatus
+from automation.outbox import Claimed
+from automation.tokens import TokenStore
+
+log = logging.getLogger("automation.dispatcher")
+
+#: A dispatcher whose heartbeat is older than this is dead; its claims are recovered.
+DEAD_AFTER = timedelta(seconds=30)
+HEARTBEAT_EVERY = 2.0
+#: How long an idle dispatcher sleeps before looking for due launches again.
+IDLE_SLEEP = 0.05
+#: `--once` waits out the rate limit and short back-offs, not a pause after a 403.
+ONCE_MAX_WAIT = 5.0
+#: Retry schedule: random exponential ("full jitter"), 2 s doubling, at most 15 min.
+RETRY_WAIT = wait_random_exponential(multiplier=2, max=900)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDecision:
+    """What to do with a launch after a retryable failure."""
+
+    give_up: bool
+    not_before: datetime | None
+
+
+def retry_decision(retries: int, max_attempts: int, now: datetime) -> RetryDecision:
+    """Pure: retry with back-off until `max_attempts` attempts were made, then give up.
+
+    `retries` counts earlier retryable failures of this launch; the current failure is
+    attempt `retries + 1`.
+    """
+    attempt = retries + 1
+    if attempt >= max_attempts:
+        return RetryDecision(give_up=True, not_before=None)
+    delay = RETRY_WAIT(SimpleNamespace(attempt_number=attempt))  # type: ignore[arg-type]
+    return RetryDecision(give_up=False, not_before=now + timedelta(seconds=delay))
+
+
+@dataclass
+class Stats:
+    """What one dispatcher did, for `--once` output and tests."""
+
+    calls: int = 0
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    uncertain: int = 0
+    dry_run: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+
+class NotAlone(Exception):
+    """Another dispatcher runs on this SQLite database."""
+
+
+class Dispatcher:
+    """One dispatcher process's loop. `run()` until `stop()`; `run(once=True)` drains."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        client: AmoCRMClient | None,
+        tokens: TokenStore | None,
+        *,
+        dead_after: timedelta = DEAD_AFTER,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.client = client
+        self.tokens = tokens
+        self.dead_after = dead_after
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stats = Stats()
+        self._stopping = threading.Event()
+        self._last_beat = 0.0
+        self._sqlite = sessions.kw["bind"].dialect.name == "sqlite"
+
+    @property
+    def dry_run(self) -> bool:
+        return self.settings.is_dry_run or self.client is None
+
+    def stop(self) -> None:
+        """Ask the loop to finish the call in flight and return (signal-safe)."""
+        self._stopping.set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self, once: bool = False, wait_if_not_alone: bool = True) -> Stats:
+        """Send due launches until stopped (or, with `once`, until none is due)."""
+        self._register(wait_if_not_alone)
+        try:
+            while not self._stopping.is_set():
+                self._heartbeat()
+                waited = self.step()
+                if waited is None:
+                    if once:
+                        break
+                    self._stopping.wait(IDLE_SLEEP)
+                elif once and waited > ONCE_MAX_WAIT:
+                    log.warning("sending is on hold for %.0fs; --once stops here", waited)
+                    break
+                elif waited > 0:
+                    self._stopping.wait(min(waited, 1.0))
+        finally:
+            self._unregister()
+        return self.stats
+
+    def _register(self, wait: bool) -> None:
+        """Record this dispatcher; on SQLite, insist on being the only one."""
+        while True:
+            now = utcnow()
+            with self.sessions.begin() as session:
+                other = self._live_other(session, now) if self._sqlite else None
+                if other is None:
+                    session.add(
+                        DispatcherRow(
+                            id=self.id,
+                            host=socket.gethostname(),
+                            pid=os.getpid(),
+                            started_at=now,
+                            heartbeat_at=now,
+                        )
+                    )
+                    self._recover(session, now)
+                    break
+            message = (
+                f"another dispatcher ({other.id}) runs on this SQLite database; only one "
+                "may. Use PostgreSQL to run several."
+            )
+            if not wait:
+                raise NotAlone(message)
+            log.warning("%s Waiting for it to stop", message)
+            if self._stopping.wait(5):
+                raise NotAlone(message)
+        log.info("dispatcher started id=%s dry_run=%s", self.id, self.dry_run)
+
+    def _live_other(self, session: Session, now: datetime) -> DispatcherRow | None:
+        return session.execute(
+            select(DispatcherRow)
+            .where(
+                DispatcherRow.stopped_at.is_(None),
+                DispatcherRow.heartbeat_at > now - self.dead_after,
+                DispatcherRow.id != self.id,
+            )
+            .limit(1)
+        ).scalar_one_or_none()
+
+    def _heartbeat(self) -> None:
+        import time
+
+        if time.monotonic() - self._last_beat < HEARTBEAT_EVERY:
+            return
+        self._last_beat = time.monotonic()
+        now = utcnow()
+        with self.sessions.begin() as session:
+            session.execute(
+                update(DispatcherRow).where(DispatcherRow.id == self.id).values(heartbeat_at=now)
+            )
+            self._recover(session, now)
+
+    def _recover(self, session: Session, now: datetime) -> None:
+        """Settle what dead dispatchers left `sending`."""
+        live = session.execute(
+            select(DispatcherRow.id).where(
+                DispatcherRow.stopped_at.is_(None),
+                DispatcherRow.heartbeat_at > now - self.dead_after,
+            )
+        ).scalars()
+        pending, uncertain = outbox.recover_orphans(session, [*live, self.id], now)
+        if pending or uncertain:
+            log.warning("recovered orphaned launches pending=%s uncertain=%s", pending, uncertain)
+        session.execute(
+            update(DispatcherRow)
+            .where(
+                DispatcherRow.stopped_at.is_(None),
+                DispatcherRow.heartbeat_at <= now - self.dead_after,
+            )
+            .values(stopped_at=now)
+        )
+
+    def _unregister(self) -> None:
+        now = utcnow()
+        with self.sessions.begin() as session:
+            outbox.release_claims(session, self.id, now)
+            session.execute(
+                update(DispatcherRow).where(DispatcherRow.id == self.id).values(stopped_at=now)
+            )
+        log.info(
+            "dispatcher stopped id=%s calls=%s sent=%s", self.id, self.stats.calls, self.stats.sent
+        )
+
+    # ----------------------------------------------------------------- one cycle
+
+    def step(self) -> float | None:
+        """Claim one batch and send it. None: nothing due; > 0: seconds to wait."""
+        now = utcnow()
+        with self.sessions.begin() as session:
+            if not self.dry_run:
+                verdict = budget.take(session, self.settings.amocrm_max_rps, now)
+                if not verdict.go:
+                    return verdict.wait
+            batch = outbox.claim_due(session, self.id, now, MAX_TASKS_PER_CALL)
+            if not batch:
+                return None
+            call_id = outbox.start_call(session, self.id, SALESBOT_RUN_PATH, batch, now)
+        # Committed: the call row exists before the request goes out.
+        self._send(batch, call_id)
+        return 0.0
+
+    def _send(self, batch: Sequence[Claimed], call_id: int, retried_401: bool = False) -> None:
+        self.stats.calls += 1
+        if self.dry_run:
+            self._record_dry_run(batch, call_id)
+            return
+        assert self.client is not None
+        tasks = [SalesbotTask(c.bot_id, c.entity_id, c.entity_type) for c in batch]
+        result = self.client.run_salesbots(tasks)
+        self.stats.outcomes[result.outcome] = self.stats.outcomes.get(result.outcome, 0) + 1
+        if result.outcome is Outcome.UNAUTHORIZED and not retried_401:
+            self._finish(call_id, result, lambda session, now: None)
+            self._after_401(batch)
+            return
+        if result.outcome in (Outcome.BAD_REQUEST, Outcome.REFUSED):
+            self._finish(call_id, result, lambda session, now: None)
+            self._isolate(batch, result)
+            return
+        self._finish(
+            call_id, result, lambda session, now: self._settle(session, batch, result, now)
+        )
+
+    def _finish(self, call_id: int, result: CallResult, then: object) -> None:
+        now = utcnow()
+        with self.sessions.begin() as session:
+            outbox.finish_call(
+                session,
+                call_id,
+                now,
+                outcome=result.outcome.value,
+                status_code=result.status_code,
+                error=result.error,
+                excerpt=result.body_excerpt,
+            )
+            then(session, now)  # type: ignore[operator]
+
+    def _record_dry_run(self, batch: Sequence[Claimed], call_id: int) -> None:
+        now = utcnow()
+        with self.sessions.begin() as session:
+            outbox.finish_call(session, call_id, now, outcome="dry_run")
+            outbox.settle(
+                session, [c.id for c in batch], LaunchStatus.DRY_RUN, now, "dry run: not sent"
+            )
+        self.stats.dry_run += len(batch)
+
+    # ------------------------------------------------------------- the outcomes
+
+    def _settle(
+        self, session: Session, batch: Sequence[Claimed], result: CallResult, now: datetime
+    ) -> None:
+        ids = [c.id for c in batch]
+        outcome = result.outcome
+        if outcome is Outcome.ACCEPTED:
+            outbox.settle(session, ids, LaunchStatus.SENT, now, "accepted by amoCRM")
+            budget.succeeded(session, now)
+            self.stats.sent += len(ids)
+        elif outcome is Outcome.UNCERTAIN and not self.settings.amocrm_retry_uncertain:
+            reason = f"uncertain: no answer from amoCRM ({result.error})"
+            outbox.settle(session, ids, LaunchStatus.UNCERTAIN, now, reason)
+            self.stats.uncertain += len(ids)
+            log.error("call outcome unknown launches=%s error=%s", len(ids), result.error)
+        elif outcome is Outcome.FORBIDDEN:
+            self._pause(
+                session, ids, now, self.settings.amocrm_pause_on_403, result, "403 forbidden"
+            )
+        elif outcome is Outcome.UNAUTHORIZED:
+            self._pause(
+                session, ids, now, self.settings.amocrm_pause_on_403, result, "401 unauthorized"
+            )
+        else:
+            if outcome is Outcome.RATE_LIMITED:
+                backoff = budget.rate_limited(session, now)
+                log.warning(
+                    "amoCRM answered 429: all dispatchers back off %ss", backoff.total_seconds()
+                )
+            self._retry(session, batch, result, now)
+
+    def _retry(
+        self, session: Session, batch: Sequence[Claimed], result: CallResult, now: datetime
+    ) -> None:
+        error = f"{result.outcome.value}: {result.error or result.status_code}"
+        for launch in batch:
+            decision = retry_decision(launch.retries, self.settings.amocrm_max_attempts, now)
+            if decision.give_up:
+                reason = f"failed after {launch.retries + 1} attempts; last: {error}"
+                outbox.settle(session, [launch.id], LaunchStatus.FAILED, now, reason)
+                self.stats.failed += 1
+            else:
+                assert decision.not_before is not None
+                outbox.retry_later(session, launch, decision.not_before, now, error)
+                self.stats.retried += 1
+
+    def _pause(
+        self,
+        session: Session,
+        ids: list[int],
+        now: datetime,
+        seconds: float,
+        result: CallResult,
+        what: str,
+    ) -> None:
+        """Stop all sending for a while; the launches wait, they did nothing wrong."""
+        until = now + timedelta(seconds=seconds)
+        reason = f"{what} from amoCRM: sending paused until {until:%H:%M:%S}Z ({result.error})"
+        budget.hold(session, until, reason, now)
+        outbox.release(session, ids, now, reason=reason)
+        log.error("%s", reason)
+
+    def _after_401(self, batch: Sequence[Claimed]) -> None:
+        """Refresh the token and resend once; if that is impossible, pause."""
+        if self.tokens is not None and self.tokens.refresh_after_401(self.tokens.last_token):
+            self._resend(batch, retried_401=True)
+            return
+        now = utcnow()
+        result = CallResult(
+            outcome=Outcome.UNAUTHORIZED,
+            status_code=401,
+            body_excerpt="",
+            error="the token was refused and cannot be refreshed",
+            bad_indexes=(),
+            started_at=now,
+            finished_at=now,
+            duration_ms=0.0,
+        )
+        with self.sessions.begin() as session:
+            self._settle(session, batch, result, now)
+
+    def _isolate(self, batch: Sequence[Claimed], result: CallResult) -> None:
+        """amoCRM blamed the batch: fail the launches it names, or split and resend
+        the halves until each bad launch is alone, so one bad bot id costs one launch."""
+        if len(batch) == 1:
+            now = utcnow()
+            answer = f"{result.error or ''} {result.body_excerpt}".strip()
+            reason = f"rejected by amoCRM ({result.status_code}): {answer}"
+            with self.sessions.begin() as session:
+                outbox.settle(
+                    session, [batch[0].id], LaunchStatus.FAILED, now, reason.strip()[:2000]
+                )
+            self.stats.failed += 1
+            return
+        named = [batch[i] for i in result.bad_indexes if i < len(batch)]
+        if named:
+            for launch in named:
+                self._isolate([launch], result)
+            rest = [launch for launch in batch if launch not in named]
+            if rest:
+                self._resend(rest)
+            return
+        middle = len(batch) // 2
+        for half in (batch[:middle], batch[middle:]):
+            self._resend(half)
+
+    def _resend(self, batch: Sequence[Claimed], retried_401: bool = False) -> None:
+        """Send launches this dispatcher already holds, in a new call, when a slot frees."""
+        while True:
+            now = utcnow()
+            with self.sessions.begin() as session:
+                verdict = budget.take(session, self.settings.amocrm_max_rps, now)
+                if verdict.go:
+                    call_id = outbox.start_call(session, self.id, SALESBOT_RUN_PATH, batch, now)
+                    break
+            if verdict.wait > 60 or self._stopping.is_set():
+                # A long hold (403, 401): give the launches back instead of holding them.
+                with self.sessions.begin() as session:
+                    outbox.release(session, [c.id for c in batch], now, verdict.reason)
+                return
+            self._stopping.wait(verdict.wait)
+        self._send(batch, call_id, retried_401=retried_401)
+
+
+def build(
+    settings: Settings, sessions: sessionmaker[Session], read_timeout: float = 10.0
+) -> Dispatcher:
+    """A dispatcher wired to amoCRM as the settings say (or dry run)."""
+    if settings.is_dry_run:
+        return Dispatcher(settings, sessions, None, None)
+    if settings.amocrm_url is None:
+        raise ConfigError(
+            "sending needs AMOCRM_SUBDOMAIN or AMOCRM_BASE_URL (or set DRY_RUN=1 to only record)"
+        )
+    tokens = TokenStore(settings, sessions)
+    client = AmoCRMClient(settings.amocrm_url, tokens.access_token, read_timeout=read_timeout)
+    return Dispatcher(settings, sessions, client, tokens)

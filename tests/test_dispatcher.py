@@ -1,0 +1,420 @@
+"""The dispatcher against the fake amoCRM over real HTTP, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from automation import dispatcher as dispatch
+from automation.config import Settings
+from automation.database import make_engine, make_session_factory
+from automation.dispatcher import Dispatcher, NotAlone, retry_decision
+from automation.models import ApiCall, CallLaunch, Launch, LaunchStatus, OAuthToken, RateLimit
+from tests.fake_amocrm import (
+    ACCESS_TOKEN,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    REDIRECT_URI,
+    REFRESH_TOKEN,
+    FakeAmoCRM,
+)
+from tests.launches import add_launches
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAmoCRM]:
+    with FakeAmoCRM() as server:
+        yield server
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def live_settings(make_settings: Callable[..., Settings], fake: FakeAmoCRM) -> Settings:
+    return make_settings(
+        amocrm_base_url=fake.url, amocrm_access_token=ACCESS_TOKEN, amocrm_max_rps=50
+    )
+
+
+def make(settings: Settings, sessions: sessionmaker[Session], read_timeout: float = 2.0) -> Dispatcher:
+    return dispatch.build(settings, sessions, read_timeout=read_timeout)
+
+
+def statuses(sessions: sessionmaker[Session]) -> dict[str, int]:
+    with sessions() as session:
+        counts: dict[str, int] = {}
+        for status in session.scalars(select(Launch.status)):
+            counts[status.value] = counts.get(status.value, 0) + 1
+        return counts
+
+
+def launches(sessions: sessionmaker[Session]) -> list[Launch]:
+    with sessions() as session:
+        return list(session.scalars(select(Launch).order_by(Launch.id)))
+
+
+def make_due(sessions: sessionmaker[Session]) -> None:
+    """Pretend the back-off has passed: everything pending is due now."""
+    with sessions.begin() as session:
+        session.execute(
+            update(Launch)
+            .where(Launch.status == LaunchStatus.PENDING)
+            .values(not_before=datetime.now(UTC) - timedelta(seconds=1))
+        )
+        session.execute(update(RateLimit).values(hold_until=None))
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+def test_a_backlog_of_250_goes_out_as_100_100_50(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    add_launches(sessions, 250)
+
+    stats = make(live_settings, sessions).run(once=True)
+
+    assert [len(call.body) for call in fake.salesbot_calls()] == [100, 100, 50]
+    assert statuses(sessions) == {"sent": 250}
+    assert sorted(fake.launches()) == sorted((7, 1000 + i, 2) for i in range(250))
+    assert stats.sent == 250
+    with sessions() as session:
+        calls = session.scalars(select(ApiCall).order_by(ApiCall.id)).all()
+        assert [(c.launch_count, c.status_code, c.outcome) for c in calls] == [
+            (100, 202, "accepted"),
+            (100, 202, "accepted"),
+            (50, 202, "accepted"),
+        ]
+        assert all(c.finished_at is not None for c in calls)
+        first = session.scalars(select(Launch).order_by(Launch.id)).first()
+        assert first is not None
+        assert (first.call_id, first.attempts, first.reason) == (calls[0].id, 1, "accepted by amoCRM")
+
+
+def test_launches_not_yet_due_wait(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    add_launches(sessions, 3, not_before=datetime.now(UTC) + timedelta(hours=1))
+    make(live_settings, sessions).run(once=True)
+    assert fake.salesbot_calls() == []
+    assert statuses(sessions) == {"pending": 3}
+
+
+def test_one_bad_bot_id_among_100_costs_one_launch(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    add_launches(sessions, 99)
+    add_launches(sessions, 1, bot_id=666, first_entity=5000)
+    fake.reject_bots({666})
+
+    make(live_settings, sessions).run(once=True)
+
+    assert statuses(sessions) == {"sent": 99, "failed": 1}
+    [bad] = [launch for launch in launches(sessions) if launch.bot_id == 666]
+    assert bad.reason is not None
+    assert "bot_id" in bad.reason
+    assert len(fake.launches()) == 99
+    # amoCRM named the bad index: it failed at once, the other 99 went in a new call.
+    with sessions() as session:
+        calls = session.scalars(select(CallLaunch.call_id).where(CallLaunch.launch_id == bad.id)).all()
+    assert len(calls) == 1
+    assert [len(call.body) for call in fake.salesbot_calls()] == [100, 99]
+
+
+def test_success_false_is_bisected_until_the_refused_launch_is_alone(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    add_launches(sessions, 4)
+    fake.refuse_next(1)
+
+    make(live_settings, sessions).run(once=True)
+
+    # 4 refused → halves of 2 accepted: nothing could be blamed, all went out.
+    assert statuses(sessions) == {"sent": 4}
+    assert [len(call.body) for call in fake.salesbot_calls()] == [4, 2, 2]
+
+
+def test_a_single_refused_launch_fails_with_amocrms_answer(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    add_launches(sessions, 1)
+    fake.refuse_next(1)
+    make(live_settings, sessions).run(once=True)
+    [launch] = launches(sessions)
+    assert launch.status is LaunchStatus.FAILED
+    assert launch.reason is not None
+    assert '"success": false' in launch.reason or '"success":false' in launch.reason
+
+
+# ---------------------------------------------------------------------------- retries
+
+
+def test_server_error_sends_the_batch_back_with_backoff_and_records_the_attempt(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    add_launches(sessions, 5)
+    fake.fail_next(1, status=500)
+    before = datetime.now(UTC)
+
+    make(live_settings, sessions).run(once=True)
+
+    rows = launches(sessions)
+    assert {row.status for row in rows} == {LaunchStatus.PENDING}
+    assert all(row.retries == 1 and row.attempts == 1 for row in rows)
+    assert all(row.not_before > before for row in rows)
+    assert rows[0].last_error is not None and rows[0].last_error.startswith("server_error")
+
+    make_due(sessions)
+    make(live_settings, sessions).run(once=True)
+    assert statuses(sessions) == {"sent": 5}
+
+
+def test_retry_budget_exhausted_fails_the_launch(
+    make_settings: Callable[..., Settings], sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    settings = make_settings(
+        amocrm_base_url=fake.url, amocrm_access_token=ACCESS_TOKEN, amocrm_max_attempts=2
+    )
+    add_launches(sessions, 1)
+    fake.fail_next(5, status=503)
+    make(settings, sessions).run(once=True)
+    make_due(sessions)
+    make(settings, sessions).run(once=True)
+
+    [launch] = launches(sessions)
+    assert launch.status is LaunchStatus.FAILED
+    assert launch.reason is not None
+    assert launch.reason.startswith("failed after 2 attempts; last: server_error")
+
+
+def test_connection_refused_is_retried_not_failed(
+    make_settings: Callable[..., Settings], sessions: sessionmaker[Session]
+) -> None:
+    settings = make_settings(amocrm_base_url="http://127.0.0.1:9", amocrm_access_token="t")
+    add_launches(sessions, 2)
+    make(settings, sessions).run(once=True)
+    rows = launches(sessions)
+    assert [row.status for row in rows] == [LaunchStatus.PENDING] * 2
+    assert rows[0].last_error is not None and rows[0].last_error.startswith("not_sent")
+
+
+@pytest.mark.parametrize(
+    ("retries", "max_attempts", "give_up", "max_delay"),
+    [
+        (0, 8, False, 2),  # first failure: within 2 s
+        (1, 8, False, 4),
+        (5, 8, False, 64),
+        (6, 8, False, 128),
+        (7, 8, True, None),  # the 8th attempt failed: give up
+        (0, 1, True, None),  # no retries allowed at all
+        (20, 30, False, 900),  # the wait is capped at 15 minutes
+    ],
+)
+def test_retry_decision_table(
+    retries: int, max_attempts: int, give_up: bool, max_delay: float | None
+) -> None:
+    decision = retry_decision(retries, max_attempts, NOW)
+    assert decision.give_up is give_up
+    if max_delay is None:
+        assert decision.not_before is None
+    else:
+        assert decision.not_before is not None
+        assert NOW <= decision.not_before <= NOW + timedelta(seconds=max_delay)
+
+
+# ------------------------------------------------------------- rate limit, 429, 403
+
+
+def test_rate_limit_holds_under_max_rps_with_no_429(
+    make_settings: Callable[..., Settings], sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    settings = make_settings(amocrm_base_url=fake.url, amocrm_access_token=ACCESS_TOKEN, amocrm_max_rps=7)
+    fake.limit_rps(7)
+    add_launches(sessions, 1500)
+
+    make(settings, sessions).run(once=True)
+
+    assert statuses(sessions) == {"sent": 1500}
+    assert [c.status for c in fake.salesbot_calls()].count(429) == 0
+    assert fake.max_requests_in_any_window(1.0) <= 7
+
+
+def test_429_puts_every_dispatcher_on_hold_and_the_batch_back(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    add_launches(sessions, 3)
+    fake.fail_next(1, status=429)
+
+    assert make(live_settings, sessions).step() == 0.0
+
+    assert statuses(sessions) == {"pending": 3}
+    with sessions() as session:
+        state = session.get(RateLimit, "amocrm")
+        assert state is not None and state.hold_until is not None
+        assert state.consecutive_429 == 1
+        assert "429" in (state.hold_reason or "")
+    # Due again, but the shared hold keeps a second dispatcher quiet too.
+    with sessions.begin() as session:
+        session.execute(update(Launch).values(not_before=datetime.now(UTC) - timedelta(seconds=1)))
+    wait = make(live_settings, sessions).step()
+    assert wait is not None and 0 < wait <= 1.0
+    assert len(fake.salesbot_calls()) == 1
+
+
+def test_403_pauses_all_sending_and_keeps_the_launches(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM, app: Any
+) -> None:
+    add_launches(sessions, 150)
+    fake.fail_next(1, status=403)
+
+    make(live_settings, sessions).run(once=True)
+
+    assert statuses(sessions) == {"pending": 150}
+    assert len(fake.salesbot_calls()) == 1  # no hammering of a blocked account
+    health = app.test_client().get("/healthz").json
+    assert health["dispatch"]["paused_until"] is not None
+    assert "403" in health["dispatch"]["pause_reason"]
+    assert health["status"] == "degraded"
+
+
+# -------------------------------------------------------------- ambiguous outcomes
+
+
+def test_read_timeout_makes_the_batch_uncertain_and_it_is_not_resent(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    add_launches(sessions, 3)
+    fake.stall_next(1, seconds=1.5)
+
+    make(live_settings, sessions, read_timeout=0.3).run(once=True)
+    make(live_settings, sessions, read_timeout=0.3).run(once=True)
+
+    assert statuses(sessions) == {"uncertain": 3}
+    assert len(fake.salesbot_calls()) == 1
+    [row, *_] = launches(sessions)
+    assert row.reason is not None and row.reason.startswith("uncertain: no answer from amoCRM")
+
+
+def test_retry_uncertain_setting_resends_them(
+    make_settings: Callable[..., Settings], sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    settings = make_settings(
+        amocrm_base_url=fake.url, amocrm_access_token=ACCESS_TOKEN, amocrm_retry_uncertain=True
+    )
+    add_launches(sessions, 2)
+    fake.stall_next(1, seconds=1.5)
+    make(settings, sessions, read_timeout=0.3).run(once=True)
+    assert statuses(sessions) == {"pending": 2}
+    make_due(sessions)
+    make(settings, sessions, read_timeout=0.3).run(once=True)
+    assert statuses(sessions) == {"sent": 2}
+
+
+# ------------------------------------------------------------------------- tokens
+
+
+def test_expired_oauth_token_is_refreshed_mid_run_and_the_batch_resent(
+    make_settings: Callable[..., Settings], sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    settings = make_settings(
+        amocrm_base_url=fake.url,
+        amocrm_access_token=ACCESS_TOKEN,
+        amocrm_refresh_token=REFRESH_TOKEN,
+        amocrm_client_id=CLIENT_ID,
+        amocrm_client_secret=CLIENT_SECRET,
+        amocrm_redirect_uri=REDIRECT_URI,
+    )
+    add_launches(sessions, 120)
+    worker = make(settings, sessions)
+    worker.step()  # 100 sent with the first token
+    fake.expire_token()
+
+    worker.run(once=True)
+
+    assert statuses(sessions) == {"sent": 120}
+    assert [c.status for c in fake.salesbot_calls()] == [202, 401, 202]
+    with sessions() as session:
+        stored = session.get(OAuthToken, 1)
+        assert stored is not None
+        assert stored.access_token == fake.access_token != ACCESS_TOKEN
+        assert stored.refresh_token == fake.refresh_token != REFRESH_TOKEN
+
+
+def test_401_with_a_long_lived_token_pauses_instead_of_hammering(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    add_launches(sessions, 3)
+    fake.expire_token()
+    make(live_settings, sessions).run(once=True)
+    assert statuses(sessions) == {"pending": 3}
+    assert len(fake.salesbot_calls()) == 1
+    with sessions() as session:
+        state = session.get(RateLimit, "amocrm")
+        assert state is not None and "401" in (state.hold_reason or "")
+
+
+# ------------------------------------------------------------------- dry run, SQLite
+
+
+def test_dry_run_records_everything_and_sends_nothing(
+    make_settings: Callable[..., Settings], sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    settings = make_settings(amocrm_base_url=fake.url)  # no token: dry run by default
+    assert settings.is_dry_run
+    add_launches(sessions, 130)
+    stats = make(settings, sessions).run(once=True)
+    assert statuses(sessions) == {"dry_run": 130}
+    assert fake.calls == []
+    assert stats.dry_run == 130
+    with sessions() as session:
+        outcomes = session.scalars(select(ApiCall.outcome)).all()
+    assert outcomes == ["dry_run", "dry_run"]
+
+
+def test_a_second_dispatcher_on_sqlite_says_so(
+    live_settings: Settings, sessions: sessionmaker[Session], database_url: str
+) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("on PostgreSQL several dispatchers run together")
+    first = make(live_settings, sessions)
+    first._register(wait=False)
+    second = make(live_settings, sessions)
+    with pytest.raises(NotAlone, match="another dispatcher .* runs on this SQLite database"):
+        second.run(once=True, wait_if_not_alone=False)
+    first._unregister()
+    make(live_settings, sessions).run(once=True)  # the first one stopped: fine now
+
+
+def test_claims_of_a_dead_dispatcher_are_recovered(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    add_launches(sessions, 4)
+    now = datetime.now(UTC)
+    from automation import outbox
+
+    with sessions.begin() as session:
+        claimed = outbox.claim_due(session, "dead:1", now, limit=2)
+        outbox.start_call(session, "dead:1", "/api/v2/salesbot/run", claimed[:1], now)
+    # "dead:1" never registered a heartbeat: it is gone.
+    make(live_settings, sessions).run(once=True)
+
+    rows = launches(sessions)
+    assert [row.status for row in rows] == [
+        LaunchStatus.UNCERTAIN,  # its call had started: it may have reached amoCRM
+        LaunchStatus.SENT,  # claimed but never in a call: safe to send
+        LaunchStatus.SENT,
+        LaunchStatus.SENT,
+    ]
+    assert len(fake.launches()) == 3
