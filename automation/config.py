@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     amocrm_pause_on_403: float = Field(default=900.0, ge=0)
     #: Attempts before a retryable failure becomes `failed`.
     amocrm_max_attempts: int = Field(default=8, ge=1, le=100)
+    #: Seconds without a heartbeat after which a dispatcher counts as dead and the
+    #: launches it left `sending` are recovered.
+    dispatcher_dead_after: float = Field(default=30.0, gt=0)
     dry_run: bool | None = None
     admin_token: SecretStr | None = None
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
@@ -122,6 +125,7 @@ _EXPECTED = {
     "dry_run": "a boolean (1/0, true/false)",
     "amocrm_pause_on_403": "a number of seconds >= 0",
     "amocrm_max_attempts": "an integer from 1 to 100",
+    "dispatcher_dead_after": "a number of seconds > 0",
 }
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import wait_random_exponential
 
@@ -41,8 +43,6 @@ from automation.tokens import TokenStore
 
 log = logging.getLogger("automation.dispatcher")
 
-#: A dispatcher whose heartbeat is older than this is dead; its claims are recovered.
-DEAD_AFTER = timedelta(seconds=30)
 HEARTBEAT_EVERY = 2.0
 #: How long an idle dispatcher sleeps before looking for due launches again.
 IDLE_SLEEP = 0.05
@@ -103,18 +103,16 @@ class Dispatcher:
         sessions: sessionmaker[Session],
         client: AmoCRMClient | None,
         tokens: TokenStore | None,
-        *,
-        dead_after: timedelta = DEAD_AFTER,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.client = client
         self.tokens = tokens
-        self.dead_after = dead_after
+        self.dead_after = timedelta(seconds=settings.dispatcher_dead_after)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats = Stats()
         self._stopping = threading.Event()
-        self._last_beat = 0.0
+        self._last_recovery = time.monotonic()
         self._sqlite = sessions.kw["bind"].dialect.name == "sqlite"
 
     @property
@@ -130,9 +128,10 @@ class Dispatcher:
     def run(self, once: bool = False, wait_if_not_alone: bool = True) -> Stats:
         """Send due launches until stopped (or, with `once`, until none is due)."""
         self._register(wait_if_not_alone)
+        heartbeat = self._start_heartbeat()
         try:
             while not self._stopping.is_set():
-                self._heartbeat()
+                self._maybe_recover()
                 waited = self.step()
                 if waited is None:
                     if once:
@@ -144,11 +143,14 @@ class Dispatcher:
                 elif waited > 0:
                     self._stopping.wait(min(waited, 1.0))
         finally:
+            self._stopping.set()
+            heartbeat.join()
             self._unregister()
         return self.stats
 
     def _register(self, wait: bool) -> None:
         """Record this dispatcher; on SQLite, insist on being the only one."""
+        said_at = 0.0
         while True:
             now = utcnow()
             with self.sessions.begin() as session:
@@ -171,8 +173,10 @@ class Dispatcher:
             )
             if not wait:
                 raise NotAlone(message)
-            log.warning("%s Waiting for it to stop", message)
-            if self._stopping.wait(5):
+            if time.monotonic() - said_at > 60:
+                log.warning("%s Waiting for it to stop", message)
+                said_at = time.monotonic()
+            if self._stopping.wait(1):
                 raise NotAlone(message)
         log.info("dispatcher started id=%s dry_run=%s", self.id, self.dry_run)
 
@@ -187,18 +191,35 @@ class Dispatcher:
             .limit(1)
         ).scalar_one_or_none()
 
-    def _heartbeat(self) -> None:
-        import time
+    def _beat_interval(self) -> float:
+        return min(HEARTBEAT_EVERY, self.dead_after.total_seconds() / 4)
 
-        if time.monotonic() - self._last_beat < HEARTBEAT_EVERY:
+    def _start_heartbeat(self) -> threading.Thread:
+        """Beat from a thread of its own: a call stalled for its whole read timeout
+        must not make this dispatcher look dead to the others."""
+        thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        thread.start()
+        return thread
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stopping.wait(self._beat_interval()):
+            try:
+                with self.sessions.begin() as session:
+                    session.execute(
+                        update(DispatcherRow)
+                        .where(DispatcherRow.id == self.id)
+                        .values(heartbeat_at=utcnow())
+                    )
+            except SQLAlchemyError as exc:
+                log.error("heartbeat failed error=%s", type(exc).__name__)
+
+    def _maybe_recover(self) -> None:
+        """Now and then, settle what dead dispatchers left behind."""
+        if time.monotonic() - self._last_recovery < self._beat_interval():
             return
-        self._last_beat = time.monotonic()
-        now = utcnow()
+        self._last_recovery = time.monotonic()
         with self.sessions.begin() as session:
-            session.execute(
-                update(DispatcherRow).where(DispatcherRow.id == self.id).values(heartbeat_at=now)
-            )
-            self._recover(session, now)
+            self._recover(session, utcnow())
 
     def _recover(self, session: Session, now: datetime) -> None:
         """Settle what dead dispatchers left `sending`."""
