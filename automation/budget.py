@@ -11,7 +11,7 @@ dispatcher puts a hold on the row that stops them all.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -32,6 +32,8 @@ class Verdict:
     """Whether a request may start now, and if not, for how long to wait and why."""
 
     wait: float
+    #: The clock read after the budget row was locked: the call's start time.
+    now: datetime
     reason: str | None = None
 
     @property
@@ -39,15 +41,19 @@ class Verdict:
         return self.wait <= 0
 
 
-def take(session: Session, max_rps: float, now: datetime) -> Verdict:
-    """Check the shared budget; the caller inserts its call row in this transaction.
+def take(session: Session, max_rps: float) -> Verdict:
+    """Check the shared budget; the caller inserts its call row in this transaction,
+    with `Verdict.now` as its start time.
 
     Locks the budget row first (PostgreSQL `FOR UPDATE`; SQLite holds its write lock
-    from BEGIN), so that the count and the caller's insert are one atomic step.
+    from BEGIN), so that the count and the caller's insert are one atomic step. The
+    clock is read only once the lock is held: a time read before waiting for the lock
+    would be stale, and a stale start time lets the next dispatcher go early.
     """
-    state = _locked_row(session, now)
+    state = _locked_row(session, datetime.now(UTC))
+    now = datetime.now(UTC)
     if state.hold_until is not None and state.hold_until > now:
-        return Verdict((state.hold_until - now).total_seconds(), state.hold_reason)
+        return Verdict((state.hold_until - now).total_seconds(), now, state.hold_reason)
     limit = max(1, int(max_rps))
     window_start = now - WINDOW
     recent = session.execute(
@@ -58,9 +64,9 @@ def take(session: Session, max_rps: float, now: datetime) -> Verdict:
     ).scalars()
     starts = list(recent)
     if len(starts) < limit:
-        return Verdict(0.0)
+        return Verdict(0.0, now)
     oldest = starts[-1]
-    return Verdict(max((oldest + WINDOW - now).total_seconds(), 0.001), "rate limit")
+    return Verdict(max((oldest + WINDOW - now).total_seconds(), 0.001), now, "rate limit")
 
 
 def hold(session: Session, until: datetime, reason: str, now: datetime) -> None:

@@ -256,19 +256,35 @@ class Dispatcher:
 
     def step(self) -> float | None:
         """Claim one batch and send it. None: nothing due; > 0: seconds to wait."""
-        now = utcnow()
-        with self.sessions.begin() as session:
-            if not self.dry_run:
-                verdict = budget.take(session, self.settings.amocrm_max_rps, now)
-                if not verdict.go:
-                    return verdict.wait
-            batch = outbox.claim_due(session, self.id, now, MAX_TASKS_PER_CALL)
+        with self.sessions() as session:
+            batch = outbox.claim_due(session, self.id, utcnow(), MAX_TASKS_PER_CALL)
             if not batch:
+                session.rollback()
                 return None
-            call_id = outbox.start_call(session, self.id, SALESBOT_RUN_PATH, batch, now)
+            call_id, wait = self._open_call(session, batch)
+            if call_id is None:
+                session.rollback()  # the claim too: nothing is held while waiting
+                return wait
+            session.commit()
         # Committed: the call row exists before the request goes out.
         self._send(batch, call_id)
         return 0.0
+
+    def _open_call(self, session: Session, batch: Sequence[Claimed]) -> tuple[int | None, float]:
+        """Record the call and take its request slot, in that order, in one transaction.
+
+        The slot is taken last, right before the commit, and the call's start time is
+        read then: the later the clock is read, the closer it is to the moment amoCRM
+        sees the request, and the tighter the shared budget can be kept.
+        """
+        call_id = outbox.start_call(session, self.id, SALESBOT_RUN_PATH, batch, utcnow())
+        if self.dry_run:
+            return call_id, 0.0
+        verdict = budget.take(session, self.settings.amocrm_max_rps)
+        if not verdict.go:
+            return None, verdict.wait
+        outbox.stamp_call(session, call_id, verdict.now)
+        return call_id, 0.0
 
     def _send(self, batch: Sequence[Claimed], call_id: int, retried_401: bool = False) -> None:
         self.stats.calls += 1
@@ -424,18 +440,18 @@ class Dispatcher:
     def _resend(self, batch: Sequence[Claimed], retried_401: bool = False) -> None:
         """Send launches this dispatcher already holds, in a new call, when a slot frees."""
         while True:
-            now = utcnow()
-            with self.sessions.begin() as session:
-                verdict = budget.take(session, self.settings.amocrm_max_rps, now)
-                if verdict.go:
-                    call_id = outbox.start_call(session, self.id, SALESBOT_RUN_PATH, batch, now)
+            with self.sessions() as session:
+                call_id, wait = self._open_call(session, batch)
+                if call_id is not None:
+                    session.commit()
                     break
-            if verdict.wait > 60 or self._stopping.is_set():
+                session.rollback()
+            if wait > 60 or self._stopping.is_set():
                 # A long hold (403, 401): give the launches back instead of holding them.
                 with self.sessions.begin() as session:
-                    outbox.release(session, [c.id for c in batch], now, verdict.reason)
+                    outbox.release(session, [c.id for c in batch], utcnow(), "sending on hold")
                 return
-            self._stopping.wait(verdict.wait)
+            self._stopping.wait(wait)
         self._send(batch, call_id, retried_401=retried_401)
 
 

@@ -12,12 +12,13 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import CursorResult, Result, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from automation.database import insert_ignoring
 from automation.events import Payload
 from automation.models import ApiCall, CallLaunch, Delivery, DeliveryStatus, Launch, LaunchStatus
 
@@ -67,39 +68,49 @@ def enqueue(session: Session, inbound: Inbound, planned: Sequence[PlannedLaunch]
     duplicate. A launch inside its rule's cooldown is stored as `skipped` with the
     reason, so "why did my bot not start?" has an answer in the log.
     """
-    delivery = _add_delivery(session, inbound)
+    status = DeliveryStatus.ACCEPTED if inbound.payload.recognized else DeliveryStatus.UNRECOGNIZED
+    # Counted optimistically (every launch new): the common case then needs no UPDATE.
+    delivery_id = _add_delivery(session, inbound, status, launch_count=len(planned))
     added = skipped = duplicates = 0
     for launch in planned:
-        status, reason = _cooldown_verdict(session, launch, inbound.received_at)
-        if _insert_launch(session, delivery.id, launch, status, reason, inbound.received_at):
-            added += status is LaunchStatus.PENDING
-            skipped += status is LaunchStatus.SKIPPED
+        verdict, reason = _cooldown_verdict(session, launch, inbound.received_at)
+        if _insert_launch(session, delivery_id, launch, verdict, reason, inbound.received_at):
+            added += verdict is LaunchStatus.PENDING
+            skipped += verdict is LaunchStatus.SKIPPED
         else:
             duplicates += 1
-    delivery.launch_count = added
-    delivery.duplicate_count = duplicates
-    return Enqueued(
-        delivery.id, len(inbound.payload.events), added, skipped, duplicates, delivery.status
-    )
+    if added != len(planned):
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery_id)
+            .values(launch_count=added, duplicate_count=duplicates)
+        )
+    events = len(inbound.payload.events)
+    return Enqueued(delivery_id, events, added, skipped, duplicates, status)
 
 
-def _add_delivery(session: Session, inbound: Inbound) -> Delivery:
+def _add_delivery(
+    session: Session, inbound: Inbound, status: DeliveryStatus, launch_count: int
+) -> int:
     payload = inbound.payload
-    delivery = Delivery(
-        received_at=inbound.received_at,
-        remote_addr=inbound.remote_addr,
-        content_type=inbound.content_type[:200],
-        body=inbound.body,
-        account_id=payload.account.id,
-        account_subdomain=payload.account.subdomain,
-        event_count=len(payload.events),
-        launch_count=0,
-        duplicate_count=0,
-        status=DeliveryStatus.ACCEPTED if payload.recognized else DeliveryStatus.UNRECOGNIZED,
-    )
-    session.add(delivery)
-    session.flush()
-    return delivery
+    values = {
+        "received_at": inbound.received_at,
+        "remote_addr": inbound.remote_addr,
+        "content_type": inbound.content_type[:200],
+        "body": inbound.body,
+        "account_id": payload.account.id,
+        "account_subdomain": payload.account.subdomain,
+        "event_count": len(payload.events),
+        "launch_count": launch_count,
+        "duplicate_count": 0,
+        "status": status,
+    }
+    # Core, not the ORM: this is the webhook's hot path, and the ORM's bulk-insert
+    # machinery costs more than the insert itself.
+    return int(session.connection().execute(_INSERT_DELIVERY, values).scalar_one())
+
+
+_INSERT_DELIVERY = insert(Delivery).returning(Delivery.id)
 
 
 def _cooldown_verdict(
@@ -142,31 +153,41 @@ def _insert_launch(
     now: datetime,
 ) -> bool:
     """Insert unless the dedupe key exists; True when a row was added."""
-    statement = (
-        insert_ignoring(session, Launch)
-        .values(
-            delivery_id=delivery_id,
-            rule=launch.rule,
-            event_type=launch.event.type,
-            event_group=launch.event.group[:100],
-            event_index=launch.event.index,
-            bot_id=launch.bot_id,
-            entity_type=launch.entity_type,
-            entity_id=launch.entity_id,
-            change_key=launch.event.change[:300],
-            dedupe_key=dedupe_digest(launch),
-            status=status,
-            reason=reason,
-            not_before=launch.not_before,
-            attempts=0,
-            created_at=now,
-            updated_at=now,
-            settled_at=now if status is LaunchStatus.SKIPPED else None,
-        )
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(Launch.id)
+    values = {
+        "delivery_id": delivery_id,
+        "rule": launch.rule,
+        "event_type": launch.event.type,
+        "event_group": launch.event.group[:100],
+        "event_index": launch.event.index,
+        "bot_id": launch.bot_id,
+        "entity_type": launch.entity_type,
+        "entity_id": launch.entity_id,
+        "change_key": launch.event.change[:300],
+        "dedupe_key": dedupe_digest(launch),
+        "status": status,
+        "reason": reason,
+        "not_before": launch.not_before,
+        "attempts": 0,
+        "retries": 0,
+        "created_at": now,
+        "updated_at": now,
+        "settled_at": now if status is LaunchStatus.SKIPPED else None,
+    }
+    statement = _insert_launch_statement(session)
+    return session.connection().execute(statement, values).first() is not None
+
+
+@cache
+def _insert_launch_statement_for(dialect: str) -> Any:
+    """Built once per dialect: building statements per request is costly on the hot path."""
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert_(Launch).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Launch.id)
     )
-    return session.execute(statement).first() is not None
+
+
+def _insert_launch_statement(session: Session) -> Any:
+    return _insert_launch_statement_for(session.get_bind().dialect.name)
 
 
 # ------------------------------------------------------------------ the dispatcher's side
@@ -233,6 +254,11 @@ def start_call(
         .values(call_id=call.id, attempts=Launch.attempts + 1, updated_at=now)
     )
     return call.id
+
+
+def stamp_call(session: Session, call_id: int, started_at: datetime) -> None:
+    """Set a call's start to the moment its request slot was granted."""
+    session.execute(update(ApiCall).where(ApiCall.id == call_id).values(started_at=started_at))
 
 
 def finish_call(
