@@ -198,7 +198,10 @@ def _compose(text: str, filename: str) -> yaml.Node | None:
 def _yaml_problem(exc: yaml.MarkedYAMLError, filename: str) -> str:
     mark = exc.problem_mark or exc.context_mark
     where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
-    context = f" ({exc.context})" if exc.context else ""
+    context = ""
+    if exc.context:
+        started = f" at line {exc.context_mark.line + 1}" if exc.context_mark else ""
+        context = f" ({exc.context}{started})"
     return f"{where}: invalid YAML: {exc.problem}{context}"
 
 
@@ -222,9 +225,11 @@ class _Converter:
 
     def __init__(self, problems: list[_Problem]) -> None:
         self.problems = problems
+        self.unreadable: list[Loc] = []  # values reported here, not to be judged again
         self._open: set[int] = set()
 
     def convert(self, node: yaml.Node, loc: Loc) -> Any:
+        """Plain data for `node`; problems are collected, never raised."""
         if id(node) in self._open:
             self.problems.append(_Problem(loc, "recursive alias", mark=node.start_mark))
             return None
@@ -234,7 +239,11 @@ class _Converter:
                 return self._mapping(node, loc)
             if isinstance(node, yaml.SequenceNode):
                 return [self.convert(item, (*loc, i)) for i, item in enumerate(node.value)]
-            return self._scalar(node, loc)
+            known = len(self.problems)
+            value = self._scalar(node, loc)
+            if len(self.problems) > known:
+                self.unreadable.append(loc)
+            return value
         finally:
             self._open.discard(id(node))
 
@@ -574,6 +583,8 @@ EventPattern = Annotated[str, PlainValidator(_event_pattern)]
 
 
 class _Spec(BaseModel):
+    """Strict base: unknown keys are errors, and specs never change once read."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -732,7 +743,6 @@ _ID_FIELDS = frozenset(
     }
 )
 _TAG_MODES = ("any", "all", "none")
-_RESERVED = (*_OPERATORS, *_TAG_MODES)
 
 
 @dataclass(frozen=True)
@@ -852,7 +862,7 @@ def _exists(wanted: bool) -> ValueTest:
     return test
 
 
-def _compare(name: str, bound: float) -> ValueTest:
+def _compare(name: str, bound: int | float) -> ValueTest:
     sign, compare = _COMPARISONS[name]
 
     def test(value: Any) -> str | None:
@@ -950,6 +960,7 @@ class _WhenCompiler:
         self.problems.append(_Problem(loc, message, mark_loc))
 
     def condition(self, raw: Mapping[Any, Any], loc: Loc) -> Condition | None:
+        """A rule's whole `when:`, or None when any part of it is invalid."""
         tests = [self.entry(key, spec, (*loc, key)) for key, spec in raw.items()]
         if any(test is None for test in tests):
             return None
@@ -962,6 +973,7 @@ class _WhenCompiler:
         return Condition(_all_of([t for t in tests if t]), exact, names_type)
 
     def conditions(self, raw: Any, loc: Loc) -> EventTest | None:
+        """One branch of `any:`: a non-empty mapping of conditions, ANDed."""
         if not isinstance(raw, dict) or not raw:
             self.fail(loc, f"must be a mapping of conditions, got {_show(raw)}")
             return None
@@ -969,6 +981,7 @@ class _WhenCompiler:
         return made.test if made else None
 
     def entry(self, key: Any, spec: Any, loc: Loc) -> EventTest | None:
+        """One `key: spec` of a `when:` mapping: `any`, `tags`, `custom_fields` or a field."""
         if key == "any":
             return self.any(spec, loc)
         if key == "tags":
@@ -978,7 +991,10 @@ class _WhenCompiler:
         if not isinstance(key, str) or not all(key.split(".")):
             self.fail(loc, f"must be a field name such as 'status_id', got {key!r}")
             return None
-        if key in _RESERVED:
+        if key in _TAG_MODES:
+            self.fail(loc, f"{key!r} is a tags test; write tags: {{{key}: [...]}}")
+            return None
+        if key in _OPERATORS:
             self.fail(loc, f"{key!r} is an operator; put it under a field: status_id: {{{key}: …}}")
             return None
         test = self.value(spec, loc, integer=key.rsplit(".", 1)[-1] in _ID_FIELDS)
@@ -1032,6 +1048,10 @@ class _WhenCompiler:
         return None if None in tests else _all_of([t for t in tests if t])
 
     def value(self, spec: Any, loc: Loc, integer: bool = False) -> ValueTest | None:
+        """A field's spec: a value (equality), a list (any of) or a mapping of operators.
+
+        `integer` is set for id fields, whose values must be integers.
+        """
         if isinstance(spec, dict):
             return self.operators(spec, loc, integer)
         if isinstance(spec, list):
@@ -1047,11 +1067,15 @@ class _WhenCompiler:
         return None if None in tests else _all_of([t for t in tests if t])
 
     def operator(self, op: Any, operand: Any, loc: Loc, integer: bool) -> ValueTest | None:
+        """One `op: operand` of an operator mapping."""
         op_loc = (*loc, op)
         if op == "in" and not isinstance(operand, list):
             self.fail(op_loc, f"must be a list of values, got {_show(operand)}")
             return None
-        if op in ("eq", "in", "not"):
+        if op == "eq":
+            value = self.operand(operand, op_loc, integer)
+            return None if value is _MISSING else _equals(value)
+        if op in ("in", "not"):
             inner = self.value(operand, op_loc, integer)
             return _negated(inner, operand) if inner and op == "not" else inner
         if op == "exists":
@@ -1060,8 +1084,8 @@ class _WhenCompiler:
             self.fail(op_loc, f"must be true or false, got {_show(operand)}")
             return None
         if op in _COMPARISONS:
-            if _number(operand) is not None and not isinstance(operand, str):
-                return _compare(str(op), float(operand))
+            if isinstance(operand, int | float) and not isinstance(operand, bool):
+                return _compare(str(op), operand)
             self.fail(op_loc, f"must be a number, got {_show(operand)}")
             return None
         hint = _did_you_mean(op, _OPERATORS) or f"; use {', '.join(_OPERATORS)}"
@@ -1226,6 +1250,7 @@ class Rule:
 
     @property
     def entity_type(self) -> int:
+        """The salesbot API's code for `entity` (lead 2, contact 1, …)."""
         return ENTITY_TYPE_CODES[self.entity]
 
     def decide(self, event: Event, now: datetime) -> Decision:
@@ -1384,12 +1409,23 @@ def load_rules(text: str, filename: str = "rules.yaml") -> RuleSet:
         message = f"{filename}:1:1: the file is empty; expected version: 1 and rules"
         raise RulesError([message], filename)
     problems: list[_Problem] = []
-    data = _Converter(problems).convert(root, ())
+    converter = _Converter(problems)
+    data = converter.convert(root, ())
     rules = _build(data, problems)
     if problems:
-        raise RulesError(_render(problems, root, data, filename), filename)
+        shown = _without_echoes(problems, converter.unreadable)
+        raise RulesError(_render(shown, root, data, filename), filename)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return RuleSet(rules, content_hash=digest, filename=filename)
+
+
+def _without_echoes(problems: list[_Problem], unreadable: list[Loc]) -> list[_Problem]:
+    """Drop validation complaints about values YAML could not read (reported already)."""
+    return [
+        problem
+        for problem in problems
+        if problem.mark is not None or not any(problem.loc[: len(u)] == u for u in unreadable)
+    ]
 
 
 def load_rules_file(path: str | Path) -> RuleSet:
@@ -1533,6 +1569,7 @@ class RulesLoader:
 
     @property
     def current(self) -> RuleSet | None:
+        """The rules in use: the last file that loaded, or None if none ever did."""
         return self._state.current
 
     @property
@@ -1542,6 +1579,7 @@ class RulesLoader:
 
     @property
     def loaded_at(self) -> datetime | None:
+        """When `current` was loaded (UTC)."""
         return self._state.loaded_at
 
     @property
@@ -1634,6 +1672,7 @@ def describe_event(event: Event) -> str:
 
 
 def describe_launch(launch: Launch) -> str:
+    """One line: rule, bot, entity, earliest start and cooldown of a launch."""
     cooldown = format_duration(launch.cooldown) if launch.cooldown else "none"
     return (
         f"{launch.rule}: bot {launch.bot_id} on {launch.entity} {launch.entity_id}, "
@@ -1668,15 +1707,15 @@ class CaseSpec(_Spec):
 
 
 class CasesSpec(_Spec):
-    """A cases file: optional `rules` path and a list of `cases`."""
+    """A cases file: optional `rules` path and a list of `cases` (each checked apart)."""
 
     rules: Annotated[str, PlainValidator(_text)] | None = None
-    cases: Annotated[list[CaseSpec], BeforeValidator(_non_empty_cases)]
+    cases: Annotated[list[Any], PlainValidator(_cases_list)]
 
 
-def _non_empty_cases(value: Any) -> Any:
-    if isinstance(value, list) and not value:
-        raise ValueError("must list at least one case")
+def _cases_list(value: Any) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"must be a non-empty list of cases, got {_show(value)}")
     return value
 
 
@@ -1692,6 +1731,8 @@ class Case:
 
 @dataclass(frozen=True)
 class CaseFile:
+    """A loaded cases file."""
+
     cases: tuple[Case, ...]
     rules: Path | None  # the rules file the cases name, relative paths resolved
 
@@ -1707,36 +1748,42 @@ class CaseResult:
 
 
 def load_cases_file(path: str | Path) -> CaseFile:
-    """Read a cases file; payload paths are relative to it. Raises `RulesError`."""
+    """Read a cases file; payload paths are relative to it.
+
+    Raises `RulesError` listing every problem, payload files that cannot be read
+    included, each with file:line.
+    """
     path = Path(path)
-    text = _read_text(path)
-    root = _compose(text, str(path))
+    root = _compose(_read_text(path), str(path))
     if root is None:
         raise RulesError([f"{path}:1:1: the file is empty; expected cases"], str(path))
     problems: list[_Problem] = []
     data = _Converter(problems).convert(root, ())
-    spec = _validate(CasesSpec, data, (), problems) if not problems else None
-    cases = _load_cases(spec, path.parent, problems) if spec else ()
+    spec = _validate(CasesSpec, data, (), problems)
+    raw_cases = data.get("cases") if isinstance(data, dict) else None
+    cases = [
+        _load_case(raw, ("cases", i), path.parent, problems)
+        for i, raw in enumerate(raw_cases if isinstance(raw_cases, list) else [])
+    ]
     if problems or spec is None:
         raise RulesError(_render(problems, root, data, str(path)), str(path))
     rules = path.parent / spec.rules if spec.rules else None
-    return CaseFile(cases, rules)
+    return CaseFile(tuple(case for case in cases if case is not None), rules)
 
 
-def _load_cases(spec: CasesSpec, base: Path, problems: list[_Problem]) -> tuple[Case, ...]:
-    cases = []
-    for index, case in enumerate(spec.cases):
-        if case.body is not None:
-            body = case.body.strip().encode("utf-8")
-        else:
-            try:
-                body = (base / str(case.payload)).read_bytes().strip()
-            except OSError as exc:
-                message = f"cannot read {case.payload!r}: {exc.strerror}"
-                problems.append(_Problem(("cases", index, "payload"), message))
-                continue
-        cases.append(Case(case.name, body, case.at, tuple(case.expect)))
-    return tuple(cases)
+def _load_case(raw: Any, loc: Loc, base: Path, problems: list[_Problem]) -> Case | None:
+    spec = _validate(CaseSpec, raw, loc, problems)
+    if spec is None:
+        return None
+    if spec.body is not None:
+        return Case(spec.name, spec.body.strip().encode("utf-8"), spec.at, tuple(spec.expect))
+    try:
+        body = (base / str(spec.payload)).read_bytes().strip()
+    except OSError as exc:
+        message = f"cannot read {spec.payload!r}: {exc.strerror}"
+        problems.append(_Problem((*loc, "payload"), message))
+        return None
+    return Case(spec.name, body, spec.at, tuple(spec.expect))
 
 
 def run_case(rules: RuleSet, case: Case, now: datetime) -> CaseResult:

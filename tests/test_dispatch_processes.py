@@ -37,7 +37,9 @@ def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-def dispatcher_env(database_url: str, rules_file: Path, fake: FakeAmoCRM, **extra: str) -> dict[str, str]:
+def dispatcher_env(
+    database_url: str, rules_file: Path, fake: FakeAmoCRM, **extra: str
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AMOCRM_")}
     env.update(
         DATABASE_URL=database_url,

@@ -48,7 +48,9 @@ def live_settings(make_settings: Callable[..., Settings], fake: FakeAmoCRM) -> S
     )
 
 
-def make(settings: Settings, sessions: sessionmaker[Session], read_timeout: float = 2.0) -> Dispatcher:
+def make(
+    settings: Settings, sessions: sessionmaker[Session], read_timeout: float = 2.0
+) -> Dispatcher:
     return dispatch.build(settings, sessions, read_timeout=read_timeout)
 
 
@@ -100,7 +102,11 @@ def test_a_backlog_of_250_goes_out_as_100_100_50(
         assert all(c.finished_at is not None for c in calls)
         first = session.scalars(select(Launch).order_by(Launch.id)).first()
         assert first is not None
-        assert (first.call_id, first.attempts, first.reason) == (calls[0].id, 1, "accepted by amoCRM")
+        assert (first.call_id, first.attempts, first.reason) == (
+            calls[0].id,
+            1,
+            "accepted by amoCRM",
+        )
 
 
 def test_launches_not_yet_due_wait(
@@ -128,7 +134,9 @@ def test_one_bad_bot_id_among_100_costs_one_launch(
     assert len(fake.launches()) == 99
     # amoCRM named the bad index: it failed at once, the other 99 went in a new call.
     with sessions() as session:
-        calls = session.scalars(select(CallLaunch.call_id).where(CallLaunch.launch_id == bad.id)).all()
+        calls = session.scalars(
+            select(CallLaunch.call_id).where(CallLaunch.launch_id == bad.id)
+        ).all()
     assert len(calls) == 1
     assert [len(call.body) for call in fake.salesbot_calls()] == [100, 99]
 
@@ -240,7 +248,9 @@ def test_retry_decision_table(
 def test_rate_limit_holds_under_max_rps_with_no_429(
     make_settings: Callable[..., Settings], sessions: sessionmaker[Session], fake: FakeAmoCRM
 ) -> None:
-    settings = make_settings(amocrm_base_url=fake.url, amocrm_access_token=ACCESS_TOKEN, amocrm_max_rps=7)
+    settings = make_settings(
+        amocrm_base_url=fake.url, amocrm_access_token=ACCESS_TOKEN, amocrm_max_rps=7
+    )
     fake.limit_rps(7)
     add_launches(sessions, 1500)
 

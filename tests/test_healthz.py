@@ -40,7 +40,8 @@ def test_broken_rules_file_keeps_the_last_good_rules_and_shows_in_healthz(
     assert health["rules"]["rule_count"] == 3
     assert "lead.nope" in health["rules"]["last_error"]
     answer = client.post(
-        "/webhooks/amocrm/s3cret", data=webhook_body("status_lead"),
+        "/webhooks/amocrm/s3cret",
+        data=webhook_body("status_lead"),
         content_type="application/x-www-form-urlencoded",
     )
     assert answer.json["launches"] == 1
@@ -52,7 +53,8 @@ def test_changed_rules_file_is_picked_up_without_restart(
     time.sleep(1.1)
     _touch_later(rules_file, TEST_RULES.replace("bot_id: 101", "bot_id: 999"))
     answer = client.post(
-        "/webhooks/amocrm/s3cret", data=webhook_body("status_lead"),
+        "/webhooks/amocrm/s3cret",
+        data=webhook_body("status_lead"),
         content_type="application/x-www-form-urlencoded",
     )
     assert answer.json["launches"] == 1

@@ -53,7 +53,14 @@ def server(request: pytest.FixtureRequest, database_url: str, rules_file: Path) 
     if request.param == "gunicorn":
         command = [str(BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}", "wsgi:app"]
     else:
-        command = [str(BIN / "automation"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+        command = [
+            str(BIN / "automation"),
+            "serve",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+        ]
     process = subprocess.Popen(command, cwd=ROOT, env=server_env(database_url, rules_file))
     url = f"http://127.0.0.1:{port}"
     try:
@@ -82,7 +89,9 @@ def test_every_webhook_fixture_posted_over_http_is_stored(server: str, database_
         deliveries = connection.execute(select(Delivery.id, Delivery.body)).all()
         launches = connection.execute(select(Launch.rule, Launch.entity_id)).all()
     engine.dispose()
-    assert sorted(body for _, body in deliveries) == sorted(p.read_bytes().strip() for p in fixtures)
+    assert sorted(body for _, body in deliveries) == sorted(
+        p.read_bytes().strip() for p in fixtures
+    )
     assert sorted(launches) == [
         ("first-message", 93589657),
         ("new-chat", 93589657),

@@ -81,9 +81,7 @@ def test_same_webhook_delivered_twice_yields_one_launch(
     assert [d.duplicate_count for d in deliveries] == [0, 1]
 
 
-def test_stage_move_sent_as_update_and_as_status_yields_one_launch(
-    app: Any, client: Any
-) -> None:
+def test_stage_move_sent_as_update_and_as_status_yields_one_launch(app: Any, client: Any) -> None:
     item = {
         "id": "27754599",
         "status_id": "59936202",
@@ -125,9 +123,7 @@ def test_cooldown_records_a_skipped_launch_with_its_reason(app: Any, client: Any
     assert second.settled_at is not None
 
 
-def test_unknown_group_is_stored_as_unrecognized_and_answered_200(
-    app: Any, client: Any
-) -> None:
+def test_unknown_group_is_stored_as_unrecognized_and_answered_200(app: Any, client: Any) -> None:
     answer = post(client, b"account%5Bid%5D=30112233&catalogs%5Badd%5D%5B0%5D%5Bid%5D=5")
 
     assert answer.status_code == 200
@@ -138,7 +134,9 @@ def test_unknown_group_is_stored_as_unrecognized_and_answered_200(
 
 
 def test_json_body_with_the_same_shape_is_accepted(app: Any, client: Any) -> None:
-    body = b'{"account": {"id": "30112233"}, "talk": {"add": [{"talk_id": "7", "contact_id": "5"}]}}'
+    body = (
+        b'{"account": {"id": "30112233"}, "talk": {"add": [{"talk_id": "7", "contact_id": "5"}]}}'
+    )
     answer = post(client, body, content_type="application/json")
     assert answer.status_code == 200
     assert answer.json["launches"] == 1
@@ -247,7 +245,9 @@ def test_unreachable_database_answers_503_without_a_traceback(
 def test_every_fixture_is_accepted_and_counted(
     app: Any, client: Any, webhook_body: Callable[[str], bytes]
 ) -> None:
-    names = sorted(path.stem for path in (Path(__file__).parent / "fixtures/webhooks").glob("*.form"))
+    names = sorted(
+        path.stem for path in (Path(__file__).parent / "fixtures/webhooks").glob("*.form")
+    )
     for name in names:
         assert post(client, webhook_body(name)).status_code == 200, name
     with app.extensions["automation"].sessions() as session:
