@@ -401,7 +401,7 @@ def test_a_second_dispatcher_on_sqlite_says_so(
     first = make(live_settings, sessions)
     first._register(wait=False)
     second = make(live_settings, sessions)
-    with pytest.raises(NotAlone, match="another dispatcher .* runs on this SQLite database"):
+    with pytest.raises(NotAlone, match=r"another dispatcher .* runs on this SQLite database"):
         second.run(once=True, wait_if_not_alone=False)
     first._unregister()
     make(live_settings, sessions).run(once=True)  # the first one stopped: fine now
