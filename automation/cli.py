@@ -46,9 +46,12 @@ def _runtime() -> Runtime:
     settings = _settings()
     configure_logging(settings.log_format)
     try:
-        return Runtime.build(settings)
+        state = Runtime.build(settings)
     except AutomationError as exc:
         raise click.ClickException(str(exc)) from exc
+    # Close the pool when the command ends, not whenever the garbage collector runs.
+    click.get_current_context().call_on_close(state.engine.dispose)
+    return state
 
 
 @main.group("db")

@@ -70,3 +70,45 @@ def test_postgresql_on_an_old_schema_refuses_to_start(database_url: str) -> None
         ensure_schema(engine)
     engine.dispose()
     upgrade(database_url)
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: object) -> None:
+    from sqlalchemy import text
+
+    engine = make_engine(f"sqlite:///{tmp_path}/wal.db")
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 5000
+    engine.dispose()
+
+
+def test_automation_db_upgrade_migrates_the_configured_database(tmp_path: object) -> None:
+    from click.testing import CliRunner
+
+    from automation.cli import main
+
+    url = f"sqlite:///{tmp_path}/cli.db"
+    result = CliRunner().invoke(main, ["db", "upgrade"], env={"DATABASE_URL": url})
+
+    assert result.exit_code == 0, result.output
+    assert f"database at revision head: {url}" in result.stdout
+    engine = make_engine(url)
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
+def test_plain_alembic_upgrade_head_works_from_the_repository(tmp_path: object) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    url = f"sqlite:///{tmp_path}/alembic.db"
+    root = Path(__file__).resolve().parents[1]
+    alembic = str(Path(sys.executable).parent / "alembic")
+    env = {**os.environ, "DATABASE_URL": url}
+    subprocess.run([alembic, "upgrade", "head"], cwd=root, env=env, check=True, capture_output=True)
+
+    engine = make_engine(url)
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
