@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import make_url, text
+from sqlalchemy.orm import Session, sessionmaker
 
 from automation.config import Settings
-from automation.database import make_engine, upgrade
+from automation.database import make_engine, make_session_factory, upgrade
 from automation.models import Base
 
 for _name in list(os.environ):
@@ -143,6 +144,23 @@ def make_settings(database_url: str, rules_file: Path) -> Callable[..., Settings
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    """A session factory on this test's database."""
+    engine = make_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def fake() -> Iterator[Any]:
+    """The fake amoCRM on loopback (tests/fake_amocrm.py)."""
+    from tests.fake_amocrm import FakeAmoCRM
+
+    with FakeAmoCRM() as server:
+        yield server
 
 
 @pytest.fixture

@@ -8,33 +8,18 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation.database import make_engine, make_session_factory
 from automation.models import Launch, LaunchStatus
 from tests.fake_amocrm import ACCESS_TOKEN, FakeAmoCRM
 from tests.launches import add_launches
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTOMATION = str(Path(sys.executable).parent / "automation")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeAmoCRM]:
-    with FakeAmoCRM() as server:
-        yield server
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def dispatcher_env(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation import dispatcher as dispatch
 from automation.config import Settings
-from automation.database import make_engine, make_session_factory
 from automation.dispatcher import Dispatcher, NotAlone, retry_decision
 from automation.models import ApiCall, CallLaunch, Launch, LaunchStatus, OAuthToken, RateLimit
 from tests.fake_amocrm import (
@@ -26,19 +25,6 @@ from tests.fake_amocrm import (
 from tests.launches import add_launches
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeAmoCRM]:
-    with FakeAmoCRM() as server:
-        yield server
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture

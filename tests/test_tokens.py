@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation.cli import main
 from automation.config import Settings
-from automation.database import make_engine, make_session_factory
 from automation.models import OAuthToken
 from automation.tokens import NoToken, TokenStore, exchange_code
 from tests.fake_amocrm import (
@@ -26,19 +25,6 @@ from tests.fake_amocrm import (
     REFRESH_TOKEN,
     FakeAmoCRM,
 )
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeAmoCRM]:
-    with FakeAmoCRM() as server:
-        yield server
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture
