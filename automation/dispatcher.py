@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import wait_random_exponential
 
-from automation import budget, outbox
+from automation import budget, outbox, retention
 from automation.amocrm import (
     MAX_TASKS_PER_CALL,
     SALESBOT_RUN_PATH,
@@ -114,6 +114,8 @@ class Dispatcher:
         self._stopping = threading.Event()
         self._last_recovery = time.monotonic()
         self._sqlite = sessions.kw["bind"].dialect.name == "sqlite"
+        #: RETENTION_DAYS: a prune pass a day, one small batch per loop turn.
+        self._retention = retention.DailyPrune(settings, sessions)
 
     @property
     def dry_run(self) -> bool:
@@ -132,6 +134,7 @@ class Dispatcher:
         try:
             while not self._stopping.is_set():
                 self._maybe_recover()
+                self._retention.tick()
                 waited = self.step()
                 if waited is None:
                     if once:
@@ -296,18 +299,17 @@ class Dispatcher:
         result = self.client.run_salesbots(tasks)
         self.stats.outcomes[result.outcome] = self.stats.outcomes.get(result.outcome, 0) + 1
         if result.outcome is Outcome.UNAUTHORIZED and not retried_401:
-            self._finish(call_id, result, lambda session, now: None)
+            self._finish(call_id, result)
             self._after_401(batch)
             return
         if result.outcome in (Outcome.BAD_REQUEST, Outcome.REFUSED):
-            self._finish(call_id, result, lambda session, now: None)
+            self._finish(call_id, result)
             self._isolate(batch, result)
             return
-        self._finish(
-            call_id, result, lambda session, now: self._settle(session, batch, result, now)
-        )
+        self._finish(call_id, result, settle=batch)
 
-    def _finish(self, call_id: int, result: CallResult, then: object) -> None:
+    def _finish(self, call_id: int, result: CallResult, settle: Sequence[Claimed] = ()) -> None:
+        """Record the call's end and, in the same transaction, the launches' outcome."""
         now = utcnow()
         with self.sessions.begin() as session:
             outbox.finish_call(
@@ -319,7 +321,8 @@ class Dispatcher:
                 error=result.error,
                 excerpt=result.body_excerpt,
             )
-            then(session, now)  # type: ignore[operator]
+            if settle:
+                self._settle(session, settle, result, now)
 
     def _record_dry_run(self, batch: Sequence[Claimed], call_id: int) -> None:
         now = utcnow()

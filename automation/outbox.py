@@ -71,14 +71,10 @@ def enqueue(session: Session, inbound: Inbound, planned: Sequence[PlannedLaunch]
     status = DeliveryStatus.ACCEPTED if inbound.payload.recognized else DeliveryStatus.UNRECOGNIZED
     # Counted optimistically (every launch new): the common case then needs no UPDATE.
     delivery_id = _add_delivery(session, inbound, status, launch_count=len(planned))
-    added = skipped = duplicates = 0
-    for launch in planned:
-        verdict, reason = _cooldown_verdict(session, launch, inbound.received_at)
-        if _insert_launch(session, delivery_id, launch, verdict, reason, inbound.received_at):
-            added += verdict is LaunchStatus.PENDING
-            skipped += verdict is LaunchStatus.SKIPPED
-        else:
-            duplicates += 1
+    outcomes = enqueue_launches(session, delivery_id, planned, inbound.received_at)
+    added = outcomes.count(LaunchStatus.PENDING)
+    skipped = outcomes.count(LaunchStatus.SKIPPED)
+    duplicates = outcomes.count(None)
     if added != len(planned):
         session.execute(
             update(Delivery)
@@ -87,6 +83,23 @@ def enqueue(session: Session, inbound: Inbound, planned: Sequence[PlannedLaunch]
         )
     events = len(inbound.payload.events)
     return Enqueued(delivery_id, events, added, skipped, duplicates, status)
+
+
+def enqueue_launches(
+    session: Session, delivery_id: int, planned: Sequence[PlannedLaunch], now: datetime
+) -> list[LaunchStatus | None]:
+    """Store launches for an already stored delivery (a webhook, or a replay of one).
+
+    Returns, per planned launch, the status it was stored with (`pending`, or
+    `skipped` inside its cooldown) or None when its dedupe key existed already, so a
+    replay adds only what no earlier delivery or replay added.
+    """
+    outcomes: list[LaunchStatus | None] = []
+    for launch in planned:
+        verdict, reason = _cooldown_verdict(session, launch, now)
+        stored = _insert_launch(session, delivery_id, launch, verdict, reason, now)
+        outcomes.append(verdict if stored else None)
+    return outcomes
 
 
 def _add_delivery(
@@ -336,24 +349,28 @@ def release(session: Session, ids: Sequence[int], now: datetime, reason: str | N
 def recover_orphans(session: Session, live: Sequence[str], now: datetime) -> tuple[int, int]:
     """Launches left `sending` by a dispatcher that is gone.
 
-    If their call never started they go back to `pending`; if it started but never
-    finished, they become `uncertain`: amoCRM may have started the bot already, and a
-    second launch would message the customer twice. Returns (pending, uncertain).
+    If their call started but never finished, they become `uncertain`: amoCRM may have
+    started the bot already, and a second launch would message the customer twice.
+    Otherwise (no call yet, or a call that ended with an answer, such as a 400 being
+    bisected) nothing reached amoCRM's bots: back to `pending`. Returns (pending,
+    uncertain).
     """
     orphaned = Launch.status == LaunchStatus.SENDING
     if live:
         orphaned = orphaned & (Launch.claimed_by.is_(None) | Launch.claimed_by.not_in(live))
+    unfinished = select(ApiCall.id).where(ApiCall.finished_at.is_(None))
+    in_unfinished_call = Launch.call_id.in_(unfinished)
     unstarted = _rowcount(
         session.execute(
             update(Launch)
-            .where(orphaned, Launch.call_id.is_(None))
+            .where(orphaned, ~in_unfinished_call | Launch.call_id.is_(None))
             .values(status=LaunchStatus.PENDING, claimed_by=None, updated_at=now)
         )
     )
     in_flight = _rowcount(
         session.execute(
             update(Launch)
-            .where(orphaned, Launch.call_id.is_not(None))
+            .where(orphaned, in_unfinished_call)
             .values(
                 status=LaunchStatus.UNCERTAIN,
                 settled_at=now,
@@ -381,3 +398,54 @@ def release_claims(session: Session, dispatcher: str, now: datetime) -> None:
 
 def _rowcount(result: Result[Any]) -> int:
     return int(cast(CursorResult[Any], result).rowcount)
+
+
+# ------------------------------------------------------------------ the operator's side
+
+#: Settled launches that never reached a customer for sure: an operator may resend them.
+RETRYABLE = (LaunchStatus.FAILED, LaunchStatus.UNCERTAIN, LaunchStatus.CANCELLED)
+#: Launches no dispatcher holds yet: an operator may still cancel them.
+CANCELLABLE = (LaunchStatus.PENDING,)
+
+
+def retry(
+    session: Session, ids: Sequence[int], now: datetime, reason: str = "retried by operator"
+) -> list[int]:
+    """Failed, uncertain or cancelled launches back to `pending`, due now.
+
+    The retry budget starts afresh (an operator retries after fixing the cause, and a
+    launch that spent its budget would otherwise fail at the first hiccup). Rows that
+    left those statuses meanwhile are not touched; returns the ids that changed.
+    """
+    values = {"status": LaunchStatus.PENDING, "not_before": now, "settled_at": None}
+    values |= {"retries": 0, "reason": reason, "claimed_by": None, "updated_at": now}
+    return _transition(session, ids, RETRYABLE, values)
+
+
+def cancel(
+    session: Session, ids: Sequence[int], now: datetime, reason: str = "cancelled by operator"
+) -> list[int]:
+    """Pending launches to `cancelled`; a launch a dispatcher claimed meanwhile is
+    not touched. Returns the ids that changed."""
+    values = {"status": LaunchStatus.CANCELLED, "settled_at": now, "reason": reason}
+    values |= {"claimed_by": None, "updated_at": now}
+    return _transition(session, ids, CANCELLABLE, values)
+
+
+def _transition(
+    session: Session,
+    ids: Sequence[int],
+    allowed: Sequence[LaunchStatus],
+    values: dict[str, object],
+) -> list[int]:
+    """One guarded UPDATE: the status check and the change are atomic."""
+    if not ids:
+        return []
+    changed = session.execute(
+        update(Launch)
+        .where(Launch.id.in_(ids), Launch.status.in_(allowed))
+        .values(**values)
+        .returning(Launch.id)
+        .execution_options(synchronize_session=False)
+    ).scalars()
+    return sorted(changed)
