@@ -414,3 +414,22 @@ def test_claims_of_a_dead_dispatcher_are_recovered(
         LaunchStatus.SENT,
     ]
     assert len(fake.launches()) == 3
+
+
+def test_launches_of_an_answered_call_left_sending_go_back_to_pending(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    """A dispatcher that died while bisecting a rejected batch: its call was answered
+    (400), so nothing was launched and the launches can safely be sent again."""
+    from automation import outbox
+
+    add_launches(sessions, 2)
+    now = datetime.now(UTC)
+    with sessions.begin() as session:
+        claimed = outbox.claim_due(session, "dead:2", now, limit=2)
+        call_id = outbox.start_call(session, "dead:2", "/api/v2/salesbot/run", claimed, now)
+        outbox.finish_call(session, call_id, now, outcome="bad_request", status_code=400)
+
+    make(live_settings, sessions).run(once=True)
+
+    assert statuses(sessions) == {"sent": 2}
