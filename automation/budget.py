@@ -41,32 +41,45 @@ class Verdict:
         return self.wait <= 0
 
 
-def take(session: Session, max_rps: float) -> Verdict:
-    """Check the shared budget; the caller inserts its call row in this transaction,
-    with `Verdict.now` as its start time.
+def take(session: Session, max_rps: float, call_id: int) -> Verdict:
+    """Take a request slot for call `call_id`, inserted earlier in this transaction;
+    on success the caller stamps the call with `Verdict.now` and commits.
 
     Locks the budget row first (PostgreSQL `FOR UPDATE`; SQLite holds its write lock
-    from BEGIN), so that the count and the caller's insert are one atomic step. The
+    from BEGIN), so that the count and the caller's stamp are one atomic step. The
     clock is read only once the lock is held: a time read before waiting for the lock
     would be stale, and a stale start time lets the next dispatcher go early.
     """
     state = _locked_row(session, datetime.now(UTC))
-    now = datetime.now(UTC)
-    if state.hold_until is not None and state.hold_until > now:
+    return _verdict(session, state, max_rps, datetime.now(UTC), exclude=call_id)
+
+
+def peek(session: Session, max_rps: float) -> Verdict:
+    """How long until a slot frees, without locking: a cheap look before claiming work
+    that a refusal would only roll back."""
+    state = session.get(RateLimit, NAME)
+    return _verdict(session, state, max_rps, datetime.now(UTC), exclude=None)
+
+
+def _verdict(
+    session: Session, state: RateLimit | None, max_rps: float, now: datetime, exclude: int | None
+) -> Verdict:
+    if state is not None and state.hold_until is not None and state.hold_until > now:
         return Verdict((state.hold_until - now).total_seconds(), now, state.hold_reason)
     limit = max(1, int(max_rps))
-    window_start = now - WINDOW
-    recent = session.execute(
+    query = (
         select(ApiCall.started_at)
-        .where(ApiCall.started_at > window_start, ApiCall.outcome.is_distinct_from("dry_run"))
+        .where(ApiCall.started_at > now - WINDOW, ApiCall.outcome.is_distinct_from("dry_run"))
         .order_by(ApiCall.started_at.desc())
         .limit(limit)
-    ).scalars()
-    starts = list(recent)
+    )
+    if exclude is not None:
+        query = query.where(ApiCall.id != exclude)
+    starts = list(session.execute(query).scalars())
     if len(starts) < limit:
         return Verdict(0.0, now)
-    oldest = starts[-1]
-    return Verdict(max((oldest + WINDOW - now).total_seconds(), 0.001), now, "rate limit")
+    wait = (starts[-1] + WINDOW - now).total_seconds()
+    return Verdict(max(wait, 0.001), now, "rate limit")
 
 
 def hold(session: Session, until: datetime, reason: str, now: datetime) -> None:

@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import wait_random_exponential
 
-from automation import budget, outbox, retention
+from automation import budget, metrics, outbox, retention
 from automation.amocrm import (
     MAX_TASKS_PER_CALL,
     SALESBOT_RUN_PATH,
@@ -235,6 +235,7 @@ class Dispatcher:
         pending, uncertain = outbox.recover_orphans(session, [*live, self.id], now)
         if pending or uncertain:
             log.warning("recovered orphaned launches pending=%s uncertain=%s", pending, uncertain)
+            metrics.launches_settled(LaunchStatus.UNCERTAIN, uncertain)
         session.execute(
             update(DispatcherRow)
             .where(
@@ -260,6 +261,11 @@ class Dispatcher:
     def step(self) -> float | None:
         """Claim one batch and send it. None: nothing due; > 0: seconds to wait."""
         with self.sessions() as session:
+            if not self.dry_run:
+                wait = budget.peek(session, self.settings.amocrm_max_rps).wait
+                if wait > 0:
+                    session.rollback()
+                    return wait
             batch = outbox.claim_due(session, self.id, utcnow(), MAX_TASKS_PER_CALL)
             if not batch:
                 session.rollback()
@@ -283,7 +289,7 @@ class Dispatcher:
         call_id = outbox.start_call(session, self.id, SALESBOT_RUN_PATH, batch, utcnow())
         if self.dry_run:
             return call_id, 0.0
-        verdict = budget.take(session, self.settings.amocrm_max_rps)
+        verdict = budget.take(session, self.settings.amocrm_max_rps, call_id)
         if not verdict.go:
             return None, verdict.wait
         outbox.stamp_call(session, call_id, verdict.now)
@@ -332,6 +338,7 @@ class Dispatcher:
                 session, [c.id for c in batch], LaunchStatus.DRY_RUN, now, "dry run: not sent"
             )
         self.stats.dry_run += len(batch)
+        metrics.launches_settled(LaunchStatus.DRY_RUN, len(batch))
 
     # ------------------------------------------------------------- the outcomes
 
@@ -344,10 +351,12 @@ class Dispatcher:
             outbox.settle(session, ids, LaunchStatus.SENT, now, "accepted by amoCRM")
             budget.succeeded(session, now)
             self.stats.sent += len(ids)
+            metrics.launches_settled(LaunchStatus.SENT, len(ids))
         elif outcome is Outcome.UNCERTAIN and not self.settings.amocrm_retry_uncertain:
             reason = f"uncertain: no answer from amoCRM ({result.error})"
             outbox.settle(session, ids, LaunchStatus.UNCERTAIN, now, reason)
             self.stats.uncertain += len(ids)
+            metrics.launches_settled(LaunchStatus.UNCERTAIN, len(ids))
             log.error("call outcome unknown launches=%s error=%s", len(ids), result.error)
         elif outcome is Outcome.FORBIDDEN:
             self._pause(
@@ -375,6 +384,7 @@ class Dispatcher:
                 reason = f"failed after {launch.retries + 1} attempts; last: {error}"
                 outbox.settle(session, [launch.id], LaunchStatus.FAILED, now, reason)
                 self.stats.failed += 1
+                metrics.launches_settled(LaunchStatus.FAILED, 1)
             else:
                 assert decision.not_before is not None
                 outbox.retry_later(session, launch, decision.not_before, now, error)
@@ -427,6 +437,7 @@ class Dispatcher:
                     session, [batch[0].id], LaunchStatus.FAILED, now, reason.strip()[:2000]
                 )
             self.stats.failed += 1
+            metrics.launches_settled(LaunchStatus.FAILED, 1)
             return
         named = [batch[i] for i in result.bad_indexes if i < len(batch)]
         if named:

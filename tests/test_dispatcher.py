@@ -292,10 +292,10 @@ def test_read_timeout_makes_the_batch_uncertain_and_it_is_not_resent(
     live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
 ) -> None:
     add_launches(sessions, 3)
-    fake.stall_next(1, seconds=1.5)
+    fake.stall_next(1, seconds=3)
 
-    make(live_settings, sessions, read_timeout=0.3).run(once=True)
-    make(live_settings, sessions, read_timeout=0.3).run(once=True)
+    make(live_settings, sessions, read_timeout=1.0).run(once=True)
+    make(live_settings, sessions, read_timeout=1.0).run(once=True)
 
     assert statuses(sessions) == {"uncertain": 3}
     assert len(fake.salesbot_calls()) == 1
@@ -310,11 +310,11 @@ def test_retry_uncertain_setting_resends_them(
         amocrm_base_url=fake.url, amocrm_access_token=ACCESS_TOKEN, amocrm_retry_uncertain=True
     )
     add_launches(sessions, 2)
-    fake.stall_next(1, seconds=1.5)
-    make(settings, sessions, read_timeout=0.3).run(once=True)
+    fake.stall_next(1, seconds=3)
+    make(settings, sessions, read_timeout=1.0).run(once=True)
     assert statuses(sessions) == {"pending": 2}
     make_due(sessions)
-    make(settings, sessions, read_timeout=0.3).run(once=True)
+    make(settings, sessions, read_timeout=1.0).run(once=True)
     assert statuses(sessions) == {"sent": 2}
 
 
