@@ -20,7 +20,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     Raises `ConfigError`, `SchemaOutdated` or `RulesError` with a message that says
     what to fix, so that a misconfigured server refuses to start.
     """
-    from automation import health, webhooks
+    from automation import health, metrics, webhooks
+    from automation.api import bp as api_bp
     from automation.cli import main as cli
     from automation.logs import configure_logging
     from automation.runtime import Runtime
@@ -33,6 +34,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     Runtime.build(settings).init_app(app)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(api_bp)
+    metrics.init_app(app)
     app.register_error_handler(HTTPException, _json_error)
     for command in cli.commands.values():
         app.cli.add_command(command)
@@ -42,4 +45,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 def _json_error(exc: HTTPException) -> tuple[Response, int]:
     """Every HTTP error as JSON with a message, never an HTML page or a traceback."""
     body: dict[str, Any] = {"error": exc.description or exc.name}
-    return jsonify(body), exc.code or 500
+    response = jsonify(body)
+    for name, value in exc.get_headers():  # e.g. `Allow` on a 405
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response, exc.code or 500

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 import requests.auth
@@ -35,7 +36,8 @@ from urllib3.exceptions import (
 )
 from urllib3.util.retry import Retry
 
-from automation.errors import AmoAuthError
+from automation import metrics
+from automation.errors import AmoAuthError, AutomationError
 
 logger = logging.getLogger("automation.amocrm")
 
@@ -297,6 +299,68 @@ class AmoCRMClient:
         if status != 200:
             raise _refused_error(grant, response, secrets)
         return _parse_tokens(response)
+
+    # --- webhook subscriptions (`/api/v4/webhooks`) -----------------------------------
+
+    def list_webhooks(self, destination: str | None = None) -> list[dict[str, Any]]:
+        """`GET /api/v4/webhooks`: the account's webhooks, only `destination`'s if given.
+
+        Needs an account administrator's token. A 204 (no webhooks) is an empty list.
+        Raises `WebhooksApiError` for any other answer, or none; never quotes the token.
+        """
+        params = {"filter[destination]": destination} if destination else None
+        return _embedded_webhooks(self._call_webhooks("GET", params=params))
+
+    def subscribe_webhook(
+        self, destination: str, settings: Sequence[str], sort: int | None = None
+    ) -> dict[str, Any]:
+        """`POST /api/v4/webhooks`: subscribe `destination` to exactly `settings`.
+
+        amoCRM replaces the settings of a destination it already knows; the answer is
+        its webhook model. Raises `WebhooksApiError` when refused or unanswered.
+        """
+        body: dict[str, Any] = {"destination": destination, "settings": list(settings)}
+        if sort is not None:
+            body["sort"] = sort
+        document = self._call_webhooks("POST", body=body)
+        return document if isinstance(document, dict) else {}
+
+    def unsubscribe_webhook(self, destination: str) -> None:
+        """`DELETE /api/v4/webhooks`: amoCRM stops sending anything to `destination`."""
+        self._call_webhooks("DELETE", body={"destination": destination})
+
+    def _call_webhooks(
+        self, method: str, *, params: dict[str, str] | None = None, body: Any = None
+    ) -> Any:
+        """One logged call; its JSON answer, or None for an empty 2xx.
+
+        Unlike a salesbot call, every outcome but success raises: these calls are made
+        by an operator at a terminal, who needs the reason, not a classification. The
+        destination holds the webhook secret, so it is masked in errors too.
+        """
+        token = self._token_provider()
+        if not _SENDABLE_TOKEN.fullmatch(token):
+            raise WebhooksApiError("the token provider returned a token with spaces or non-ASCII")
+        secrets = [token, urlencode(params or {}), *(params or {}).values()]
+        secrets += [value for value in (body or {}).values() if isinstance(value, str)]
+        clock = _Clock()
+        try:
+            response = self._session.request(
+                method,
+                self.base_url + WEBHOOKS_PATH,
+                params=params,
+                json=body,
+                auth=_BearerAuth(token),
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            result = _failed_call(exc, clock, secrets=secrets)
+            _log_webhooks_call(method, None, result.duration_ms, result.error or "")
+            where = f"{method} {WEBHOOKS_PATH} at {self.base_url}"
+            raise WebhooksApiError(f"{where}: no answer from amoCRM: {result.error}") from exc
+        _log_webhooks_call(method, response.status_code, clock.stop()[1])
+        return _webhooks_answer(method, response, token)
 
 
 def _make_session(pool_size: int) -> requests.Session:
@@ -586,4 +650,68 @@ def _log_call(
         duration_ms,
         f" error={error!r}" if error else "",
         extra={"path": path, "status": status, "outcome": outcome, "duration_ms": duration_ms},
+    )
+    metrics.amocrm_call(path, status, outcome, duration_ms)
+
+
+# --- webhook subscriptions -----------------------------------------------------------
+
+WEBHOOKS_PATH = "/api/v4/webhooks"
+
+#: What an operator can do about a refusal of the webhooks API.
+_WEBHOOKS_HINTS = {
+    401: "the access token is expired or revoked: set AMOCRM_ACCESS_TOKEN or run "
+    "`automation auth exchange CODE`",
+    403: "managing webhooks needs the token of an account administrator (or the account's "
+    "API access is blocked)",
+}
+
+
+class WebhooksApiError(AutomationError):
+    """amoCRM's webhooks API refused the request or did not answer."""
+
+    def __init__(self, message: str | None = None, *, status_code: int | None = None) -> None:
+        self.status_code = status_code
+        super().__init__(message)
+
+
+def _webhooks_answer(method: str, response: requests.Response, token: str) -> Any:
+    """The JSON of a 2xx answer (None when empty); a `WebhooksApiError` for the rest."""
+    status = response.status_code
+    document = _json_or_none(response.content)
+    if not 200 <= status < 300:
+        text = _scrub(_http_error_text(status, document), (token,))
+        hint = _WEBHOOKS_HINTS.get(status)
+        message = f"amoCRM refused {method} {WEBHOOKS_PATH}: {text}" + (f"; {hint}" if hint else "")
+        raise WebhooksApiError(message, status_code=status)
+    if response.content.strip() and not isinstance(document, dict):
+        excerpt = _scrub(_excerpt(response.content), (token,))[:200]
+        raise WebhooksApiError(
+            f"amoCRM answered {method} {WEBHOOKS_PATH} with HTTP {status} and a body that is "
+            f"not a JSON object: {excerpt!r}",
+            status_code=status,
+        )
+    return document
+
+
+def _embedded_webhooks(document: Any) -> list[dict[str, Any]]:
+    """`_embedded.webhooks` of a list answer; nothing for an empty answer."""
+    embedded = document.get("_embedded") if isinstance(document, dict) else None
+    items = embedded.get("webhooks") if isinstance(embedded, dict) else None
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+def _log_webhooks_call(
+    method: str, status: int | None, duration_ms: float, error: str = ""
+) -> None:
+    """One line per call, at INFO even when it failed: the caller raises, and an operator
+    sees the error once. The destination is not logged: it carries the webhook secret."""
+    logger.info(
+        "%s %s status=%s duration_ms=%.1f%s",
+        method,
+        WEBHOOKS_PATH,
+        status if status is not None else "-",
+        duration_ms,
+        f" error={error!r}" if error else "",
+        extra={"path": WEBHOOKS_PATH, "status": status, "duration_ms": duration_ms},
     )

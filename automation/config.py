@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     log_format: Literal["text", "json"] = "text"
+    #: Days settled launches and old deliveries are kept; None keeps them forever.
+    retention_days: int | None = Field(default=None, gt=0)
 
     @field_validator(
         "webhook_secret",
@@ -69,7 +71,7 @@ class Settings(BaseSettings):
         """`WEBHOOK_SECRET=` in a .env file means "not set", not "the empty secret"."""
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("amocrm_account_id", "dry_run", mode="before")
+    @field_validator("amocrm_account_id", "dry_run", "retention_days", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -126,6 +128,7 @@ _EXPECTED = {
     "amocrm_pause_on_403": "a number of seconds >= 0",
     "amocrm_max_attempts": "an integer from 1 to 100",
     "dispatcher_dead_after": "a number of seconds > 0",
+    "retention_days": "a whole number of days > 0 (or unset to keep everything)",
 }
 
 

@@ -45,6 +45,9 @@ def normalise_url(url: str) -> str:
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine with the connection settings the server relies on."""
+    # Statement parameters hold tokens and customers' webhook bodies: keep them out of
+    # error messages (and so out of logs and tracebacks).
+    kwargs.setdefault("hide_parameters", True)
     url = normalise_url(url)
     if url.startswith("sqlite"):
         connect_args: dict[str, Any] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}

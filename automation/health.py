@@ -75,8 +75,8 @@ def _rules(state: Runtime) -> dict[str, Any]:
         "file": str(loader.path),
         "loaded": rules is not None,
         "loaded_at": _iso(loader.loaded_at),
-        "rule_count": len(rules.rules) if rules else 0,
-        "content_hash": rules.content_hash if rules else None,
+        "rule_count": len(rules.rules) if rules is not None else 0,
+        "content_hash": rules.content_hash if rules is not None else None,
         "last_error": loader.error,
     }
 

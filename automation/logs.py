@@ -1,45 +1,136 @@
 """Log output for operators: one line per webhook and per amoCRM call, text or JSON.
 
 Configured by `create_app` and the CLI, never at import time. Messages carry ids as
-`key=value` pairs; JSON lines add the level, logger and time around them.
+`key=value` pairs; JSON lines add the level, logger and time around them, and the
+`extra` fields a call passes. With LOG_FORMAT=json every line is JSON: ours, other
+libraries' warnings (through the root logger) and gunicorn's own (`GunicornLogger`).
+
+No secret belongs in a log line. Our code logs none; the webhook secret, a path
+segment of the webhook URL, is masked in the request lines and error messages of
+Flask, werkzeug and gunicorn before any handler sees them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
+from typing import Any
+
+from gunicorn import glogging
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+#: Loggers that print request paths verbatim: Flask's app logger (named after the
+#: package) on a 500, werkzeug's request lines, gunicorn's error and access lines.
+PATH_LOGGERS = ("automation", "werkzeug", "gunicorn.error", "gunicorn.access")
+_WEBHOOK_PATH = re.compile(r"(/webhooks/amocrm/)[^/\s?#\"']+")
+#: Attributes every LogRecord has; anything else on a record came from `extra`.
+_RECORD_ATTRIBUTES = frozenset(
+    [*vars(logging.LogRecord("", 0, "", 0, "", None, None)), "message", "asctime", "taskName"]
+)
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {
+        line: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES and key not in line and not key.startswith("_"):
+                line[key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class MaskWebhookSecret(logging.Filter):
+    """Replace the secret segment of `/webhooks/amocrm/<secret>` in a record with `***`.
+
+    A logger filter, not a handler filter: it rewrites the record itself, so that no
+    handler (a file, a log shipper, a test's capture) ever receives the secret.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a broken format: leave it to the handler
+            return True
+        masked = _WEBHOOK_PATH.sub(r"\1***", message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+MASK_WEBHOOK_SECRET = MaskWebhookSecret()
 
 
 def configure_logging(log_format: str, level: int = logging.INFO) -> None:
-    """Send the `automation` loggers to stderr in the chosen format (idempotent)."""
+    """Send our loggers (at `level`) and other libraries' warnings to stderr in the
+    chosen format, with the webhook secret masked (idempotent)."""
+    formatter = make_formatter(log_format)
     logger = logging.getLogger("automation")
     logger.setLevel(level)
+    _install_handler(logger, formatter)
+    logger.propagate = False
+    _install_handler(logging.getLogger(), formatter)  # the root logger stays at WARNING
+    werkzeug = logging.getLogger("werkzeug")
+    if werkzeug.level == logging.NOTSET:
+        werkzeug.setLevel(logging.INFO)  # its request lines, which our root handler now prints
+    for name in PATH_LOGGERS:
+        logging.getLogger(name).addFilter(MASK_WEBHOOK_SECRET)
+    if isinstance(formatter, JsonFormatter):
+        restyle_gunicorn(formatter)
+
+
+def make_formatter(log_format: str) -> logging.Formatter:
+    """The formatter for LOG_FORMAT (`text` or `json`)."""
+    return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+def _install_handler(logger: logging.Logger, formatter: logging.Formatter) -> None:
+    """Replace the stderr handler an earlier call installed, keep everyone else's."""
     for handler in list(logger.handlers):
         if getattr(handler, "_automation", False):
             logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
-    )
+    handler.setFormatter(formatter)
     handler._automation = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
-    logger.propagate = False
+
+
+def restyle_gunicorn(formatter: logging.Formatter) -> None:
+    """Give gunicorn's own handlers (error and access log) our formatter."""
+    for name in ("gunicorn.error", "gunicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            handler.setFormatter(formatter)
+
+
+def current_formatter() -> logging.Formatter | None:
+    """The formatter `configure_logging` installed in this process, if it ran."""
+    for handler in logging.getLogger("automation").handlers:
+        if getattr(handler, "_automation", False):
+            return handler.formatter
+    return None
+
+
+class GunicornLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger for `automation serve`: the webhook secret masked and, with
+    LOG_FORMAT=json, JSON lines like ours from the master too (workers get both from
+    `configure_logging` when they load the app, under plain gunicorn as well)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            logger.addFilter(MASK_WEBHOOK_SECRET)
+        formatter = current_formatter()
+        if isinstance(formatter, JsonFormatter):
+            restyle_gunicorn(formatter)

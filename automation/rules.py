@@ -1564,6 +1564,9 @@ class RulesLoader:
         self._lock = threading.Lock()
         self._state = _LoaderState()
         self._checked_at = clock()
+        #: Called with True when a file loads and False when it is found broken
+        #: (`metrics.rules_reloaded`); set by the server, None elsewhere.
+        self.on_reload: Callable[[bool], None] | None = None
         with self._lock:
             self._refresh()
 
@@ -1640,6 +1643,8 @@ class RulesLoader:
             return
         self._state = _LoaderState(rules, None, datetime.now(UTC), stamp, digest)
         logger.info("rules loaded file=%s rules=%d hash=%s", self.path, len(rules), digest[:12])
+        if self.on_reload is not None:
+            self.on_reload(True)
 
     def _fail(
         self, exc: RulesError, stamp: tuple[int, int] | None = None, digest: str | None = None
@@ -1653,6 +1658,8 @@ class RulesLoader:
                 "; ".join(exc.problems),
                 kept,
             )
+            if self.on_reload is not None:
+                self.on_reload(False)
         self._state = replace(self._state, error=message, stamp=stamp, digest=digest)
 
 

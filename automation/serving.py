@@ -7,11 +7,16 @@ crash of either side is visible and gunicorn's workers stay plain web workers.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+
+from automation.logs import GunicornLogger
 
 log = logging.getLogger("automation.serving")
 
@@ -35,11 +40,13 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 def run_server(bind: str, workers: int, *, with_dispatcher: bool) -> None:
     """Run until gunicorn exits (SIGTERM/SIGINT); stop the dispatcher with it."""
+    server_pid, metrics_dir = os.getpid(), share_metrics_dir()
     child = None
     if with_dispatcher:
         child = subprocess.Popen([sys.executable, "-m", "automation", "dispatch"])
     try:
-        _Gunicorn({"bind": bind, "workers": workers, "timeout": 30, "graceful_timeout": 10}).run()
+        options = {"bind": bind, "workers": workers, "timeout": 30, "graceful_timeout": 10}
+        _Gunicorn(options | {"child_exit": mark_worker_dead, "logger_class": GunicornLogger}).run()
     finally:
         if child is not None:
             child.terminate()
@@ -47,3 +54,30 @@ def run_server(bind: str, workers: int, *, with_dispatcher: bool) -> None:
                 child.wait(15)
             except subprocess.TimeoutExpired:
                 child.kill()
+        # A worker leaves gunicorn's loop by SystemExit through here too: only the
+        # server's own process may remove what the others still write to.
+        if os.getpid() == server_pid:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def share_metrics_dir() -> str:
+    """A fresh PROMETHEUS_MULTIPROC_DIR for this server's workers and dispatcher.
+
+    Set before any of them starts (and before this process imports prometheus-client,
+    which picks its mode at import), so that each writes its counters where a scrape
+    reads them all. Fresh, because files left by an earlier run would add its counts
+    to this one's. Under $TMPDIR; removed when the server stops.
+    """
+    if "prometheus_client" in sys.modules:
+        log.error("prometheus_client was imported too early: /metrics will count per worker")
+    path = tempfile.mkdtemp(prefix="automation-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
+def mark_worker_dead(server: Any, worker: Any) -> None:
+    """gunicorn's `child_exit` hook: drop a dead worker's live gauges from scrapes
+    (its counters stay: they are part of the totals)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

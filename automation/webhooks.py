@@ -17,6 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from automation import metrics
 from automation.errors import PayloadError
 from automation.events import Payload, decode_body
 from automation.outbox import Enqueued, Inbound, enqueue
@@ -104,8 +105,10 @@ def _store(state: Runtime, body: bytes, payload: Payload) -> Enqueued:
     planned = [launch for event in payload.events for launch in rules.match(event, now)]
     inbound = Inbound(body, request.content_type or "", request.remote_addr, now, payload)
     with state.sessions.begin() as session:
-        return enqueue(session, inbound, planned)
-    # Only here, after the commit, does the caller answer 200.
+        stored = enqueue(session, inbound, planned)
+    # Only here, after the commit, does the caller answer 200 (and count it).
+    metrics.webhook_stored(payload, planned, stored)
+    return stored
 
 
 def _log_stored(stored: Enqueued, payload: Payload, started: float) -> None:

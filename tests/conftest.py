@@ -30,6 +30,7 @@ for _name in list(os.environ):
         "ADMIN_TOKEN",
         "MAX_BODY_BYTES",
         "LOG_FORMAT",
+        "RETENTION_DAYS",
     }:
         del os.environ[_name]
 

@@ -12,6 +12,10 @@ blocked → 403; over `limit_rps` → 429; `drop_next` → close without answeri
 `refuse_next` → 202 `success: false`; else 202 and the tasks count as launched. Then
 `stall_next` delays, `drop_next(after_processing=True)` withholds and `truncate_next`
 cuts short the answer so decided: the call was processed, only the answer is lost.
+
+`/api/v4/webhooks` (GET with `filter[destination]`, POST, DELETE) keeps the account's
+subscriptions: `add_webhook` seeds one, `disable_webhook` turns one off as amoCRM does
+after too many bad answers, `forbid_webhooks` answers 403 as to a non-admin's token.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, cast
+from urllib.parse import parse_qs
 
 SALESBOT_PATH = "/api/v2/salesbot/run"
 OAUTH_PATH = "/oauth2/access_token"
+WEBHOOKS_PATH = "/api/v4/webhooks"
 MAX_TASKS = 100
 ENTITY_TYPES = frozenset({1, 2, 3, 12})
 
@@ -84,6 +90,8 @@ class RecordedCall:
     dropped: bool = False
     #: Client port: calls sharing it came over one kept-alive connection.
     client_port: int = 0
+    #: The raw query string (`filter%5Bdestination%5D=…`), empty when none.
+    query: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,7 @@ class _Request:
     headers: dict[str, str]
     raw_body: bytes
     client_port: int
+    query: str = ""
 
     @property
     def token(self) -> str | None:
@@ -140,6 +149,7 @@ class _Knobs:
     refusals: int = 0
     rejected_bots: frozenset[int] = frozenset()
     empty_body: bool = False
+    webhooks_forbidden: bool = False
 
 
 def _json_answer(status: int, document: Any, content_type: str = PROBLEM_JSON) -> _Answer:
@@ -226,6 +236,56 @@ def validate_tasks(body: Any, rejected: frozenset[int] = frozenset()) -> _Answer
     return _validation_failure(errors) if errors else None
 
 
+#: Every `settings` name amoCRM accepts for `/api/v4/webhooks` (protocol §1.2).
+WEBHOOK_SETTINGS = frozenset(
+    {
+        "status_lead",
+        *(
+            f"{a}_{family}"
+            for family in ("lead", "contact", "company")
+            for a in ("add", "update", "delete", "restore", "responsible", "note")
+        ),
+        *(f"{a}_customer" for a in ("add", "update", "delete", "responsible", "note")),
+        *(f"{a}_task" for a in ("add", "update", "delete", "responsible")),
+        *("add_talk", "update_talk", "add_message", "add_outgoing_message"),
+        *("add_unsorted", "update_unsorted", "delete_unsorted", "add_chat_template_review"),
+    }
+)
+ACCOUNT_ID = 30112233
+ADMIN_USER_ID = 10004026
+
+
+def _invalid(path: str, detail: str, code: str = "InvalidType") -> dict[str, str]:
+    return {"code": code, "path": path, "detail": detail}
+
+
+def _webhook_errors(destination: Any, settings: Any, sort: Any) -> list[dict[str, str]]:
+    """amoCRM's complaints about a `POST /api/v4/webhooks` body; empty when valid.
+
+    A destination without the trailing slash is refused as amoCRM's UI refuses it
+    ("Invalid URL", protocol §1.4).
+    """
+    errors = []
+    if not (
+        isinstance(destination, str)
+        and destination.startswith(("http://", "https://"))
+        and destination.endswith("/")
+    ):
+        errors.append(_invalid("destination", "Invalid URL", "InvalidUrl"))
+    if not isinstance(settings, list) or not settings:
+        errors.append(_invalid("settings", "This value should be a non-empty array."))
+    else:
+        detail = "The value you selected is not a valid choice."
+        errors += [
+            _invalid(f"settings.{i}", detail, "NotSupportedChoice")
+            for i, name in enumerate(settings)
+            if name not in WEBHOOK_SETTINGS
+        ]
+    if sort is not None and (not isinstance(sort, int) or isinstance(sort, bool)):
+        errors.append(_invalid("sort", "This value should be of type int."))
+    return errors
+
+
 class FakeAmoCRM:
     """A fake amoCRM account on `http://127.0.0.1:<port>`; every knob is thread-safe."""
 
@@ -252,6 +312,8 @@ class FakeAmoCRM:
         self._expires_in = expires_in
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        #: Webhook subscriptions by destination, as `GET /api/v4/webhooks` lists them.
+        self._webhooks: dict[str, dict[str, Any]] = {}
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -401,6 +463,29 @@ class FakeAmoCRM:
         with self._lock:
             self._knobs.empty_body = on
 
+    def webhooks(self) -> list[dict[str, Any]]:
+        """A snapshot of the account's webhook subscriptions, as amoCRM lists them."""
+        with self._lock:
+            return [json.loads(json.dumps(item)) for item in self._webhooks.values()]
+
+    def add_webhook(
+        self, destination: str, settings: Iterable[str], *, sort: int = 1, disabled: bool = False
+    ) -> None:
+        """Subscribe `destination` directly, as an admin would in amoCRM's settings page."""
+        with self._lock:
+            self._save_webhook(destination, list(settings), sort)
+            self._webhooks[destination]["disabled"] = disabled
+
+    def disable_webhook(self, destination: str) -> None:
+        """Turn a webhook off, as amoCRM does after ~100 bad answers in 2 hours."""
+        with self._lock:
+            self._webhooks[destination]["disabled"] = True
+
+    def forbid_webhooks(self, on: bool = True) -> None:
+        """Answer 403 to `/api/v4/webhooks`, as for a token of a user who is not an admin."""
+        with self._lock:
+            self._knobs.webhooks_forbidden = on
+
     # --- request handling (called by handler threads) ----------------------------
 
     def _plan(self, request: _Request) -> _Plan:
@@ -410,6 +495,8 @@ class FakeAmoCRM:
                 plan, accepted = self._plan_salesbot(request, now)
             elif request.method == "POST" and request.path == OAUTH_PATH:
                 plan, accepted = _Plan(self._answer_oauth(request.json())), False
+            elif request.path in (WEBHOOKS_PATH, f"{WEBHOOKS_PATH}/"):
+                plan, accepted = _Plan(self._answer_webhooks(request)), False
             else:
                 plan, accepted = _Plan(_problem(404, "Not Found", "No such route")), False
             self._record(request, plan, accepted, now, wall)
@@ -433,6 +520,7 @@ class FakeAmoCRM:
             stalled=plan.stall > 0,
             dropped=plan.answer is None,
             client_port=request.client_port,
+            query=request.query,
         )
         self._calls.append(call)
 
@@ -524,6 +612,65 @@ class FakeAmoCRM:
         }
         return _json_answer(200, document, "application/json")
 
+    def _answer_webhooks(self, request: _Request) -> _Answer:
+        """`/api/v4/webhooks` (protocol §1.5): admin only, problem+json errors."""
+        if self._knobs.blocked:
+            return _problem(403, "Forbidden", "Account is blocked")
+        if request.token != self._access_token:
+            return _json_answer(401, UNAUTHORIZED_BODY)
+        if self._knobs.webhooks_forbidden:
+            return _problem(403, "Forbidden", "Access denied")
+        if request.method == "GET":
+            return self._list_webhooks(parse_qs(request.query).get("filter[destination]"))
+        body = request.json()
+        if not isinstance(body, dict):
+            return _validation_failure([{"errors": [_invalid("", "Expected an object.")]}])
+        if request.method == "POST":
+            return self._post_webhook(body)
+        if request.method == "DELETE":
+            return self._delete_webhook(body.get("destination"))
+        return _problem(405, "Method Not Allowed", "Use GET, POST or DELETE")
+
+    def _list_webhooks(self, destinations: list[str] | None) -> _Answer:
+        """Every webhook, or those whose destination equals the filter; 204 when none."""
+        found = [w for d, w in self._webhooks.items() if destinations is None or d in destinations]
+        if not found:
+            return _Answer(204)
+        document = {"_total_items": len(found), "_embedded": {"webhooks": found}}
+        return _json_answer(200, document, HAL_JSON)
+
+    def _post_webhook(self, body: dict[str, Any]) -> _Answer:
+        """Subscribe, or replace the settings of a known destination; `disabled` stays."""
+        destination, settings, sort = (body.get(key) for key in ("destination", "settings", "sort"))
+        errors = _webhook_errors(destination, settings, sort)
+        if errors:
+            return _validation_failure([{"request_id": "0", "errors": errors}])
+        self._save_webhook(str(destination), list(cast(list[str], settings)), sort)
+        return _json_answer(200, self._webhooks[str(destination)], HAL_JSON)
+
+    def _save_webhook(self, destination: str, settings: list[str], sort: int | None) -> None:
+        now = int(time.time())
+        known = self._webhooks.get(destination)
+        self._webhooks[destination] = {
+            "id": known["id"] if known else max(self._webhook_ids(), default=0) + 1,
+            "destination": destination,
+            "created_at": known["created_at"] if known else now,
+            "updated_at": now,
+            "account_id": ACCOUNT_ID,
+            "created_by": ADMIN_USER_ID,
+            "sort": sort if sort is not None else (known["sort"] if known else 1),
+            "disabled": known["disabled"] if known else False,
+            "settings": list(settings),
+        }
+
+    def _webhook_ids(self) -> list[int]:
+        return [webhook["id"] for webhook in self._webhooks.values()]
+
+    def _delete_webhook(self, destination: Any) -> _Answer:
+        if not isinstance(destination, str) or self._webhooks.pop(destination, None) is None:
+            return _problem(404, "Not Found", "Webhook not found")
+        return _Answer(204)
+
 
 class _Handler(BaseHTTPRequestHandler):
     """HTTP/1.1 with keep-alive; headers and body leave in one segment."""
@@ -538,6 +685,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve()
 
     def do_GET(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
         self._serve()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -555,6 +705,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers=dict(self.headers.items()),
             raw_body=raw_body,
             client_port=int(self.client_address[1]),
+            query=self.path.partition("?")[2],
         )
         fake = cast(_Server, self.server).fake
         plan = fake._plan(request)
