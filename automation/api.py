@@ -182,7 +182,7 @@ class BadParameter(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class LaunchQuery:
+class LaunchPageQuery:
     """The filters and page of `GET /api/launches`; every field set narrows the list."""
 
     statuses: tuple[LaunchStatus, ...] = ()
@@ -196,7 +196,7 @@ class LaunchQuery:
     limit: int = DEFAULT_LIMIT
 
 
-def parse_launch_query(args: MultiDict[str, str], now: datetime) -> LaunchQuery:
+def parse_launch_query(args: MultiDict[str, str], now: datetime) -> LaunchPageQuery:
     """Read the query string strictly; raise `BadParameter` naming the first bad one.
 
     Unknown and repeated parameters are errors too: a misspelt filter that silently
@@ -207,7 +207,7 @@ def parse_launch_query(args: MultiDict[str, str], now: datetime) -> LaunchQuery:
             expected = _listed(QUERY_PARAMETERS)
             raise BadParameter(name, f"unknown parameter; expected one of {expected}")
     limit = _one(args, "limit", _limit)
-    return LaunchQuery(
+    return LaunchPageQuery(
         statuses=_statuses(args.getlist("status")),
         rule=_one(args, "rule", _rule),
         bot_id=_one(args, "bot_id", _positive_id),
@@ -304,7 +304,7 @@ def _listed(names: Iterable[str]) -> str:
 # --------------------------------------------------------------------------- queries
 
 
-def launch_page(session: Session, query: LaunchQuery) -> LaunchPage:
+def launch_page(session: Session, query: LaunchPageQuery) -> LaunchPage:
     """One page, newest first; keyset paging by id so pages stay stable under inserts."""
     statement = (
         select(Launch).where(*_conditions(query)).order_by(Launch.id.desc()).limit(query.limit + 1)
@@ -318,7 +318,7 @@ def launch_page(session: Session, query: LaunchQuery) -> LaunchPage:
     )
 
 
-def _conditions(query: LaunchQuery) -> list[ColumnElement[bool]]:
+def _conditions(query: LaunchPageQuery) -> list[ColumnElement[bool]]:
     found: list[ColumnElement[bool]] = []
     if query.statuses:
         found.append(Launch.status.in_(query.statuses))

@@ -585,12 +585,12 @@ def replay_command(since: datetime, until: datetime | None, dry_run: bool) -> No
     """
     from datetime import UTC, datetime
 
-    from automation import launchlog
+    from automation import replay
 
     ruleset = _load_rules(Path(_settings().rules_file))
     now = datetime.now(UTC)
-    report = launchlog.replay(_database(), ruleset, since, until, now, dry_run=dry_run)
-    click.echo("\n".join(launchlog.describe_replay(report, dry_run)))
+    report = replay.replay(_database(), ruleset, since, until, now, dry_run=dry_run)
+    click.echo("\n".join(replay.describe_replay(report, dry_run)))
 
 
 @rules_group.command("diff")
@@ -616,11 +616,11 @@ def rules_diff(new_rules: Path, since: datetime, until: datetime | None) -> None
     Launches compare by rule, bot, entity and change, ignoring times; each delivery
     is judged as of when it arrived, and cooldowns are not applied. Needs DATABASE_URL.
     """
-    from automation import launchlog
+    from automation import replay
 
     old, new = _load_rules(_rules_path()), _load_rules(new_rules)
-    diff = launchlog.diff_rules(_database(), old, new, since, until)
-    click.echo("\n".join(launchlog.describe_diff(diff, old.filename, new.filename)))
+    diff = replay.diff_rules(_database(), old, new, since, until)
+    click.echo("\n".join(replay.describe_diff(diff, old.filename, new.filename)))
 
 
 # ------------------------------------------------- webhook subscriptions and retention

@@ -13,10 +13,10 @@ from click.testing import CliRunner, Result
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation import launchlog
+from automation import replay as replaying
 from automation.database import make_engine, make_session_factory
-from automation.launchlog import Tally
 from automation.models import Delivery, DeliveryStatus, Launch, LaunchStatus
+from automation.replay import Tally
 from automation.rules import load_rules
 from tests.test_launchlog import RULES, fixture_body, status_change, store
 
@@ -58,8 +58,8 @@ def message(message_id: str) -> bytes:
 
 def replay(
     sessions: sessionmaker[Session], rules: str = RULES, dry_run: bool = False
-) -> launchlog.ReplayReport:
-    return launchlog.replay(
+) -> replaying.ReplayReport:
+    return replaying.replay(
         sessions, load_rules(rules), THEN - timedelta(hours=1), None, NOW, dry_run=dry_run
     )
 
@@ -205,7 +205,7 @@ def test_replay_reads_only_deliveries_received_in_the_period(
     for days_ago, lead in ((10, 1), (3, 2), (1, 3)):
         store(sessions, status_change(lead), NOW - timedelta(days=days_ago), CHATS_ONLY)
 
-    report = launchlog.replay(
+    report = replaying.replay(
         sessions,
         load_rules(RULES),
         NOW - timedelta(days=3),
@@ -221,7 +221,7 @@ def test_dry_run_writes_nothing_and_predicts_the_real_run_exactly(
     sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One delivery per transaction: what earlier batches would add must still count.
-    monkeypatch.setattr(launchlog, "BATCH", 1)
+    monkeypatch.setattr(replaying, "BATCH", 1)
     store(sessions, fixture_body("status_lead"), THEN, CHATS_ONLY)
     store(sessions, fixture_body("status_lead"), THEN, CHATS_ONLY)
     store(sessions, message("m-1"), THEN, CHATS_ONLY)
@@ -243,19 +243,19 @@ def test_dry_run_writes_nothing_and_predicts_the_real_run_exactly(
 
 
 def test_replay_report_text_has_a_line_per_rule_and_the_totals() -> None:
-    report = launchlog.ReplayReport(
+    report = replaying.ReplayReport(
         deliveries=5,
         undecodable=1,
         rules={"qualified": Tally(2, 0, 1), "first-message": Tally(1, 1, 0)},
     )
 
-    assert launchlog.describe_replay(report, dry_run=False) == [
+    assert replaying.describe_replay(report, dry_run=False) == [
         "5 deliveries replayed (1 no longer decode and were left out)",
         "  qualified: 2 added, 0 skipped by cooldown, 1 already stored",
         "  first-message: 1 added, 1 skipped by cooldown, 0 already stored",
         "total: 3 added, 1 skipped by cooldown, 1 already stored",
     ]
-    assert launchlog.describe_replay(report, dry_run=True)[::3] == [
+    assert replaying.describe_replay(report, dry_run=True)[::3] == [
         "dry run, nothing written: 5 deliveries replayed (1 no longer decode and were left out)",
         "total: 3 would be added, 1 would be skipped by cooldown, 1 already stored",
     ]
@@ -284,7 +284,7 @@ def test_diff_lists_launches_the_new_rules_add_and_drop_ignoring_times(
     store(sessions, fixture_body("add_talk"), THEN)
     store(sessions, message("m-1"), THEN)
 
-    diff = launchlog.diff_rules(
+    diff = replaying.diff_rules(
         sessions, load_rules(RULES), load_rules(NEW_RULES), THEN - timedelta(hours=1), None
     )
 
@@ -308,7 +308,7 @@ def test_diff_lists_launches_the_new_rules_add_and_drop_ignoring_times(
 def test_diff_writes_nothing(sessions: sessionmaker[Session]) -> None:
     store(sessions, fixture_body("status_lead"), THEN, CHATS_ONLY)
 
-    launchlog.diff_rules(
+    replaying.diff_rules(
         sessions, load_rules(CHATS_ONLY), load_rules(RULES), THEN - timedelta(hours=1), None
     )
 
@@ -316,10 +316,10 @@ def test_diff_writes_nothing(sessions: sessionmaker[Session]) -> None:
 
 
 def test_diff_text_has_counts_per_rule_then_one_line_per_difference() -> None:
-    key = launchlog.DiffKey("qualified", 101, 2, 27754599, "lead:27754599@1:s2")
-    diff = launchlog.RulesDiff(3, added=(key,), dropped=(), kept=Counter({"new-chat": 2}))
+    key = replaying.DiffKey("qualified", 101, 2, 27754599, "lead:27754599@1:s2")
+    diff = replaying.RulesDiff(3, added=(key,), dropped=(), kept=Counter({"new-chat": 2}))
 
-    assert launchlog.describe_diff(diff, "rules.yaml", "new.yaml") == [
+    assert replaying.describe_diff(diff, "rules.yaml", "new.yaml") == [
         "rules.yaml → new.yaml: 3 stored deliveries compared",
         "  new-chat: 2 kept, 0 added, 0 dropped",
         "  qualified: 0 kept, 1 added, 0 dropped",
