@@ -1,6 +1,6 @@
 """The JSON Schema of the rules file, for editors (`automation rules schema`).
 
-Its shape comes from the pydantic models of `rules.py` (their keys, aliases, required
+Its shape comes from the pydantic models of `rulefile.py` (their keys, aliases, required
 keys and docstrings); what their validators check in code (event types, entities,
 durations, days, times of day, conditions) is spelled out here, with a description
 for every key. Editors that read JSON Schema (VS Code and others through
@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from automation.events import ACTION_VERBS, ENTITY_TYPE_CODES, FAMILY_ACTIONS
-from automation.rules import (
+from automation.rulefile import (
     RULE_EVENT_TYPES,
     DefaultsSpec,
     FileSpec,
