@@ -62,14 +62,13 @@ def format_duration(value: timedelta) -> str:
 def parse_instant(text: object) -> datetime:
     """An ISO 8601 moment → an aware UTC datetime; a moment without offset is UTC."""
     try:
-        moment = datetime.fromisoformat(str(text).strip()) if isinstance(text, str) else None
-    except ValueError:
-        moment = None
-    if moment is None:
-        raise ValueError(
-            f"must be an ISO 8601 time such as '2024-10-01T09:00:00+03:00', got {text!r}"
-        )
-    return as_utc(moment)
+        if isinstance(text, str):
+            return as_utc(datetime.fromisoformat(text.strip()))
+    except (ValueError, OverflowError):
+        # OverflowError: a moment at the edge of the calendar (year 1 with a positive
+        # offset) has no UTC equivalent; it is "not a time" like any other bad value.
+        pass
+    raise ValueError(f"must be an ISO 8601 time such as '2024-10-01T09:00:00+03:00', got {text!r}")
 
 
 def format_instant(moment: datetime) -> str:
