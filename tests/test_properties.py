@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote as urllib_unquote
 
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from automation.errors import PayloadError
-from automation.events import MAX_DEPTH, decode_body, parse_form
+from automation.events import MAX_DEPTH, MAX_FIELDS, decode_body, parse_form, unquote, unquote_all
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
@@ -123,3 +125,182 @@ def test_any_body_decodes_or_raises_payload_error(body: bytes, content_type: str
     # Anything but `PayloadError` escapes `suppress` and fails the test.
     with contextlib.suppress(PayloadError):
         decode_body(body, content_type)
+
+
+# ------------------------------------------------ the fast form parser and the plain one
+
+
+def reference_parse_form(body: bytes) -> dict[str, Any]:
+    """What `parse_form` must equal: `parse_qsl` plus the plain bracket rebuild.
+
+    A copy of the decoder before it was optimised, kept as the specification.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"body is not UTF-8 (byte {exc.start})") from exc
+    try:
+        pairs = parse_qsl(text.strip(), keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except ValueError as exc:
+        raise PayloadError(f"body is not a form: {exc}") from exc
+    root: dict[str, Any] = {}
+    for key, value in pairs:
+        reference_insert(root, reference_split_key(key), value, key)
+    return {key: reference_densify(value) for key, value in root.items()}
+
+
+REFERENCE_KEY_RE = re.compile(r"\[([^\[\]]*)\]")
+
+
+def reference_split_key(key: str) -> list[str]:
+    head, bracket, _rest = key.partition("[")
+    if not bracket:
+        return [key]
+    parts = [head]
+    position = len(head)
+    for match in REFERENCE_KEY_RE.finditer(key, position):
+        if match.start() != position:
+            break
+        parts.append(match.group(1))
+        position = match.end()
+    if position != len(key) or not head:
+        raise PayloadError(f"field {key!r}: malformed bracket key")
+    if len(parts) > MAX_DEPTH:
+        raise PayloadError(f"field {key!r}: nested deeper than {MAX_DEPTH} levels")
+    return parts
+
+
+def reference_insert(root: dict[str, Any], parts: list[str], value: str, key: str) -> None:
+    node = root
+    for depth, part in enumerate(parts[:-1]):
+        if part == "":
+            part = str(len(node))
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            prefix = parts[0] + "".join(f"[{part}]" for part in parts[1 : depth + 1])
+            raise PayloadError(f"field {key!r}: {prefix!r} is both a value and a group")
+        node = child
+    last = parts[-1] if parts[-1] != "" else str(len(node))
+    if isinstance(node.get(last), dict):
+        raise PayloadError(f"field {key!r}: {key!r} is both a value and a group")
+    node[last] = value
+
+
+def reference_densify(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    items = {str(key): reference_densify(item) for key, item in value.items()}
+    keys = sorted(items, key=reference_number)
+    if items and all(key == str(index) for index, key in enumerate(keys)):
+        return [items[str(index)] for index in range(len(items))]
+    return items
+
+
+def reference_number(key: str) -> tuple[int, str]:
+    if key.isascii() and key.isdigit() and len(key) < 10:
+        return (int(key), "")
+    return (1 << 62, key)
+
+
+def outcome(parse: Any, body: bytes) -> Any:
+    """What `parse` makes of `body`, dict order included, or the error message."""
+    try:
+        return ordered(parse(body))
+    except PayloadError as exc:
+        return ("error", str(exc))
+
+
+def ordered(value: Any) -> Any:
+    """Dicts as lists of items, so that `==` also compares their order."""
+    if isinstance(value, dict):
+        return ("dict", [(key, ordered(item)) for key, item in value.items()])
+    if isinstance(value, list):
+        return ("list", [ordered(item) for item in value])
+    return value
+
+
+#: Raw (already encoded) text that reaches the corners of splitting and unquoting.
+RAW_PIECES = (
+    *("leads", "status", "custom_fields", "id", "name", "0", "1", "2", "10", "00", "_"),
+    *("%5B", "%5b", "%5D", "%5d", "[", "]", "%255B", "%25", "%", "%2", "%Z1", "%zz"),
+    *("+", "%2B", "%2b", "%20", " ", "%26", "%3D", "%3d", "=", "%00", "\\", "\\x41"),
+    *("Имя", "ä", "%D0%98", "%d0%98", "%D0", "%98", "%E2%82", "%FF", "%C3%A4", "\t"),
+)
+#: Key parts that decode to bracket-free names; few, so that keys share prefixes, clash,
+#: repeat and form dense maps. `""` is PHP's `[]` append.
+KEY_NAMES = ("a", "b", "id", "0", "1", "2", "00", "", "Имя", "%D0%98", "x+y", "%2B", "%255B")
+KEY_HEADS = ("leads", "a", "b", "0", "%D0%98")
+raw_text = st.lists(st.sampled_from(RAW_PIECES) | st.text(max_size=3), max_size=4).map("".join)
+openers = st.sampled_from(["%5B"] * 6 + ["%5b", "["])
+closers = st.sampled_from(["%5D"] * 6 + ["%5d", "]"])
+
+
+def bracket_keys_of(heads: st.SearchStrategy[str], names: st.SearchStrategy[str]) -> Any:
+    """Keys `head` + `[name]`…, each bracket encoded as PHP does or in another way."""
+    parts = st.lists(st.tuples(openers, names, closers).map("".join), max_size=5)
+    return st.builds(lambda head, parts: head + "".join(parts), heads, parts)
+
+
+def join_fields(lead: str, fields: list[str], separators: list[str], trail: str) -> str:
+    """A body: `lead`, each field followed by its separator (`&`, `&&`, `;`), `trail`."""
+    return lead + "".join(f + sep for f, sep in zip(fields, separators, strict=False)) + trail
+
+
+#: Mostly well-formed bodies: many keys share prefixes, clash, repeat and append.
+clean_keys = bracket_keys_of(st.sampled_from(KEY_HEADS), st.sampled_from(KEY_NAMES))
+clean_bodies = st.lists(
+    st.tuples(clean_keys, st.just("="), raw_text).map("".join), max_size=16
+).map("&".join)
+#: Anything goes: odd pieces in keys, fields without `=`, `&&`, `;`, outer whitespace.
+raw_keys = bracket_keys_of(raw_text, raw_text | st.sampled_from(KEY_NAMES))
+raw_fields = raw_keys | st.tuples(raw_keys, st.sampled_from(["=", "=="]), raw_text).map("".join)
+raw_bodies = st.builds(
+    join_fields,
+    st.sampled_from(["", " ", "&", "\n"]),
+    st.lists(raw_fields, max_size=12),
+    st.lists(st.sampled_from(["&", "&", "&", "&&", ";"]), min_size=12, max_size=12),
+    st.sampled_from(["", " ", "&", "\r\n"]),
+)
+
+
+@PROPERTY
+@given(clean_bodies | raw_bodies)
+@example("a%5Bb%5D=1&a%5Bb%5D%5Bc%5D=2")
+@example("a%5Bb%5D%5Bc%5D=2&a%5Bb%5D=1")
+@example("a%5B%5D%5Bx%5D=1&a%5B%5D%5Bx%5D=2&a%5B0%5D%5By%5D=3")
+@example("a%255Bb%255D=%255B&a%5Bb%5D=%2B+%25")
+@example("a%5B1%5D=x&a%5B0%5D=y&b%5B0%5D=1&b%5B00%5D=2")
+@example("a" + "%5Bx%5D" * 31 + "=1&a" + "%5Bx%5D" * 30 + "%5By%5D%5Bz%5D=2")
+@example("a%5Bb%5D%5Bc%5D=1&a%5Bb%5Dx%5D=2&a%5Bb%5D%5Bc=3")
+@example("a%5Bb%5D=%D0%98%26%3D&c=%E2%82&d=%FF%5B")
+@example("a%5Bb%5D=1&a%5Bbcdef%5Bx%5D=2")
+@example("a=1" + "&" * (MAX_FIELDS - 1))  # the most fields allowed
+@example("a=1" + "&" * MAX_FIELDS)  # one too many, even though all but one are empty
+def test_fast_form_parser_equals_parse_qsl_and_the_plain_rebuild(text: str) -> None:
+    body = text.encode()
+
+    assert outcome(parse_form, body) == outcome(reference_parse_form, body)
+
+
+@PROPERTY
+@given(documents)
+def test_fast_form_parser_equals_the_plain_one_on_php_bodies(document: dict[str, Any]) -> None:
+    body = http_build_query(document)
+
+    assert outcome(parse_form, body) == outcome(reference_parse_form, body)
+
+
+@PROPERTY
+@given(raw_text | st.text())
+@example("%D0%98%E2%82%FF\\x41\\%41%%41%4")
+@example("Имя%D0%98")
+def test_unquote_equals_urllib_unquote(text: str) -> None:
+    assert unquote(text) == urllib_unquote(text)
+
+
+@PROPERTY
+@given(st.lists(raw_text, max_size=8))
+def test_unquote_all_equals_urllib_unquote_of_each(texts: list[str]) -> None:
+    texts = [text.replace("&", "") for text in texts]  # form pieces never hold a `&`
+
+    assert unquote_all(texts) == [urllib_unquote(text) for text in texts]
