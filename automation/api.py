@@ -15,18 +15,18 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, abort, jsonify, request
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, defer
 from werkzeug.datastructures import MultiDict
 
 from automation.events import ENTITY_KINDS
+from automation.launchlog import LaunchQuery, launch_filters
 from automation.models import ApiCall, CallLaunch, Delivery, DeliveryStatus, Launch, LaunchStatus
 from automation.runtime import runtime
 
@@ -181,22 +181,7 @@ class BadParameter(ValueError):
         super().__init__(f"{name}: {problem}")
 
 
-@dataclass(frozen=True, slots=True)
-class LaunchPageQuery:
-    """The filters and page of `GET /api/launches`; every field set narrows the list."""
-
-    statuses: tuple[LaunchStatus, ...] = ()
-    rule: str | None = None
-    bot_id: int | None = None
-    entity_id: int | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    #: From the cursor: only launches with a smaller id (the next page down).
-    before_id: int | None = None
-    limit: int = DEFAULT_LIMIT
-
-
-def parse_launch_query(args: MultiDict[str, str], now: datetime) -> LaunchPageQuery:
+def parse_launch_query(args: MultiDict[str, str], now: datetime) -> LaunchQuery:
     """Read the query string strictly; raise `BadParameter` naming the first bad one.
 
     Unknown and repeated parameters are errors too: a misspelt filter that silently
@@ -207,7 +192,7 @@ def parse_launch_query(args: MultiDict[str, str], now: datetime) -> LaunchPageQu
             expected = _listed(QUERY_PARAMETERS)
             raise BadParameter(name, f"unknown parameter; expected one of {expected}")
     limit = _one(args, "limit", _limit)
-    return LaunchPageQuery(
+    return LaunchQuery(
         statuses=_statuses(args.getlist("status")),
         rule=_one(args, "rule", _rule),
         bot_id=_one(args, "bot_id", _positive_id),
@@ -304,10 +289,13 @@ def _listed(names: Iterable[str]) -> str:
 # --------------------------------------------------------------------------- queries
 
 
-def launch_page(session: Session, query: LaunchPageQuery) -> LaunchPage:
+def launch_page(session: Session, query: LaunchQuery) -> LaunchPage:
     """One page, newest first; keyset paging by id so pages stay stable under inserts."""
     statement = (
-        select(Launch).where(*_conditions(query)).order_by(Launch.id.desc()).limit(query.limit + 1)
+        select(Launch)
+        .where(*launch_filters(Launch.__table__.c, query))
+        .order_by(Launch.id.desc())
+        .limit(query.limit + 1)
     )
     rows = list(session.scalars(statement))
     page = rows[: query.limit]
@@ -316,25 +304,6 @@ def launch_page(session: Session, query: LaunchPageQuery) -> LaunchPage:
         launches=[_launch_out(launch) for launch in page],
         next_cursor=str(page[-1].id) if more else None,
     )
-
-
-def _conditions(query: LaunchPageQuery) -> list[ColumnElement[bool]]:
-    found: list[ColumnElement[bool]] = []
-    if query.statuses:
-        found.append(Launch.status.in_(query.statuses))
-    if query.rule is not None:
-        found.append(Launch.rule == query.rule)
-    if query.bot_id is not None:
-        found.append(Launch.bot_id == query.bot_id)
-    if query.entity_id is not None:
-        found.append(Launch.entity_id == query.entity_id)
-    if query.since is not None:
-        found.append(Launch.created_at >= query.since)
-    if query.until is not None:
-        found.append(Launch.created_at < query.until)
-    if query.before_id is not None:
-        found.append(Launch.id < query.before_id)
-    return found
 
 
 def launch_detail(session: Session, launch_id: int) -> LaunchDetail | None:

@@ -135,7 +135,7 @@ class LogRow:
 
 @dataclass(frozen=True, slots=True)
 class LaunchQuery:
-    """Filters of `launches list`; empty ones do not filter."""
+    """Filters of `launches list` and `GET /api/launches`; empty ones do not filter."""
 
     statuses: tuple[LaunchStatus, ...] = ()
     rule: str | None = None
@@ -144,6 +144,8 @@ class LaunchQuery:
     since: datetime | None = None
     until: datetime | None = None
     limit: int = 50
+    #: Only launches with a smaller id: the API's next page down.
+    before_id: int | None = None
 
 
 def list_launches(session: Session, query: LaunchQuery) -> list[LogRow]:
@@ -154,19 +156,26 @@ def list_launches(session: Session, query: LaunchQuery) -> list[LogRow]:
 
 
 def _filters(query: LaunchQuery) -> Iterator[ColumnElement[bool]]:
-    view = launch_log.c
+    return launch_filters(launch_log.c, query)
+
+
+def launch_filters(columns: Any, query: LaunchQuery) -> Iterator[ColumnElement[bool]]:
+    """The query's conditions on `columns`: the `launch_log` view's or the `launches`
+    table's, which name the filtered columns alike."""
     if query.statuses:
-        yield view.status.in_([status.value for status in query.statuses])
+        yield columns.status.in_(query.statuses)
     if query.rule is not None:
-        yield view.rule == query.rule
+        yield columns.rule == query.rule
     if query.bot_id is not None:
-        yield view.bot_id == query.bot_id
+        yield columns.bot_id == query.bot_id
     if query.entity_id is not None:
-        yield view.entity_id == query.entity_id
+        yield columns.entity_id == query.entity_id
     if query.since is not None:
-        yield view.created_at >= query.since
+        yield columns.created_at >= query.since
     if query.until is not None:
-        yield view.created_at < query.until
+        yield columns.created_at < query.until
+    if query.before_id is not None:
+        yield columns.id < query.before_id
 
 
 def format_table(rows: Sequence[LogRow]) -> list[str]:
