@@ -63,12 +63,6 @@ class TokenBox:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeAmoCRM]:
-    with FakeAmoCRM() as server:
-        yield server
-
-
-@pytest.fixture
 def tokens() -> TokenBox:
     return TokenBox()
 

@@ -33,12 +33,6 @@ TASK = {"bot_id": 7, "entity_id": 1001, "entity_type": 2}
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeAmoCRM]:
-    with FakeAmoCRM() as server:
-        yield server
-
-
-@pytest.fixture
 def http() -> Iterator[requests.Session]:
     with requests.Session() as session:
         yield session

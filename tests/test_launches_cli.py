@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,18 +16,10 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.cli import LAUNCH_STATUSES, main
-from automation.database import make_engine, make_session_factory
 from automation.models import Launch, LaunchStatus
 from tests.test_launchlog import NOW, fixture_body, send, status_change, store
 
 SCRIPT = Path(sys.executable).parent / "automation"
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture

@@ -4,9 +4,7 @@ and PostgreSQL. Launches get into the database the way the server puts them ther
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -15,31 +13,17 @@ from sqlalchemy import inspect, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation import launchlog, outbox
-from automation.database import alembic_config, make_engine, make_session_factory, upgrade
+from automation.database import alembic_config, make_engine, upgrade
 from automation.events import decode_body
 from automation.launchlog import CANCEL, RETRY, LaunchQuery
 from automation.models import Launch, LaunchStatus
 from automation.rules import RuleSet, load_rules
+from tests.conftest import TEST_RULES, WEBHOOKS
 
 FORM = "application/x-www-form-urlencoded"
-WEBHOOKS = Path(__file__).parent / "fixtures" / "webhooks"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
-RULES = """\
-version: 1
-rules:
-  - name: qualified
-    on: lead.status_changed
-    when: {status_id: 59936202}
-    launch: {bot_id: 101, entity: lead}
-  - name: new-chat
-    on: talk.added
-    launch: {bot_id: 202, entity: contact}
-  - name: first-message
-    on: message.added
-    cooldown: 1h
-    launch: {bot_id: 303, entity: contact}
-"""
+RULES = TEST_RULES
 
 
 def fixture_body(name: str) -> bytes:
@@ -115,13 +99,6 @@ def set_status(sessions: sessionmaker[Session], launch_id: int, status: LaunchSt
 def launch_rows(sessions: sessionmaker[Session]) -> list[Launch]:
     with sessions() as session:
         return list(session.scalars(select(Launch).order_by(Launch.id)))
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 # ------------------------------------------------------------------------------ view

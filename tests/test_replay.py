@@ -4,7 +4,6 @@ PostgreSQL, through the library and the CLI."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation import replay as replaying
-from automation.database import make_engine, make_session_factory
 from automation.models import Delivery, DeliveryStatus, Launch, LaunchStatus
 from automation.replay import Tally
 from automation.rules import load_rules
@@ -32,13 +30,6 @@ rules:
     on: talk.added
     launch: {bot_id: 202, entity: contact}
 """
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def count(sessions: sessionmaker[Session], model: type[Delivery] | type[Launch]) -> int:

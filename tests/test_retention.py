@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +22,6 @@ from automation import dispatcher as dispatch
 from automation import retention
 from automation.cli import main
 from automation.config import Settings, load_settings
-from automation.database import make_engine, make_session_factory
 from automation.errors import ConfigError
 from automation.models import (
     ApiCall,
@@ -52,13 +51,6 @@ SETTLED = ["sent", "failed", "dry_run", "cancelled", "skipped"]
 KEPT = ["pending", "sending", "uncertain"]
 #: `Rows.launch(delivery=OWN)`: a delivery of its own, as old as the launch.
 OWN = -1
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @dataclass

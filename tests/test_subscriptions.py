@@ -38,12 +38,6 @@ NEEDED = ["add_message", "add_talk", "status_lead"]
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeAmoCRM]:
-    with FakeAmoCRM() as server:
-        yield server
-
-
-@pytest.fixture
 def client(fake: FakeAmoCRM) -> Iterator[AmoCRMClient]:
     with AmoCRMClient(fake.url, lambda: ACCESS_TOKEN, read_timeout=5) as amocrm:
         yield amocrm
