@@ -514,3 +514,24 @@ def test_prune_command_refuses_an_age_without_a_unit(env: dict[str, str]) -> Non
         "Error: Invalid value for '--older-than': expected an age such as '30d' (days) or "
         "'12h' (hours), got '30'",
     )
+
+
+def test_prune_runs_as_a_real_process(rows: Rows, env: dict[str, str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    rows.launch("sent", 40 * DAY)
+    automation = str(Path(sys.executable).parent / "automation")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AMOCRM_")}
+    done = subprocess.run(
+        [automation, "prune", "--older-than", "30d"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith("pruned launches=1 ")
+    assert rows.launch_ids() == []
