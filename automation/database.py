@@ -14,13 +14,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -146,6 +146,11 @@ def insert_ignoring(session: Session, model: type[Any]) -> Any:
     """The dialect's INSERT, which has `on_conflict_do_nothing` on SQLite and PostgreSQL."""
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     return dialect.insert(model)
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE touched (SQLAlchemy types only the cursor result)."""
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BindParameter, CursorResult, Result, bindparam, insert, select, update
+from sqlalchemy import BindParameter, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from automation.database import rowcount
 from automation.events import Payload
 from automation.models import ApiCall, CallLaunch, Delivery, DeliveryStatus, Launch, LaunchStatus
 
@@ -387,14 +388,14 @@ def recover_orphans(session: Session, live: Sequence[str], now: datetime) -> tup
         orphaned = orphaned & (Launch.claimed_by.is_(None) | Launch.claimed_by.not_in(live))
     unfinished = select(ApiCall.id).where(ApiCall.finished_at.is_(None))
     in_unfinished_call = Launch.call_id.in_(unfinished)
-    unstarted = _rowcount(
+    unstarted = rowcount(
         session.execute(
             update(Launch)
             .where(orphaned, ~in_unfinished_call | Launch.call_id.is_(None))
             .values(status=LaunchStatus.PENDING, claimed_by=None, updated_at=now)
         )
     )
-    in_flight = _rowcount(
+    in_flight = rowcount(
         session.execute(
             update(Launch)
             .where(orphaned, in_unfinished_call)
@@ -421,10 +422,6 @@ def release_claims(session: Session, dispatcher: str, now: datetime) -> None:
         )
     ).scalars()
     release(session, list(held), now, reason="released: dispatcher stopped")
-
-
-def _rowcount(result: Result[Any]) -> int:
-    return int(cast(CursorResult[Any], result).rowcount)
 
 
 # ------------------------------------------------------------------ the operator's side

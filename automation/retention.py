@@ -24,12 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    CursorResult,
-    Result,
     Select,
     and_,
     delete,
@@ -41,6 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from automation.config import Settings
+from automation.database import rowcount
 from automation.errors import AutomationError
 from automation.models import ApiCall, CallLaunch, Delivery, Launch, LaunchStatus
 from automation.rules import RuleSet, load_rules_file
@@ -121,10 +120,6 @@ def _is_postgresql(session: Session) -> bool:
 def _locked(session: Session, query: Select[Any]) -> Select[Any]:
     """Skip rows someone else holds (PostgreSQL); SQLite's BEGIN IMMEDIATE serialises."""
     return query.with_for_update(skip_locked=True) if _is_postgresql(session) else query
-
-
-def _rowcount(result: Result[Any]) -> int:
-    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def _old(launch: type[Launch], cutoffs: Cutoffs) -> ColumnElement[bool]:
@@ -212,7 +207,7 @@ def prune_deliveries(session: Session, cutoffs: Cutoffs, limit: int, pruned: Pru
 
 def _delete(session: Session, model: type[Any], *conditions: ColumnElement[bool]) -> int:
     statement = delete(model).where(*conditions).execution_options(synchronize_session=False)
-    return _rowcount(session.execute(statement))
+    return rowcount(session.execute(statement))
 
 
 # ---------------------------------------------------------------------------- passes
