@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from automation.database import insert_ignoring
+from automation.database import for_update, insert_ignoring
 from automation.models import ApiCall, RateLimit
 
 NAME = "amocrm"
@@ -117,9 +117,7 @@ def current_hold(session: Session, now: datetime) -> RateLimit | None:
 
 
 def _locked_row(session: Session, now: datetime) -> RateLimit:
-    query = select(RateLimit).where(RateLimit.name == NAME)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
+    query = for_update(session, select(RateLimit).where(RateLimit.name == NAME))
     state = session.execute(query).scalar_one_or_none()
     if state is None:  # first use: two dispatchers may both get here, one insert wins
         session.execute(

@@ -14,13 +14,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import CursorResult, Engine, Result, create_engine, event, make_url
+from sqlalchemy import CursorResult, Engine, Result, Select, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -60,6 +60,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
+
+_Query = TypeVar("_Query", bound=Select[Any])
 
 #: Which writer locks the current thread holds (by lock file path).
 _held = threading.local()
@@ -146,6 +148,14 @@ def insert_ignoring(session: Session, model: type[Any]) -> Any:
     """The dialect's INSERT, which has `on_conflict_do_nothing` on SQLite and PostgreSQL."""
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     return dialect.insert(model)
+
+
+def for_update(session: Session, query: _Query, *, skip_locked: bool = False) -> _Query:
+    """Lock the selected rows on PostgreSQL; SQLite needs nothing, since every
+    transaction there holds the write lock from BEGIN IMMEDIATE."""
+    if session.get_bind().dialect.name != "postgresql":
+        return query
+    return query.with_for_update(skip_locked=skip_locked)
 
 
 def rowcount(result: Result[Any]) -> int:

@@ -39,7 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from automation.config import Settings
-from automation.database import rowcount
+from automation.database import for_update, rowcount
 from automation.errors import AutomationError
 from automation.models import ApiCall, CallLaunch, Delivery, Launch, LaunchStatus
 from automation.rules import RuleSet, load_rules_file
@@ -113,13 +113,9 @@ class Pruned:
 # ------------------------------------------------------------------------------ batches
 
 
-def _is_postgresql(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
 def _locked(session: Session, query: Select[Any]) -> Select[Any]:
-    """Skip rows someone else holds (PostgreSQL); SQLite's BEGIN IMMEDIATE serialises."""
-    return query.with_for_update(skip_locked=True) if _is_postgresql(session) else query
+    """Skip rows someone else holds: a prune never waits for live traffic."""
+    return for_update(session, query, skip_locked=True)
 
 
 def _old(launch: type[Launch], cutoffs: Cutoffs) -> ColumnElement[bool]:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation.amocrm import AmoCRMClient, TokenSet
 from automation.config import Settings
+from automation.database import for_update
 from automation.errors import AutomationError
 from automation.models import OAuthToken
 
@@ -161,9 +162,7 @@ class TokenStore:
 
 
 def _locked_row(session: Session) -> OAuthToken | None:
-    query = select(OAuthToken).where(OAuthToken.id == TOKEN_ROW)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
+    query = for_update(session, select(OAuthToken).where(OAuthToken.id == TOKEN_ROW))
     return session.execute(query).scalar_one_or_none()
 
 
