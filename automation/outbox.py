@@ -15,7 +15,7 @@ from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BindParameter, bindparam, insert, select, update
+from sqlalchemy import BindParameter, bindparam, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -133,6 +133,7 @@ def _cooldown_verdict(
     """`skipped` when the same bot ran on the same entity inside the rule's cooldown."""
     if not launch.cooldown:
         return LaunchStatus.PENDING, None
+    _lock_target(session, launch)
     earlier = session.execute(
         select(Launch.id, Launch.created_at)
         .where(
@@ -151,6 +152,20 @@ def _cooldown_verdict(
         f"cooldown: launch #{earlier.id} of bot {launch.bot_id} on this entity at "
         f"{earlier.created_at:%Y-%m-%d %H:%M:%S}Z is inside the {launch.cooldown} window"
     )
+
+
+def _lock_target(session: Session, launch: PlannedLaunch) -> None:
+    """Serialise cooldown checks of one bot on one entity until this transaction ends.
+
+    The check is a read, so two different changes of the same lead stored at the same
+    instant by two workers could both see "no earlier launch". SQLite already runs one
+    writer at a time; PostgreSQL takes a transaction-scoped advisory lock on the target.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    target = f"{launch.bot_id}:{launch.entity_type}:{launch.entity_id}".encode()
+    key = int.from_bytes(hashlib.blake2b(target, digest_size=8).digest(), "big", signed=True)
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def dedupe_digest(launch: PlannedLaunch) -> str:

@@ -80,3 +80,44 @@ def test_eight_processes_storing_the_same_webhook_add_one_launch(
 
     assert sorted(results) == [0] * (COPIES - 1) + [1]
     assert _count(database_url) == (1, COPIES)
+
+
+def _message(message_id: str) -> bytes:
+    from urllib.parse import urlencode
+
+    return urlencode(
+        {
+            "account[id]": "30112233",
+            "message[add][0][id]": message_id,
+            "message[add][0][contact_id]": "93589657",
+            "message[add][0][type]": "incoming",
+        }
+    ).encode()
+
+
+def test_eight_different_messages_of_one_contact_at_once_respect_the_cooldown(
+    database_url: str, rules_file: Path
+) -> None:
+    """Different changes, so no dedupe key is shared: only the cooldown (1h on
+    `first-message`) may stop seven of them, even when all arrive at the same instant."""
+    barrier = threading.Barrier(COPIES)
+    results: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda i=i: results.append(
+                _deliver(database_url, str(rules_file), _message(f"m-{i}"), barrier)
+            )
+        )
+        for i in range(COPIES)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        statuses = sorted(connection.scalars(select(Launch.status)))
+    engine.dispose()
+    assert sorted(results) == [0] * (COPIES - 1) + [1]
+    assert [status.value for status in statuses] == ["pending"] + ["skipped"] * (COPIES - 1)
