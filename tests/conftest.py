@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import make_url, text
@@ -36,6 +37,21 @@ for _name in list(os.environ):
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WEBHOOKS = FIXTURES / "webhooks"
+
+
+def incoming_message(message_id: str) -> bytes:
+    """A chat message from contact 93589657 about lead 27754620, as amoCRM posts it;
+    TEST_RULES' `first-message` rule launches on it with a 1h cooldown."""
+    return urlencode(
+        {
+            "account[id]": "30112233",
+            "message[add][0][id]": message_id,
+            "message[add][0][contact_id]": "93589657",
+            "message[add][0][entity_type]": "lead",
+            "message[add][0][entity_id]": "27754620",
+            "message[add][0][type]": "incoming",
+        }
+    ).encode()
 
 
 @pytest.fixture

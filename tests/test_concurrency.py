@@ -18,6 +18,7 @@ from automation.events import decode_body
 from automation.models import Delivery, Launch
 from automation.outbox import Inbound, enqueue
 from automation.rules import load_rules_file
+from tests.conftest import incoming_message
 
 COPIES = 8
 
@@ -82,19 +83,6 @@ def test_eight_processes_storing_the_same_webhook_add_one_launch(
     assert _count(database_url) == (1, COPIES)
 
 
-def _message(message_id: str) -> bytes:
-    from urllib.parse import urlencode
-
-    return urlencode(
-        {
-            "account[id]": "30112233",
-            "message[add][0][id]": message_id,
-            "message[add][0][contact_id]": "93589657",
-            "message[add][0][type]": "incoming",
-        }
-    ).encode()
-
-
 def test_eight_different_messages_of_one_contact_at_once_respect_the_cooldown(
     database_url: str, rules_file: Path
 ) -> None:
@@ -105,7 +93,7 @@ def test_eight_different_messages_of_one_contact_at_once_respect_the_cooldown(
     threads = [
         threading.Thread(
             target=lambda i=i: results.append(
-                _deliver(database_url, str(rules_file), _message(f"m-{i}"), barrier)
+                _deliver(database_url, str(rules_file), incoming_message(f"m-{i}"), barrier)
             )
         )
         for i in range(COPIES)

@@ -26,6 +26,7 @@ from automation import metrics, serving
 from automation.config import Settings
 from automation.database import make_engine, make_session_factory
 from automation.models import Dispatcher as DispatcherRow
+from tests.conftest import incoming_message
 from tests.fake_amocrm import ACCESS_TOKEN, FakeAmoCRM
 from tests.launches import add_launches
 from tests.test_serving import BIN, ROOT, free_port, server_env, wait_healthy
@@ -72,18 +73,6 @@ def stage_change(lead_id: int, account_id: int = 30112233) -> bytes:
             "leads[status][0][id]": str(lead_id),
             "leads[status][0][status_id]": "59936202",
             "leads[status][0][pipeline_id]": "7173574",
-        }
-    ).encode()
-
-
-def message(message_id: str) -> bytes:
-    """A chat message from one contact; the `first-message` rule has a 1h cooldown."""
-    return urlencode(
-        {
-            "account[id]": "30112233",
-            "message[add][0][id]": message_id,
-            "message[add][0][contact_id]": "93589657",
-            "message[add][0][type]": "incoming",
         }
     ).encode()
 
@@ -168,8 +157,8 @@ def test_a_stored_webhook_counts_its_events_and_launches_by_rule_and_result(
 
     post(client, webhook_body("status_lead"))
     post(client, webhook_body("status_lead"))  # the same delivery again: a duplicate
-    post(client, message("m-1"))
-    post(client, message("m-2"))  # same contact within the rule's cooldown: skipped
+    post(client, incoming_message("m-1"))
+    post(client, incoming_message("m-2"))  # same contact within the rule's cooldown: skipped
 
     after = scrape(client)
 

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from automation.models import Delivery, DeliveryStatus, Launch, LaunchStatus
+from tests.conftest import incoming_message
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -100,20 +101,8 @@ def test_stage_move_sent_as_update_and_as_status_yields_one_launch(app: Any, cli
 
 
 def test_cooldown_records_a_skipped_launch_with_its_reason(app: Any, client: Any) -> None:
-    def message(message_id: str) -> bytes:
-        return urlencode(
-            {
-                "account[id]": "30112233",
-                "message[add][0][id]": message_id,
-                "message[add][0][contact_id]": "93589657",
-                "message[add][0][entity_type]": "lead",
-                "message[add][0][entity_id]": "27754620",
-                "message[add][0][type]": "incoming",
-            }
-        ).encode()
-
-    assert post(client, message("m-1")).json["launches"] == 1
-    assert post(client, message("m-2")).json["launches"] == 0
+    assert post(client, incoming_message("m-1")).json["launches"] == 1
+    assert post(client, incoming_message("m-2")).json["launches"] == 0
 
     first, second = rows(app, Launch)
     assert first.status is LaunchStatus.PENDING
