@@ -146,8 +146,12 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 def insert_ignoring(session: Session, model: type[Any]) -> Any:
     """The dialect's INSERT, which has `on_conflict_do_nothing` on SQLite and PostgreSQL."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return dialect.insert(model)
+    return dialect_insert(session.get_bind().dialect.name)(model)
+
+
+def dialect_insert(dialect: str) -> Any:
+    """`insert` of the PostgreSQL or SQLite dialect, by dialect name."""
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 def for_update(session: Session, query: _Query, *, skip_locked: bool = False) -> _Query:

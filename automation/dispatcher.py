@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -87,7 +87,6 @@ class Stats:
     retried: int = 0
     uncertain: int = 0
     dry_run: int = 0
-    outcomes: dict[str, int] = field(default_factory=dict)
 
 
 class NotAlone(Exception):
@@ -303,7 +302,6 @@ class Dispatcher:
         assert self.client is not None
         tasks = [SalesbotTask(c.bot_id, c.entity_id, c.entity_type) for c in batch]
         result = self.client.run_salesbots(tasks)
-        self.stats.outcomes[result.outcome] = self.stats.outcomes.get(result.outcome, 0) + 1
         if result.outcome is Outcome.UNAUTHORIZED and not retried_401:
             self._finish(call_id, result)
             self._after_401(batch)

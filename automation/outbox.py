@@ -16,10 +16,9 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BindParameter, bindparam, insert, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from automation.database import rowcount
+from automation.database import dialect_insert, rowcount
 from automation.events import Payload
 from automation.models import ApiCall, CallLaunch, Delivery, DeliveryStatus, Launch, LaunchStatus
 
@@ -209,9 +208,10 @@ def _insert_launch(
 @cache
 def _insert_launch_statement_for(dialect: str) -> Any:
     """Built once per dialect: building statements per request is costly on the hot path."""
-    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
-        insert_(Launch).on_conflict_do_nothing(index_elements=["dedupe_key"]).returning(Launch.id)
+        dialect_insert(dialect)(Launch)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(Launch.id)
     )
 
 
