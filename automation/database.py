@@ -22,6 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import CursorResult, Engine, Result, Select, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.errors import AutomationError
@@ -91,7 +92,7 @@ def _writer_locked(lock_path: str) -> type[sqlite3.Connection]:
             self._locked = True
             setattr(_held, lock_path, True)
 
-        def _release(self) -> None:
+        def release_writer_lock(self) -> None:
             if self._locked:
                 self._locked = False
                 setattr(_held, lock_path, False)
@@ -101,19 +102,19 @@ def _writer_locked(lock_path: str) -> type[sqlite3.Connection]:
             try:
                 super().commit()
             finally:
-                self._release()
+                self.release_writer_lock()
 
         def rollback(self) -> None:
             try:
                 super().rollback()
             finally:
-                self._release()
+                self.release_writer_lock()
 
         def close(self) -> None:
             try:
                 super().close()
             finally:
-                self._release()
+                self.release_writer_lock()
                 if self._lock_file is not None:
                     self._lock_file.close()
 
@@ -133,11 +134,23 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_begin_immediate(connection: Any) -> None:
     """Take the write lock at BEGIN: a read-then-write transaction that upgrades its
-    lock later can fail with "database is locked" instead of waiting its turn."""
+    lock later can fail with "database is locked" instead of waiting its turn.
+
+    Sent on the driver's connection: every webhook begins a transaction, and
+    `exec_driver_sql` costs several times the BEGIN itself. A failure is raised as
+    SQLAlchemy's error, as `exec_driver_sql` would.
+    """
     dbapi_connection = connection.connection.dbapi_connection
     if hasattr(dbapi_connection, "acquire_writer_lock"):
         dbapi_connection.acquire_writer_lock()
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    try:
+        dbapi_connection.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        if hasattr(dbapi_connection, "release_writer_lock"):
+            dbapi_connection.release_writer_lock()
+        raise DBAPIError.instance(
+            "BEGIN IMMEDIATE", None, exc, sqlite3.Error, dialect=connection.dialect
+        ) from exc
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -1,225 +1,29 @@
-"""All SQL of the launch outbox behind one door.
+"""All SQL of the launch outbox's dispatcher side behind one door.
 
-`enqueue` stores a delivery and its launches in the caller's transaction. De-duplication
-is the database's job (a unique `dedupe_key`, `INSERT … ON CONFLICT DO NOTHING`), never
-read-then-write: two copies of one webhook arriving at the same instant on two workers
-still produce one launch.
+`intake` puts launches in (with the webhook that carried them); this module takes
+them out: claims due launches, records the API calls made for them, settles, retries
+and releases them, and recovers what a crashed dispatcher left.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BindParameter, bindparam, insert, select, text, update
+from sqlalchemy import BindParameter, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from automation.database import dialect_insert, rowcount
-from automation.events import Payload
-from automation.models import ApiCall, CallLaunch, Delivery, DeliveryStatus, Launch, LaunchStatus
+from automation.database import rowcount
+from automation.models import ApiCall, CallLaunch, Launch, LaunchStatus
 
 if TYPE_CHECKING:
-    from automation.rules import Launch as PlannedLaunch
+    pass
 
 #: How much of amoCRM's answer an API call keeps.
 EXCERPT_CHARS = 2000
-
-#: Launches that count for a cooldown: the bot ran, or is about to.
-_COOLDOWN_STATUSES = (
-    LaunchStatus.PENDING,
-    LaunchStatus.SENDING,
-    LaunchStatus.SENT,
-    LaunchStatus.UNCERTAIN,
-    LaunchStatus.DRY_RUN,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """A webhook as received: what we store in `deliveries` before answering."""
-
-    body: bytes
-    content_type: str
-    remote_addr: str | None
-    received_at: datetime
-    payload: Payload
-
-
-@dataclass(frozen=True, slots=True)
-class Enqueued:
-    """What `enqueue` stored: the answer the webhook gives amoCRM."""
-
-    delivery_id: int
-    events: int
-    launches: int
-    skipped: int
-    duplicates: int
-    status: DeliveryStatus
-
-
-def enqueue(session: Session, inbound: Inbound, planned: Sequence[PlannedLaunch]) -> Enqueued:
-    """Store the delivery and its launches; the caller commits (one transaction).
-
-    A launch whose dedupe key exists already is not stored again and counts as a
-    duplicate. A launch inside its rule's cooldown is stored as `skipped` with the
-    reason, so "why did my bot not start?" has an answer in the log.
-    """
-    status = DeliveryStatus.ACCEPTED if inbound.payload.recognized else DeliveryStatus.UNRECOGNIZED
-    # Counted optimistically (every launch new): the common case then needs no UPDATE.
-    delivery_id = _add_delivery(session, inbound, status, launch_count=len(planned))
-    outcomes = enqueue_launches(session, delivery_id, planned, inbound.received_at)
-    added = outcomes.count(LaunchStatus.PENDING)
-    skipped = outcomes.count(LaunchStatus.SKIPPED)
-    duplicates = outcomes.count(None)
-    if added != len(planned):
-        session.execute(
-            update(Delivery)
-            .where(Delivery.id == delivery_id)
-            .values(launch_count=added, duplicate_count=duplicates)
-        )
-    events = len(inbound.payload.events)
-    return Enqueued(delivery_id, events, added, skipped, duplicates, status)
-
-
-def enqueue_launches(
-    session: Session, delivery_id: int, planned: Sequence[PlannedLaunch], now: datetime
-) -> list[LaunchStatus | None]:
-    """Store launches for an already stored delivery (a webhook, or a replay of one).
-
-    Returns, per planned launch, the status it was stored with (`pending`, or
-    `skipped` inside its cooldown) or None when its dedupe key existed already, so a
-    replay adds only what no earlier delivery or replay added.
-    """
-    outcomes: list[LaunchStatus | None] = []
-    for launch in planned:
-        verdict, reason = _cooldown_verdict(session, launch, now)
-        stored = _insert_launch(session, delivery_id, launch, verdict, reason, now)
-        outcomes.append(verdict if stored else None)
-    return outcomes
-
-
-def _add_delivery(
-    session: Session, inbound: Inbound, status: DeliveryStatus, launch_count: int
-) -> int:
-    payload = inbound.payload
-    values = {
-        "received_at": inbound.received_at,
-        "remote_addr": inbound.remote_addr,
-        "content_type": inbound.content_type[:200],
-        "body": inbound.body,
-        "account_id": payload.account.id,
-        "account_subdomain": payload.account.subdomain,
-        "event_count": len(payload.events),
-        "launch_count": launch_count,
-        "duplicate_count": 0,
-        "status": status,
-    }
-    # Core, not the ORM: this is the webhook's hot path, and the ORM's bulk-insert
-    # machinery costs more than the insert itself.
-    return int(session.connection().execute(_INSERT_DELIVERY, values).scalar_one())
-
-
-_INSERT_DELIVERY = insert(Delivery).returning(Delivery.id)
-
-
-def _cooldown_verdict(
-    session: Session, launch: PlannedLaunch, now: datetime
-) -> tuple[LaunchStatus, str | None]:
-    """`skipped` when the same bot ran on the same entity inside the rule's cooldown."""
-    if not launch.cooldown:
-        return LaunchStatus.PENDING, None
-    _lock_target(session, launch)
-    earlier = session.execute(
-        select(Launch.id, Launch.created_at)
-        .where(
-            Launch.entity_id == launch.entity_id,
-            Launch.entity_type == launch.entity_type,
-            Launch.bot_id == launch.bot_id,
-            Launch.created_at > now - launch.cooldown,
-            Launch.status.in_(_COOLDOWN_STATUSES),
-        )
-        .order_by(Launch.created_at.desc())
-        .limit(1)
-    ).first()
-    if earlier is None:
-        return LaunchStatus.PENDING, None
-    return LaunchStatus.SKIPPED, (
-        f"cooldown: launch #{earlier.id} of bot {launch.bot_id} on this entity at "
-        f"{earlier.created_at:%Y-%m-%d %H:%M:%S}Z is inside the {launch.cooldown} window"
-    )
-
-
-def _lock_target(session: Session, launch: PlannedLaunch) -> None:
-    """Serialise cooldown checks of one bot on one entity until this transaction ends.
-
-    The check is a read, so two different changes of the same lead stored at the same
-    instant by two workers could both see "no earlier launch". SQLite already runs one
-    writer at a time; PostgreSQL takes a transaction-scoped advisory lock on the target.
-    """
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    target = f"{launch.bot_id}:{launch.entity_type}:{launch.entity_id}".encode()
-    key = int.from_bytes(hashlib.blake2b(target, digest_size=8).digest(), "big", signed=True)
-    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-
-
-def dedupe_digest(launch: PlannedLaunch) -> str:
-    """The stored form of a launch's dedupe key: fixed length, whatever the rule name."""
-    return hashlib.sha256(launch.dedupe_key.encode()).hexdigest()
-
-
-def _insert_launch(
-    session: Session,
-    delivery_id: int,
-    launch: PlannedLaunch,
-    status: LaunchStatus,
-    reason: str | None,
-    now: datetime,
-) -> bool:
-    """Insert unless the dedupe key exists; True when a row was added."""
-    values = {
-        "delivery_id": delivery_id,
-        "rule": launch.rule,
-        "event_type": launch.event.type,
-        "event_group": launch.event.group[:100],
-        "event_index": launch.event.index,
-        "bot_id": launch.bot_id,
-        "entity_type": launch.entity_type,
-        "entity_id": launch.entity_id,
-        "change_key": launch.event.change[:300],
-        "dedupe_key": dedupe_digest(launch),
-        "status": status,
-        "reason": reason,
-        "not_before": launch.not_before,
-        "attempts": 0,
-        "retries": 0,
-        "created_at": now,
-        "updated_at": now,
-        "settled_at": now if status is LaunchStatus.SKIPPED else None,
-    }
-    statement = _insert_launch_statement(session)
-    return session.connection().execute(statement, values).first() is not None
-
-
-@cache
-def _insert_launch_statement_for(dialect: str) -> Any:
-    """Built once per dialect: building statements per request is costly on the hot path."""
-    return (
-        dialect_insert(dialect)(Launch)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(Launch.id)
-    )
-
-
-def _insert_launch_statement(session: Session) -> Any:
-    return _insert_launch_statement_for(session.get_bind().dialect.name)
-
-
-# ------------------------------------------------------------------ the dispatcher's side
 
 
 @dataclass(frozen=True, slots=True)

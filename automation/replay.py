@@ -2,7 +2,7 @@
 predicts the real run exactly, or under two rules files to compare them (`rules diff`).
 
 Deliveries are read a batch per short transaction, decoded with their stored content
-type. Replays store launches through `outbox.enqueue_launches`, so de-duplication and
+type. Replays store launches through `intake.enqueue_launches`, so de-duplication and
 cooldowns work as they do for live webhooks; dry runs and diffs roll every batch back.
 Nothing here prints.
 """
@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation import outbox
+from automation import intake
 from automation.errors import PayloadError
 from automation.events import ENTITY_KINDS, Payload, decode_body
 from automation.models import Delivery, LaunchStatus
@@ -128,7 +128,7 @@ class _DryRunMemory:
 
     def recall(self, launch: PlannedLaunch, outcome: LaunchStatus | None) -> LaunchStatus | None:
         """The outcome the real run would have had, given what earlier batches added."""
-        digest = outbox.dedupe_digest(launch)
+        digest = intake.dedupe_digest(launch)
         target = (launch.bot_id, launch.entity_type, launch.entity_id)
         if outcome is None or digest in self.digests:
             return None
@@ -178,7 +178,7 @@ def _replay_one(
         report.undecodable += 1
         return
     planned = _planned(rules, delivery.payload, now)
-    outcomes = outbox.enqueue_launches(session, delivery.id, planned, now)
+    outcomes = intake.enqueue_launches(session.connection(), delivery.id, planned, now)
     for launch, stored in zip(planned, outcomes, strict=True):
         report.count(launch.rule, memory.recall(launch, stored) if memory else stored)
 

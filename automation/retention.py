@@ -53,7 +53,7 @@ PRUNE_EVERY = 24 * 3600.0
 
 #: Settled launches that no cooldown looks at: they go once older than the cut-off.
 UNCOUNTED = (LaunchStatus.FAILED, LaunchStatus.CANCELLED, LaunchStatus.SKIPPED)
-#: Settled launches a cooldown counts (see `outbox._COOLDOWN_STATUSES`).
+#: Settled launches a cooldown counts (see `intake.COOLDOWN_STATUSES`).
 COUNTED = (LaunchStatus.SENT, LaunchStatus.DRY_RUN)
 #: Never pruned: still on their way, or waiting for an operator's decision.
 KEPT = (LaunchStatus.PENDING, LaunchStatus.SENDING, LaunchStatus.UNCERTAIN)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from automation import metrics
 from automation.errors import PayloadError
 from automation.events import Payload, decode_body
-from automation.outbox import Enqueued, Inbound, enqueue
+from automation.intake import Enqueued, Inbound, Rows, store
 from automation.runtime import Runtime, runtime
 
 log = logging.getLogger("automation.webhooks")
@@ -104,8 +104,9 @@ def _store(state: Runtime, body: bytes, payload: Payload) -> Enqueued:
     assert rules is not None, "Runtime.build refuses to start without rules"
     planned = [launch for event in payload.events for launch in rules.match(event, now)]
     inbound = Inbound(body, request.content_type or "", request.remote_addr, now, payload)
-    with state.sessions.begin() as session:
-        stored = enqueue(session, inbound, planned)
+    rows = Rows.of(inbound, planned)  # built before the transaction: it holds the write lock
+    with state.engine.begin() as connection:
+        stored = store(connection, rows)
     # Only here, after the commit, does the caller answer 200 (and count it).
     metrics.webhook_stored(payload, planned, stored)
     return stored

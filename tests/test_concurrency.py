@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 
 from automation.database import make_engine, make_session_factory
 from automation.events import decode_body
+from automation.intake import Inbound, enqueue
 from automation.models import Delivery, Launch
-from automation.outbox import Inbound, enqueue
 from automation.rules import load_rules_file
 from tests.conftest import incoming_message
 
@@ -32,7 +32,8 @@ def _deliver(url: str, rules_path: str, body: bytes, barrier: object) -> int:
     planned = [launch for event in payload.events for launch in rules.match(event, now)]
     barrier.wait()  # type: ignore[attr-defined]
     with sessions.begin() as session:
-        added = enqueue(session, Inbound(body, "form", None, now, payload), planned).launches
+        inbound = Inbound(body, "form", None, now, payload)
+        added = enqueue(session.connection(), inbound, planned).launches
     engine.dispose()
     return added
 

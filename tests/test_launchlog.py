@@ -1,6 +1,6 @@
 """The launch log library (`automation.launchlog`) and the `launch_log` view, on SQLite
 and PostgreSQL. Launches get into the database the way the server puts them there:
-`outbox.enqueue` for webhooks, `outbox`'s dispatcher functions for API calls."""
+`intake.enqueue` for webhooks, `outbox`'s dispatcher functions for API calls."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from alembic import command
 from sqlalchemy import inspect, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation import launchlog, outbox
+from automation import intake, launchlog, outbox
 from automation.database import alembic_config, make_engine, upgrade
 from automation.events import decode_body
 from automation.launchlog import CANCEL, RETRY, LaunchQuery
@@ -55,9 +55,9 @@ def store(
     ruleset = load_rules(rules) if isinstance(rules, str) else rules
     payload = decode_body(body, content_type)
     planned = [launch for event in payload.events for launch in ruleset.match(event, at)]
-    inbound = outbox.Inbound(body, content_type, "127.0.0.1", at, payload)
+    inbound = intake.Inbound(body, content_type, "127.0.0.1", at, payload)
     with sessions.begin() as session:
-        return outbox.enqueue(session, inbound, planned).delivery_id
+        return intake.enqueue(session.connection(), inbound, planned).delivery_id
 
 
 def send(

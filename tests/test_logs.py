@@ -238,12 +238,12 @@ def _webhook_flows(hooks: Webhooks, keys: Secrets, monkeypatch: pytest.MonkeyPat
     assert hooks.post(keys.webhook, b"leads%5Badd=1") == 400
     assert hooks.post(keys.webhook, b"<xml/>", "text/xml") == 415
     with monkeypatch.context() as patch:
-        patch.setattr("automation.webhooks.enqueue", _broken_enqueue)
+        patch.setattr("automation.webhooks.store", _broken_store)
         assert hooks.post(keys.webhook, lead_moved(2)) == 500  # Flask logs the path
 
 
-def _broken_enqueue(*args: Any) -> Any:
-    raise RuntimeError("a bug in enqueue")
+def _broken_store(*args: Any) -> Any:
+    raise RuntimeError("a bug in storing")
 
 
 def _amocrm_flows(

@@ -132,7 +132,7 @@ def test_each_webhook_answer_is_counted_under_its_outcome(
     assert post(client, b"<xml/>", content_type="text/xml").status_code == 415
     unconfigured = make_app(make_settings(webhook_secret=None)).test_client()
     assert post(unconfigured, webhook_body("status_lead")).status_code == 503
-    monkeypatch.setattr("automation.webhooks.enqueue", _broken_enqueue)
+    monkeypatch.setattr("automation.webhooks.store", _broken_store)
     assert post(client, webhook_body("status_lead")).status_code == 500
 
     after = scrape(client)
@@ -146,8 +146,8 @@ def test_each_webhook_answer_is_counted_under_its_outcome(
     assert value(after, timed) - value(before, timed) == 9
 
 
-def _broken_enqueue(*args: Any) -> Any:
-    raise RuntimeError("a bug in enqueue")
+def _broken_store(*args: Any) -> Any:
+    raise RuntimeError("a bug in storing")
 
 
 def test_a_stored_webhook_counts_its_events_and_launches_by_rule_and_result(

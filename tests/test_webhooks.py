@@ -217,14 +217,12 @@ def test_webhook_from_another_subdomain_gets_403(
 
 
 def test_unreachable_database_answers_503_without_a_traceback(
-    app: Any, client: Any, webhook_body: Callable[[str], bytes]
+    app: Any, client: Any, webhook_body: Callable[[str], bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sqlalchemy.orm import sessionmaker
-
     from automation.database import make_engine
 
     broken = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
-    app.extensions["automation"].sessions = sessionmaker(broken)
+    monkeypatch.setattr(app.extensions["automation"], "engine", broken)
     answer = post(client, webhook_body("status_lead"))
     broken.dispose()
     assert answer.status_code == 503
