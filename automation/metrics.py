@@ -23,6 +23,7 @@ from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import TYPE_CHECKING
 
 from flask import Blueprint, Flask, Response, g, request
@@ -40,7 +41,7 @@ from automation.runtime import runtime
 
 if TYPE_CHECKING:
     from automation.events import Payload
-    from automation.outbox import Enqueued
+    from automation.intake import Enqueued
     from automation.rules import Launch as PlannedLaunch
 
 log = logging.getLogger("automation.metrics")
@@ -156,14 +157,22 @@ for _status in SETTLED_STATUSES:
 
 def webhook_stored(payload: Payload, planned: Sequence[PlannedLaunch], stored: Enqueued) -> None:
     """Count a committed delivery: its 200 outcome, its events and its launches."""
-    WEBHOOKS.labels(stored.status.value).inc()
+    _child(WEBHOOKS, stored.status.value).inc()
     for event_type, count in Tally(event.type for event in payload.events).items():
-        WEBHOOK_EVENTS.labels(event_type).inc(count)
+        _child(WEBHOOK_EVENTS, event_type).inc(count)
     for rule, count in Tally(launch.rule for launch in planned).items():
-        LAUNCHES_MATCHED.labels(rule).inc(count)
-    _inc(LAUNCHES_ENQUEUED.labels("pending"), stored.launches)
-    _inc(LAUNCHES_ENQUEUED.labels("skipped"), stored.skipped)
-    _inc(LAUNCHES_ENQUEUED.labels("duplicate"), stored.duplicates)
+        _child(LAUNCHES_MATCHED, rule).inc(count)
+    _inc(_child(LAUNCHES_ENQUEUED, "pending"), stored.launches)
+    _inc(_child(LAUNCHES_ENQUEUED, "skipped"), stored.skipped)
+    _inc(_child(LAUNCHES_ENQUEUED, "duplicate"), stored.duplicates)
+
+
+@cache
+def _child(metric: Counter, label: str) -> Counter:
+    """`metric.labels(label)`, remembered: `labels` validates and locks on every call,
+    and a webhook counts five of them. Label values are event types, rule names and
+    fixed words, so the memo stays small."""
+    return metric.labels(label)
 
 
 def launches_settled(status: LaunchStatus, count: int) -> None:
