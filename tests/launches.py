@@ -4,11 +4,33 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.models import Launch, LaunchStatus
+
+
+def launch_values(at: datetime, **overrides: Any) -> dict[str, Any]:
+    """A pending launch row of rule `qualified` on lead 27754599, due and created `at`."""
+    return {
+        "rule": "qualified",
+        "event_type": "lead.status_changed",
+        "event_group": "leads[status]",
+        "event_index": 0,
+        "bot_id": 101,
+        "entity_type": 2,
+        "entity_id": 27754599,
+        "change_key": "lead:27754599@1727700894:s59936202",
+        "dedupe_key": uuid.uuid4().hex,
+        "status": LaunchStatus.PENDING,
+        "not_before": at,
+        "attempts": 0,
+        "retries": 0,
+        "created_at": at,
+        "updated_at": at,
+    } | overrides
 
 
 def add_launches(
@@ -26,23 +48,16 @@ def add_launches(
     due = not_before or now - timedelta(seconds=1)
     tag = uuid.uuid4().hex
     rows = [
-        {
-            "rule": "test",
-            "event_type": "lead.status_changed",
-            "event_group": "leads[status]",
-            "event_index": 0,
-            "bot_id": bot_id,
-            "entity_type": entity_type,
-            "entity_id": first_entity + i,
-            "change_key": f"lead:{first_entity + i}",
-            "dedupe_key": f"{tag}:{i}",
-            "status": LaunchStatus.PENDING,
-            "not_before": due,
-            "attempts": 0,
-            "retries": 0,
-            "created_at": now,
-            "updated_at": now,
-        }
+        launch_values(
+            now,
+            rule="test",
+            bot_id=bot_id,
+            entity_type=entity_type,
+            entity_id=first_entity + i,
+            change_key=f"lead:{first_entity + i}",
+            dedupe_key=f"{tag}:{i}",
+            not_before=due,
+        )
         for i in range(count)
     ]
     for start in range(0, count, chunk):

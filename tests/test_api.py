@@ -3,7 +3,6 @@ on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +20,7 @@ from automation.models import (
     Launch,
     LaunchStatus,
 )
-from tests.launches import add_launches
+from tests.launches import add_launches, launch_values
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -61,24 +60,7 @@ def make_launch(sessions: sessionmaker[Session]) -> Callable[..., int]:
     """Insert one launch, T0 unless told otherwise; returns its id."""
 
     def build(**overrides: Any) -> int:
-        values: dict[str, Any] = {
-            "rule": "qualified",
-            "event_type": "lead.status_changed",
-            "event_group": "leads[status]",
-            "event_index": 0,
-            "bot_id": 101,
-            "entity_type": 2,
-            "entity_id": 27754599,
-            "change_key": "lead:27754599@1727700894:s59936202",
-            "dedupe_key": uuid.uuid4().hex,
-            "status": LaunchStatus.PENDING,
-            "not_before": T0,
-            "attempts": 0,
-            "retries": 0,
-            "created_at": T0,
-            "updated_at": T0,
-        }
-        values.update(overrides)
+        values = launch_values(T0, **overrides)
         with sessions.begin() as session:
             launch_id: int = session.execute(
                 insert(Launch).returning(Launch.id), values

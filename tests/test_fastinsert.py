@@ -22,6 +22,7 @@ from automation.fastinsert import CompiledInsert
 from automation.intake import INSERT_DELIVERY as DELIVERY
 from automation.intake import INSERT_LAUNCH as LAUNCH
 from automation.models import Delivery, DeliveryStatus, Launch, LaunchStatus
+from tests.launches import launch_values
 
 NOW = datetime(2026, 11, 25, 10, 30, 15, 123456, tzinfo=UTC)
 
@@ -49,26 +50,11 @@ def delivery_row(**changes: Any) -> dict[str, Any]:
 
 
 def launch_row(delivery_id: int, **changes: Any) -> dict[str, Any]:
-    return {
-        "delivery_id": delivery_id,
-        "rule": "qualified",
-        "event_type": "lead.status_changed",
-        "event_group": "leads[status]",
-        "event_index": 0,
-        "bot_id": 101,
-        "entity_type": 2,
-        "entity_id": 27754599,
-        "change_key": "lead:27754599@1727700894:s59936202",
-        "dedupe_key": "a" * 64,
-        "status": LaunchStatus.PENDING,
-        "reason": None,
-        "not_before": NOW + timedelta(minutes=1),
-        "attempts": 0,
-        "retries": 0,
-        "created_at": NOW,
-        "updated_at": NOW,
-        "settled_at": None,
-    } | changes
+    """Every column the webhook's launch INSERT binds."""
+    extra = {"delivery_id": delivery_id, "reason": None, "settled_at": None}
+    return launch_values(NOW, dedupe_key="a" * 64, not_before=NOW + timedelta(minutes=1)) | (
+        extra | changes
+    )
 
 
 def stored(connection: Connection, table: str, row_id: int) -> tuple[Any, ...]:
