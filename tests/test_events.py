@@ -10,7 +10,8 @@ from urllib.parse import urlencode
 import pytest
 
 from automation.errors import PayloadError
-from automation.events import Account, Event, Payload, decode_body, parse_form
+from automation.events import Account, Event, Payload, decode_body
+from automation.form import parse_form
 
 ReadBody = Callable[[str], bytes]
 

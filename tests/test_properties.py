@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from automation.errors import PayloadError
-from automation.events import MAX_DEPTH, MAX_FIELDS, decode_body, parse_form, unquote, unquote_all
+from automation.events import decode_body
+from automation.form import MAX_DEPTH, MAX_FIELDS, parse_form, unquote, unquote_all
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
