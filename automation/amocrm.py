@@ -5,15 +5,16 @@ sends one request, never retries and never raises for a network or HTTP outcome:
 returns a `CallResult` whose `Outcome` tells the dispatcher what amoCRM did, and above
 all whether the request certainly did not reach amoCRM (`NOT_SENT`: safe to resend) or
 may have (`UNCERTAIN`: resending could start a bot twice for the same customer).
+
+What an answer means is decided in `automation.amocrm_answers`, which holds no I/O; what
+stays here is sending, timing, logging, and what a transport exception means, which needs
+requests' and urllib3's exception classes.
 """
 
 from __future__ import annotations
 
-import contextlib
-import enum
 import http.client
 import http.cookiejar
-import json
 import logging
 import re
 import ssl
@@ -37,6 +38,18 @@ from urllib3.exceptions import (
 from urllib3.util.retry import Retry
 
 from automation import metrics
+from automation.amocrm_answers import (
+    ERROR_CHARS,
+    CallResult,
+    Outcome,
+    SalesbotTask,
+    TokenSet,
+    body_excerpt,
+    classify_answer,
+    http_error_text,
+    json_or_none,
+    scrub,
+)
 from automation.errors import AmoAuthError, AutomationError
 
 logger = logging.getLogger("automation.amocrm")
@@ -45,102 +58,13 @@ SALESBOT_RUN_PATH = "/api/v2/salesbot/run"
 OAUTH_TOKEN_PATH = "/oauth2/access_token"
 #: amoCRM refuses a salesbot call with more tasks than this.
 MAX_TASKS_PER_CALL = 100
-BODY_EXCERPT_CHARS = 2000
 DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
-_ERROR_CHARS = 500
 _USER_AGENT = "amocrm-automation/0.1"
 
 TokenProvider = Callable[[], str]
 #: A token must be visible ASCII to go in a header (RFC 6750 `b64token` is narrower).
 _SENDABLE_TOKEN = re.compile(r"[\x21-\x7e]*")
-
-
-class Outcome(enum.StrEnum):
-    """What became of one salesbot call; the value is stable and can be stored."""
-
-    #: 2xx with an empty body, `{}` or `success: true`: amoCRM will start the bots.
-    ACCEPTED = "accepted"
-    #: 2xx with `success: false`: amoCRM refused the batch as a whole.
-    REFUSED = "refused"
-    #: 400/422: amoCRM blames the batch; `bad_indexes` names the tasks it blames.
-    BAD_REQUEST = "bad_request"
-    #: 429: too many requests; slow down and retry.
-    RATE_LIMITED = "rate_limited"
-    #: 401: the access token is expired or revoked; refresh it and retry.
-    UNAUTHORIZED = "unauthorized"
-    #: 403: the account's API access is blocked; never retry on a timer.
-    FORBIDDEN = "forbidden"
-    #: 5xx: amoCRM failed; retry later.
-    SERVER_ERROR = "server_error"
-    #: The request certainly did not reach amoCRM (refused, DNS, connect timeout).
-    NOT_SENT = "not_sent"
-    #: The request may have reached amoCRM but no answer came back.
-    UNCERTAIN = "uncertain"
-    #: Any other answer (1xx, 3xx, other 4xx, a 2xx body that is not JSON).
-    OTHER = "other"
-
-
-_RETRYABLE = frozenset({Outcome.RATE_LIMITED, Outcome.SERVER_ERROR, Outcome.NOT_SENT})
-_STATUS_OUTCOMES = {
-    400: Outcome.BAD_REQUEST,
-    422: Outcome.BAD_REQUEST,
-    401: Outcome.UNAUTHORIZED,
-    403: Outcome.FORBIDDEN,
-    429: Outcome.RATE_LIMITED,
-}
-
-
-@dataclass(frozen=True)
-class SalesbotTask:
-    """One launch: start bot `bot_id` on entity `entity_id` of type `entity_type`.
-
-    `entity_type` is amoCRM's numeric code (1 contact, 2 lead, …: see
-    `automation.events.ENTITY_TYPE_CODES`). Nothing is validated here on purpose: a bad
-    value comes back as `BAD_REQUEST` naming its index, so the dispatcher isolates it
-    through the same path as any item amoCRM rejects.
-    """
-
-    bot_id: int
-    entity_id: int
-    entity_type: int
-
-    def as_json(self) -> dict[str, int]:
-        return {"bot_id": self.bot_id, "entity_id": self.entity_id, "entity_type": self.entity_type}
-
-
-@dataclass(frozen=True)
-class CallResult:
-    """The classified result of one salesbot call; never contains the token."""
-
-    outcome: Outcome
-    #: HTTP status, or None when no answer arrived.
-    status_code: int | None
-    #: The first `BODY_EXCERPT_CHARS` characters of the answer (problem+json, HTML, …).
-    body_excerpt: str
-    #: Short description of a failure (exception class and message, or HTTP title).
-    error: str | None
-    #: Indexes of the tasks amoCRM blamed in a 400, ascending; empty if none named.
-    bad_indexes: tuple[int, ...]
-    started_at: datetime
-    finished_at: datetime
-    duration_ms: float
-    #: Seconds from a `Retry-After` header, when amoCRM sent one (it rarely does).
-    retry_after: float | None = None
-
-    @property
-    def retryable(self) -> bool:
-        """True when sending the same batch again later is safe and may succeed."""
-        return self.outcome in _RETRYABLE
-
-
-@dataclass(frozen=True)
-class TokenSet:
-    """An OAuth token pair; the refresh token is single-use, so store it at once."""
-
-    access_token: str = field(repr=False)
-    refresh_token: str = field(repr=False)
-    expires_at: datetime
 
 
 class _BearerAuth(requests.auth.AuthBase):
@@ -391,87 +315,6 @@ def _check_batch(tasks: Sequence[SalesbotTask]) -> None:
         )
 
 
-# --- answers -----------------------------------------------------------------------
-
-
-def classify_answer(
-    status: int, body: bytes, task_count: int
-) -> tuple[Outcome, tuple[int, ...], str | None]:
-    """Classify an HTTP answer: (outcome, blamed task indexes, error text or None)."""
-    document = _json_or_none(body)
-    if 200 <= status < 300:
-        outcome, error = _classify_success(body, document)
-        return outcome, (), error
-    outcome = _STATUS_OUTCOMES.get(status, Outcome.OTHER)
-    if 500 <= status < 600:
-        outcome = Outcome.SERVER_ERROR
-    indexes = bad_indexes(document, task_count) if outcome is Outcome.BAD_REQUEST else ()
-    return outcome, indexes, _http_error_text(status, document)
-
-
-def _classify_success(body: bytes, document: Any) -> tuple[Outcome, str | None]:
-    """A 2xx is accepted unless its body says `success: false` or is not JSON at all.
-
-    amoCRM.ru documents `{"_links": …, "success": true}`, Kommo an empty 202; both mean
-    accepted. A 2xx with HTML or a JSON list is not amoCRM speaking: report it as OTHER.
-    """
-    if not body.strip():
-        return Outcome.ACCEPTED, None
-    if not isinstance(document, dict):
-        return Outcome.OTHER, "2xx answer whose body is not a JSON object"
-    if _is_false(document.get("success", True)):
-        return Outcome.REFUSED, "amoCRM answered success: false"
-    return Outcome.ACCEPTED, None
-
-
-def _is_false(value: Any) -> bool:
-    return value is False or value in (0, "0", "false", "False")
-
-
-def bad_indexes(document: Any, task_count: int) -> tuple[int, ...]:
-    """Indexes of the tasks a 400 problem+json blames in `validation-errors[].request_id`.
-
-    amoCRM sends `request_id` as a string ("0"); ints are accepted too. Ids that are
-    missing, not numbers or outside the batch are ignored: they cannot name a task.
-    """
-    errors = document.get("validation-errors") if isinstance(document, dict) else None
-    if not isinstance(errors, list):
-        return ()
-    found = {_as_index(item.get("request_id")) for item in errors if isinstance(item, dict)}
-    return tuple(sorted(i for i in found if i is not None and 0 <= i < task_count))
-
-
-def _as_index(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
-def _json_or_none(body: bytes) -> Any:
-    try:
-        return json.loads(body) if body.strip() else None
-    except ValueError:
-        return None
-
-
-def _http_error_text(status: int, document: Any) -> str:
-    """`HTTP 400: Bad Request: Request validation failed` from a problem+json body."""
-    parts = [f"HTTP {status}"]
-    if isinstance(document, dict):
-        parts += [str(document[key]) for key in ("title", "detail") if document.get(key)]
-    else:
-        with contextlib.suppress(ValueError):
-            parts.append(http.HTTPStatus(status).phrase)
-    return ": ".join(parts)[:_ERROR_CHARS]
-
-
-def _excerpt(body: bytes) -> str:
-    # amoCRM speaks UTF-8 everywhere; `response.text` would run charset detection.
-    return body[: BODY_EXCERPT_CHARS * 4].decode("utf-8", "replace")[:BODY_EXCERPT_CHARS]
-
-
 def _retry_after(response: requests.Response) -> float | None:
     value = response.headers.get("Retry-After", "").strip()
     try:
@@ -486,7 +329,7 @@ def _answered_call(response: requests.Response, task_count: int, clock: _Clock) 
     return CallResult(
         outcome=outcome,
         status_code=response.status_code,
-        body_excerpt=_excerpt(response.content),
+        body_excerpt=body_excerpt(response.content),
         error=error,
         bad_indexes=indexes,
         started_at=clock.started_at,
@@ -558,13 +401,6 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         pending += [item for item in linked if isinstance(item, BaseException)]
 
 
-def _scrub(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
 def _unsendable_token(clock: _Clock) -> CallResult:
     """NOT_SENT: http.client would raise a bare ValueError quoting the token."""
     error = "the token provider returned a token with spaces, line breaks or non-ASCII"
@@ -572,8 +408,8 @@ def _unsendable_token(clock: _Clock) -> CallResult:
 
 
 def _failed_call(exc: BaseException, clock: _Clock, secrets: Sequence[str]) -> CallResult:
-    error = _scrub(f"{type(exc).__name__}: {exc}", secrets)
-    return _unanswered(classify_exception(exc), error[:_ERROR_CHARS], clock)
+    error = scrub(f"{type(exc).__name__}: {exc}", secrets)
+    return _unanswered(classify_exception(exc), error[:ERROR_CHARS], clock)
 
 
 def _unanswered(outcome: Outcome, error: str, clock: _Clock) -> CallResult:
@@ -605,21 +441,21 @@ def _unreachable_error(grant: str, result: CallResult) -> AmoAuthError:
 
 def _refused_error(grant: str, response: requests.Response, secrets: Sequence[str]) -> AmoAuthError:
     """An error naming amoCRM's title, detail and hint, with every secret masked."""
-    document = _json_or_none(response.content)
+    document = json_or_none(response.content)
     problem = document if isinstance(document, dict) else {}
-    title = _scrub(str(problem.get("title") or response.reason or ""), secrets)
-    detail = _scrub(str(problem.get("detail") or ""), secrets)
-    hint = _scrub(str(problem.get("hint") or ""), secrets)
+    title = scrub(str(problem.get("title") or response.reason or ""), secrets)
+    detail = scrub(str(problem.get("detail") or ""), secrets)
+    hint = scrub(str(problem.get("hint") or ""), secrets)
     message = f"amoCRM refused the token request ({grant}): HTTP {response.status_code}"
     message += "".join(f": {part}" for part in (title, detail) if part)
     message += f" (hint: {hint})" if hint else ""
     return AmoAuthError(
-        message[:_ERROR_CHARS], status_code=response.status_code, title=title, detail=detail
+        message[:ERROR_CHARS], status_code=response.status_code, title=title, detail=detail
     )
 
 
 def _parse_tokens(response: requests.Response) -> TokenSet:
-    document = _json_or_none(response.content)
+    document = json_or_none(response.content)
     answer = document if isinstance(document, dict) else {}
     access, refresh = answer.get("access_token"), answer.get("refresh_token")
     expires_in = answer.get("expires_in")
@@ -678,14 +514,14 @@ class WebhooksApiError(AutomationError):
 def _webhooks_answer(method: str, response: requests.Response, token: str) -> Any:
     """The JSON of a 2xx answer (None when empty); a `WebhooksApiError` for the rest."""
     status = response.status_code
-    document = _json_or_none(response.content)
+    document = json_or_none(response.content)
     if not 200 <= status < 300:
-        text = _scrub(_http_error_text(status, document), (token,))
+        text = scrub(http_error_text(status, document), (token,))
         hint = _WEBHOOKS_HINTS.get(status)
         message = f"amoCRM refused {method} {WEBHOOKS_PATH}: {text}" + (f"; {hint}" if hint else "")
         raise WebhooksApiError(message, status_code=status)
     if response.content.strip() and not isinstance(document, dict):
-        excerpt = _scrub(_excerpt(response.content), (token,))[:200]
+        excerpt = scrub(body_excerpt(response.content), (token,))[:200]
         raise WebhooksApiError(
             f"amoCRM answered {method} {WEBHOOKS_PATH} with HTTP {status} and a body that is "
             f"not a JSON object: {excerpt!r}",

@@ -26,14 +26,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import wait_random_exponential
 
 from automation import budget, metrics, outbox, retention
-from automation.amocrm import (
-    MAX_TASKS_PER_CALL,
-    SALESBOT_RUN_PATH,
-    AmoCRMClient,
-    CallResult,
-    Outcome,
-    SalesbotTask,
-)
+from automation.amocrm import MAX_TASKS_PER_CALL, SALESBOT_RUN_PATH, AmoCRMClient
+from automation.amocrm_answers import CallResult, Outcome, SalesbotTask
 from automation.config import Settings
 from automation.errors import ConfigError
 from automation.models import Dispatcher as DispatcherRow

@@ -17,7 +17,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation.amocrm import AmoCRMClient, TokenSet
+from automation.amocrm import AmoCRMClient
+from automation.amocrm_answers import TokenSet
 from automation.config import Settings
 from automation.database import for_update
 from automation.errors import AutomationError

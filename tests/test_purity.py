@@ -10,6 +10,7 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "automation"
 PURE_MODULES = (
     "events.py",
+    "form.py",
     "rules.py",
     "yamlfile.py",
     "rulefile.py",
@@ -18,6 +19,7 @@ PURE_MODULES = (
     "ruleset.py",
     "rulecases.py",
     "subscriptions.py",
+    "amocrm_answers.py",
 )
 FORBIDDEN = frozenset({"flask", "sqlalchemy", "requests", "werkzeug", "psycopg"})
 
