@@ -15,7 +15,8 @@ from click.testing import CliRunner, Result
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation.cli import LAUNCH_STATUSES, main
+from automation.cli import main
+from automation.cli.launches import LAUNCH_STATUSES
 from automation.models import Launch, LaunchStatus
 from tests.test_launchlog import NOW, fixture_body, send, status_change, store
 

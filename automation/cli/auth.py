@@ -1,0 +1,27 @@
+"""`automation auth …`: amoCRM OAuth 2.0 tokens."""
+
+from __future__ import annotations
+
+import click
+
+from automation.cli.common import command_runtime
+from automation.errors import AutomationError
+
+
+@click.group("auth")
+def auth() -> None:
+    """amoCRM OAuth 2.0 tokens."""
+
+
+@auth.command("exchange")
+@click.argument("code")
+def auth_exchange(code: str) -> None:
+    """Turn an authorization CODE into tokens stored in the database."""
+    from automation.tokens import exchange_code
+
+    state = command_runtime()
+    try:
+        tokens = exchange_code(state.settings, state.sessions, code)
+    except AutomationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"tokens stored; the access token expires at {tokens.expires_at:%Y-%m-%d %H:%M}Z")

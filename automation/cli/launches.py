@@ -1,0 +1,215 @@
+"""`automation launches …`: the launch log (DATABASE_URL).
+
+It needs no rules file: a broken one must not hide the log that would explain it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from automation.cli.common import command_sessions, parse_time_option
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import datetime
+
+    from automation.launchlog import Plan, Transition
+    from automation.models import LaunchStatus
+
+#: The `LaunchStatus` values, spelled out so that `--help` imports no database code.
+LAUNCH_STATUSES = (
+    "pending",
+    "sending",
+    "sent",
+    "failed",
+    "uncertain",
+    "dry_run",
+    "cancelled",
+    "skipped",
+)
+#: Above this many launches, `retry` and `cancel` ask before changing anything.
+CONFIRM_ABOVE = 10
+
+
+@click.group("launches")
+def launches_group() -> None:
+    """The launch log: list, explain, retry and cancel launches."""
+
+
+@launches_group.command("list")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(LAUNCH_STATUSES),
+    help="Only launches in this status (repeat for several).",
+)
+@click.option("--rule", help="Only launches of this rule.")
+@click.option("--bot", "bot_id", type=int, help="Only launches of this Salesbot id.")
+@click.option("--entity-id", type=int, help="Only launches on this lead/contact/… id.")
+@click.option(
+    "--since",
+    metavar="TIME",
+    callback=parse_time_option,
+    help="Created at or after: 2h, 3d or an ISO 8601 time.",
+)
+@click.option(
+    "--until",
+    metavar="TIME",
+    callback=parse_time_option,
+    help="Created before: 2h, 3d or an ISO 8601 time.",
+)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array, for scripts.")
+def launches_list(
+    statuses: tuple[str, ...],
+    rule: str | None,
+    bot_id: int | None,
+    entity_id: int | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Launches, newest first, as a table (times in UTC) or JSON."""
+    from automation import launchlog
+    from automation.models import LaunchStatus
+
+    query = launchlog.LaunchQuery(
+        tuple(LaunchStatus(status) for status in statuses),
+        rule,
+        bot_id,
+        entity_id,
+        since,
+        until,
+        limit,
+    )
+    sessions = command_sessions()
+    with sessions() as session:
+        rows = launchlog.list_launches(session, query)
+    if as_json:
+        click.echo(launchlog.to_json(rows))
+    elif not rows:
+        click.echo("no launches match")
+    else:
+        click.echo("\n".join(launchlog.format_table(rows)))
+
+
+@launches_group.command("show")
+@click.argument("launch_id", metavar="ID", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for scripts.")
+def launches_show(launch_id: int, as_json: bool) -> None:
+    """The whole story of launch ID: its webhook, rule, every API call, and why it
+    ended where it did."""
+    from automation import launchlog
+
+    sessions = command_sessions()
+    with sessions() as session:
+        story = launchlog.show_launch(session, launch_id)
+    if story is None:
+        raise click.ClickException(f"launch #{launch_id} does not exist")
+    lines = [launchlog.to_json(story)] if as_json else launchlog.describe_story(story)
+    click.echo("\n".join(lines))
+
+
+@launches_group.command("retry")
+@click.argument("ids", metavar="[ID]...", nargs=-1, type=int)
+@click.option("--failed", is_flag=True, help="Every failed launch.")
+@click.option(
+    "--uncertain", is_flag=True, help="Every uncertain launch (may message customers twice)."
+)
+@click.option(
+    "--since",
+    metavar="TIME",
+    callback=parse_time_option,
+    help="With --failed/--uncertain: only those settled since.",
+)
+@click.option("--yes", is_flag=True, help=f"Do not ask, even above {CONFIRM_ABOVE} launches.")
+def launches_retry(
+    ids: tuple[int, ...], failed: bool, uncertain: bool, since: datetime | None, yes: bool
+) -> None:
+    """Send failed, uncertain or cancelled launches again: back to pending, due now.
+
+    An uncertain launch may have reached amoCRM already; retrying it can message the
+    customer twice.
+    """
+    from automation.launchlog import RETRY
+    from automation.models import LaunchStatus
+
+    chosen = [LaunchStatus.FAILED] if failed else []
+    chosen += [LaunchStatus.UNCERTAIN] if uncertain else []
+    if bool(ids) == bool(chosen):
+        raise click.UsageError("give launch IDs or --failed/--uncertain, one of the two")
+    if ids and since is not None:
+        raise click.UsageError("--since selects with --failed/--uncertain, not with IDs")
+    _change(RETRY, ids, chosen, yes, settled_since=since)
+
+
+@launches_group.command("cancel")
+@click.argument("ids", metavar="[ID]...", nargs=-1, type=int)
+@click.option("--pending", is_flag=True, help="Every pending launch.")
+@click.option("--rule", help="With --pending: only launches of this rule.")
+@click.option("--yes", is_flag=True, help=f"Do not ask, even above {CONFIRM_ABOVE} launches.")
+def launches_cancel(ids: tuple[int, ...], pending: bool, rule: str | None, yes: bool) -> None:
+    """Cancel pending launches so they are never sent."""
+    from automation.launchlog import CANCEL
+    from automation.models import LaunchStatus
+
+    if bool(ids) == pending:
+        raise click.UsageError("give launch IDs or --pending, one of the two")
+    if ids and rule is not None:
+        raise click.UsageError("--rule selects with --pending, not with IDs")
+    _change(CANCEL, ids, [LaunchStatus.PENDING] if pending else [], yes, rule=rule)
+
+
+def _change(
+    transition: Transition,
+    ids: Sequence[int],
+    statuses: Sequence[LaunchStatus],
+    yes: bool,
+    *,
+    rule: str | None = None,
+    settled_since: datetime | None = None,
+) -> None:
+    """Plan, show, confirm, apply. No transaction stays open while the operator
+    decides: on SQLite it would hold the write lock that webhooks wait for."""
+    from datetime import UTC, datetime
+
+    from automation import launchlog
+
+    sessions = command_sessions()
+    with sessions.begin() as session:
+        if ids:
+            plan = launchlog.plan_by_ids(session, transition, ids)
+        else:
+            plan = launchlog.plan_by_status(
+                session, transition, statuses, rule=rule, settled_since=settled_since
+            )
+    _echo_plan(plan)
+    if len(plan.targets) > CONFIRM_ABOVE and not yes:
+        click.confirm(f"{transition.verb} {len(plan.targets)} launches?", abort=True)
+    with sessions.begin() as session:
+        changed, missed = launchlog.apply_plan(session, plan, datetime.now(UTC))
+    for message in missed:
+        click.echo(message, err=True)
+    click.echo(f"{transition.done} {len(changed)} launch(es)")
+    if plan.refused or missed:
+        raise click.exceptions.Exit(1)
+
+
+def _echo_plan(plan: Plan) -> None:
+    for message in plan.refused:
+        click.echo(message, err=True)
+    for row in plan.targets:
+        click.echo(
+            f"launch #{row.id}: {row.status.value} → {plan.transition.to.value}  "
+            f"({row.rule}: bot {row.bot_id} on {row.entity})"
+        )
+    if plan.uncertain:
+        click.echo(
+            f"warning: {plan.uncertain} of these launches are uncertain: amoCRM may have "
+            "started them already, and sending them again may message those customers twice",
+            err=True,
+        )

@@ -1,0 +1,49 @@
+"""`automation replay`: stored deliveries through the current rules (DATABASE_URL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from automation.cli.common import (
+    command_rules,
+    command_sessions,
+    command_settings,
+    parse_time_option,
+)
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+
+@click.command("replay")
+@click.option(
+    "--since",
+    metavar="TIME",
+    callback=parse_time_option,
+    required=True,
+    help="Received at or after: 2h, 3d, ISO.",
+)
+@click.option(
+    "--until",
+    metavar="TIME",
+    callback=parse_time_option,
+    help="Received before: 2h, 3d or an ISO 8601 time.",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be added; write nothing.")
+def replay_command(since: datetime, until: datetime | None, dry_run: bool) -> None:
+    """Run stored deliveries (unrecognized ones too) through the current rules.
+
+    Launches already stored are not added again, so replaying twice adds nothing.
+    Delays and active hours count from now; cooldowns apply as for a new webhook.
+    """
+    from datetime import UTC, datetime
+
+    from automation import replay
+
+    ruleset = command_rules(Path(command_settings().rules_file))
+    now = datetime.now(UTC)
+    report = replay.replay(command_sessions(), ruleset, since, until, now, dry_run=dry_run)
+    click.echo("\n".join(replay.describe_replay(report, dry_run)))

@@ -1,0 +1,203 @@
+"""`automation rules …`: check rules files and try them on saved webhooks.
+
+`check`, `schema` and `test` read files only: no settings, database or app needed.
+`diff` reads the stored deliveries (DATABASE_URL).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from automation.cli.common import command_rules, command_sessions, parse_time_option
+from automation.errors import AutomationError
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from automation.rules import RuleSet
+
+
+@click.group("rules")
+def rules_group() -> None:
+    """Check rules files and try them on saved webhooks (no database needed)."""
+
+
+def _rules_path(given: Path | None = None) -> Path:
+    """`given`, else RULES_FILE from the environment or `.env` (as the server reads it)."""
+    from dotenv import dotenv_values
+
+    found = os.environ.get("RULES_FILE") or dotenv_values(".env").get("RULES_FILE")
+    return given or Path(found or "rules.yaml")
+
+
+@rules_group.command("check")
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+def rules_check(files: tuple[Path, ...]) -> None:
+    """Validate rules FILES (default: $RULES_FILE or rules.yaml).
+
+    Prints the rules per event type and conflict warnings (which do not fail the
+    check); exits 1 listing every error with file:line:column.
+    """
+    from automation.rules import load_rules_file
+
+    failed = False
+    for path in files or (_rules_path(),):
+        try:
+            ruleset = load_rules_file(path)
+        except AutomationError as exc:
+            click.echo(str(exc), err=True)
+            failed = True
+            continue
+        _echo_summary(ruleset)
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+def _echo_summary(ruleset: RuleSet) -> None:
+    disabled = sum(not rule.enabled for rule in ruleset.rules)
+    click.echo(f"{ruleset.filename}: ok, {len(ruleset)} rules ({disabled} disabled)")
+    summary = ruleset.summary()
+    width = max((len(event_type) for event_type in summary), default=0)
+    for event_type, count in summary.items():
+        click.echo(f"  {event_type:<{width}}  {count}")
+    for warning in ruleset.conflicts():
+        click.echo(f"warning: {warning}")
+
+
+@rules_group.command("schema")
+def rules_schema() -> None:
+    """Print the JSON Schema of rules files, with which editors complete keys and flag
+    mistakes. The repository keeps a copy, rules.schema.json; regenerate it with
+    `automation rules schema > rules.schema.json`."""
+    from automation.rules_schema import schema_text
+
+    click.echo(schema_text(), nl=False)
+
+
+@rules_group.command("test")
+@click.argument("payloads", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--rules",
+    "rules_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Rules file (default: the cases file's `rules:`, $RULES_FILE or rules.yaml).",
+)
+@click.option("--at", metavar="TIME", help="Evaluate as of this moment (ISO 8601; naive is UTC).")
+@click.option(
+    "--cases",
+    "cases_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML file of cases with expected launches; exit 1 if any fails.",
+)
+def rules_test(
+    payloads: tuple[Path, ...], rules_file: Path | None, at: str | None, cases_file: Path | None
+) -> None:
+    """Show which rules match saved webhook PAYLOADS and which launches result.
+
+    Writes nothing. A payload is amoCRM's raw form body, or JSON when it starts
+    with `{`. Rules on other event types are not shown.
+    """
+    if bool(payloads) == bool(cases_file):
+        raise click.UsageError("give payload files or --cases FILE, one of the two")
+    now = _moment(at)
+    if cases_file is not None:
+        _run_cases(cases_file, rules_file, now)
+        return
+    ruleset = command_rules(_rules_path(rules_file))
+    for path in payloads:
+        _show_payload(ruleset, path, now)
+
+
+def _moment(at: str | None) -> datetime:
+    from datetime import UTC, datetime
+
+    from automation.rules import parse_instant
+
+    if at is None:
+        return datetime.now(UTC)
+    try:
+        return parse_instant(at)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--at'") from exc
+
+
+def _show_payload(ruleset: RuleSet, path: Path, now: datetime) -> None:
+    import json
+
+    from automation.rules import decode_payload, describe_event, describe_launch
+
+    try:
+        payload = decode_payload(path.read_bytes().strip())
+    except OSError as exc:
+        raise click.ClickException(f"{path}: cannot read: {exc.strerror}") from exc
+    except AutomationError as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+    click.echo(f"{path}: {len(payload.events)} event(s), at {now.isoformat()}")
+    for event in payload.events:
+        click.echo(f"event {describe_event(event)}")
+        click.echo(f"  data: {json.dumps(event.data, ensure_ascii=False, default=str)}")
+        decisions = ruleset.explain(event, now)
+        if not decisions:
+            click.echo(f"  no rules listen to {event.type}")
+        for decision in decisions:
+            click.echo(f"  rule {decision.rule}: {decision.reason}")
+        for decision in decisions:
+            if decision.launch is not None:
+                click.echo(f"  launch {describe_launch(decision.launch)}")
+
+
+def _run_cases(cases_file: Path, rules_file: Path | None, now: datetime) -> None:
+    from automation.rules import load_cases_file, run_case
+
+    try:
+        cases = load_cases_file(cases_file)
+    except AutomationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    ruleset = command_rules(rules_file or cases.rules or _rules_path())
+    failed = 0
+    for case in cases.cases:
+        result = run_case(ruleset, case, now)
+        click.echo(f"{'PASS' if result.passed else 'FAIL'}  {result.name}")
+        if not result.passed:
+            failed += 1
+            lines = [result.error] if result.error else ["--- expected", "+++ actual", *result.diff]
+            for line in lines:
+                click.echo(f"    {line}")
+    total = len(cases.cases)
+    click.echo(f"{total} cases: {total - failed} passed, {failed} failed")
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+@rules_group.command("diff")
+@click.argument("new_rules", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--since",
+    metavar="TIME",
+    callback=parse_time_option,
+    default="7d",
+    show_default=True,
+    help="Received since.",
+)
+@click.option(
+    "--until",
+    metavar="TIME",
+    callback=parse_time_option,
+    help="Received before: 2h, 3d or an ISO 8601 time.",
+)
+def rules_diff(new_rules: Path, since: datetime, until: datetime | None) -> None:
+    """Which launches NEW_RULES would add or drop, compared with the rules in use
+    ($RULES_FILE), on the deliveries stored in the period. Writes nothing.
+
+    Launches compare by rule, bot, entity and change, ignoring times; each delivery
+    is judged as of when it arrived, and cooldowns are not applied. Needs DATABASE_URL.
+    """
+    from automation import replay
+
+    old, new = command_rules(_rules_path()), command_rules(new_rules)
+    diff = replay.diff_rules(command_sessions(), old, new, since, until)
+    click.echo("\n".join(replay.describe_diff(diff, old.filename, new.filename)))
