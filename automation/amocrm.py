@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import http.cookiejar
 import logging
+import math
 import re
 import ssl
 import time
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlencode
 
 import requests
@@ -58,6 +59,8 @@ SALESBOT_RUN_PATH = "/api/v2/salesbot/run"
 OAUTH_TOKEN_PATH = "/oauth2/access_token"
 #: amoCRM refuses a salesbot call with more tasks than this.
 MAX_TASKS_PER_CALL = 100
+#: The longest token lifetime we accept, in seconds (about 30 years).
+MAX_TOKEN_LIFETIME = 1e9
 DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
 _USER_AGENT = "amocrm-automation/0.1"
@@ -284,7 +287,7 @@ class AmoCRMClient:
             where = f"{method} {WEBHOOKS_PATH} at {self.base_url}"
             raise WebhooksApiError(f"{where}: no answer from amoCRM: {result.error}") from exc
         _log_webhooks_call(method, response.status_code, clock.stop()[1])
-        return _webhooks_answer(method, response, token)
+        return _webhooks_answer(method, response, secrets)
 
 
 def _make_session(pool_size: int) -> requests.Session:
@@ -461,11 +464,19 @@ def _parse_tokens(response: requests.Response) -> TokenSet:
     expires_in = answer.get("expires_in")
     if not (isinstance(access, str) and access and isinstance(refresh, str) and refresh):
         raise AmoAuthError("amoCRM answered the token request without access_token/refresh_token")
-    if not isinstance(expires_in, int | float) or isinstance(expires_in, bool):
+    if not _is_token_lifetime(expires_in):
         raise AmoAuthError(f"amoCRM answered the token request with expires_in={expires_in!r}")
     # expires_in is relative: count it from our clock, not amoCRM's server_time.
     expires_at = datetime.now(UTC) + timedelta(seconds=float(expires_in))
     return TokenSet(access_token=access, refresh_token=refresh, expires_at=expires_at)
+
+
+def _is_token_lifetime(value: Any) -> TypeGuard[int | float]:
+    """A positive, finite number of seconds that a datetime can add (JSON allows
+    `Infinity`, and `timedelta` overflows long before it)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and 0 < value < MAX_TOKEN_LIFETIME
 
 
 # --- logging -----------------------------------------------------------------------
@@ -511,17 +522,21 @@ class WebhooksApiError(AutomationError):
         super().__init__(message)
 
 
-def _webhooks_answer(method: str, response: requests.Response, token: str) -> Any:
-    """The JSON of a 2xx answer (None when empty); a `WebhooksApiError` for the rest."""
+def _webhooks_answer(method: str, response: requests.Response, secrets: Sequence[str]) -> Any:
+    """The JSON of a 2xx answer (None when empty); a `WebhooksApiError` for the rest.
+
+    amoCRM's error details may quote what we sent, and the destination holds the
+    webhook secret: every secret of the call is masked, not only the token.
+    """
     status = response.status_code
     document = json_or_none(response.content)
     if not 200 <= status < 300:
-        text = scrub(http_error_text(status, document), (token,))
+        text = scrub(http_error_text(status, document), secrets)
         hint = _WEBHOOKS_HINTS.get(status)
         message = f"amoCRM refused {method} {WEBHOOKS_PATH}: {text}" + (f"; {hint}" if hint else "")
         raise WebhooksApiError(message, status_code=status)
     if response.content.strip() and not isinstance(document, dict):
-        excerpt = scrub(body_excerpt(response.content), (token,))[:200]
+        excerpt = scrub(body_excerpt(response.content), secrets)[:200]
         raise WebhooksApiError(
             f"amoCRM answered {method} {WEBHOOKS_PATH} with HTTP {status} and a body that is "
             f"not a JSON object: {excerpt!r}",

@@ -150,6 +150,7 @@ class _Knobs:
     rejected_bots: frozenset[int] = frozenset()
     empty_body: bool = False
     webhooks_forbidden: bool = False
+    webhooks_problem: tuple[int, str] | None = None
 
 
 def _json_answer(status: int, document: Any, content_type: str = PROBLEM_JSON) -> _Answer:
@@ -486,6 +487,12 @@ class FakeAmoCRM:
         with self._lock:
             self._knobs.webhooks_forbidden = on
 
+    def refuse_webhooks(self, status: int, detail: str) -> None:
+        """Answer the `/api/v4/webhooks` calls with this problem+json error, e.g. a
+        detail that quotes what the request sent."""
+        with self._lock:
+            self._knobs.webhooks_problem = (status, detail)
+
     # --- request handling (called by handler threads) ----------------------------
 
     def _plan(self, request: _Request) -> _Plan:
@@ -620,6 +627,9 @@ class FakeAmoCRM:
             return _json_answer(401, UNAUTHORIZED_BODY)
         if self._knobs.webhooks_forbidden:
             return _problem(403, "Forbidden", "Access denied")
+        if self._knobs.webhooks_problem is not None:
+            status, detail = self._knobs.webhooks_problem
+            return _problem(status, "Bad Request", detail)
         if request.method == "GET":
             return self._list_webhooks(parse_qs(request.query).get("filter[destination]"))
         body = request.json()

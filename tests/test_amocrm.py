@@ -444,6 +444,20 @@ def test_exchange_code_returns_tokens_amocrm_accepts(
     assert client.run_salesbots(TASKS).outcome is Outcome.ACCEPTED
 
 
+@pytest.mark.parametrize("expires_in", [float("inf"), float("nan"), -60, 0, 1e300])
+def test_a_token_answer_with_an_impossible_lifetime_is_an_auth_error(
+    expires_in: float, tokens: TokenBox
+) -> None:
+    with (
+        FakeAmoCRM(expires_in=expires_in) as fake,  # type: ignore[arg-type]
+        AmoCRMClient(fake.url, tokens) as client,
+        pytest.raises(AmoAuthError) as caught,
+    ):
+        client.exchange_code(CLIENT_ID, CLIENT_SECRET, AUTH_CODE, REDIRECT_URI)
+
+    assert "expires_in=" in str(caught.value)
+
+
 def test_used_code_is_refused_with_amocrm_hint(client: AmoCRMClient) -> None:
     client.exchange_code(CLIENT_ID, CLIENT_SECRET, AUTH_CODE, REDIRECT_URI)
 

@@ -348,6 +348,20 @@ def test_403_says_an_administrators_token_is_needed(client: AmoCRMClient, fake: 
     )
 
 
+def test_an_error_quoting_our_destination_does_not_show_the_webhook_secret(
+    client: AmoCRMClient, fake: FakeAmoCRM
+) -> None:
+    fake.refuse_webhooks(400, f"destination {OURS} is not reachable")
+
+    with pytest.raises(WebhooksApiError) as raised:
+        client.subscribe_webhook(OURS, ["add_talk"])
+
+    assert str(raised.value) == (
+        "amoCRM refused POST /api/v4/webhooks: HTTP 400: Bad Request: destination *** is not "
+        "reachable"
+    )
+
+
 def test_no_answer_names_the_cause_without_token_or_webhook_secret() -> None:
     base = f"http://127.0.0.1:{closed_port()}"
     with (
