@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, TypeGuard
 from urllib.parse import urlencode
@@ -319,11 +320,18 @@ def _check_batch(tasks: Sequence[SalesbotTask]) -> None:
 
 
 def _retry_after(response: requests.Response) -> float | None:
+    """Seconds a `Retry-After` header asks for (delay-seconds or an HTTP date), if any."""
     value = response.headers.get("Retry-After", "").strip()
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
+    if not value:
         return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _answered_call(response: requests.Response, task_count: int, clock: _Clock) -> CallResult:

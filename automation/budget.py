@@ -25,6 +25,8 @@ NAME = "amocrm"
 WINDOW = timedelta(seconds=1.03)
 #: Longest back-off after repeated 429s.
 MAX_BACKOFF = timedelta(seconds=60)
+#: The longest `Retry-After` a 429 can impose.
+MAX_RETRY_AFTER = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +93,15 @@ def hold(session: Session, until: datetime, reason: str, now: datetime) -> None:
     state.updated_at = now
 
 
-def rate_limited(session: Session, now: datetime) -> timedelta:
-    """Record a 429: every dispatcher backs off, longer with each 429 in a row."""
+def rate_limited(session: Session, now: datetime, retry_after: float | None = None) -> timedelta:
+    """Record a 429: every dispatcher backs off, longer with each 429 in a row, and at
+    least as long as the answer's `Retry-After` asked (up to an hour: a bogus header
+    must not stop sending for good)."""
     state = _locked_row(session, now)
     state.consecutive_429 += 1
     backoff = min(timedelta(seconds=2 ** (state.consecutive_429 - 1)), MAX_BACKOFF)
+    if retry_after is not None:
+        backoff = max(backoff, min(timedelta(seconds=retry_after), MAX_RETRY_AFTER))
     hold(session, now + backoff, f"rate limited by amoCRM (429 #{state.consecutive_429})", now)
     return backoff
 

@@ -360,7 +360,7 @@ class Dispatcher:
             )
         else:
             if outcome is Outcome.RATE_LIMITED:
-                backoff = budget.rate_limited(session, now)
+                backoff = budget.rate_limited(session, now, result.retry_after)
                 log.warning(
                     "amoCRM answered 429: all dispatchers back off %ss", backoff.total_seconds()
                 )

@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -99,6 +99,7 @@ class _Answer:
     status: int
     body: bytes = b""
     content_type: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class _Knobs:
     block_after: int | None = None
     count_429: int = 0
     blocked: bool = False
-    fails: deque[int] = field(default_factory=deque)
+    fails: deque[tuple[int, str | None]] = field(default_factory=deque)
     stalls: deque[float] = field(default_factory=deque)
     drops_before: deque[bool] = field(default_factory=deque)
     drops_after: deque[bool] = field(default_factory=deque)
@@ -419,10 +420,11 @@ class FakeAmoCRM:
         with self._lock:
             self._knobs.blocked, self._knobs.count_429 = False, 0
 
-    def fail_next(self, n: int, status: int = 500) -> None:
-        """Answer `status` to the next n salesbot calls, without processing them."""
+    def fail_next(self, n: int, status: int = 500, retry_after: str | None = None) -> None:
+        """Answer `status` to the next n salesbot calls, without processing them (with
+        a `Retry-After` header if given: amoCRM documents none, a proxy may send one)."""
         with self._lock:
-            self._knobs.fails.extend([status] * n)
+            self._knobs.fails.extend([(status, retry_after)] * n)
 
     def stall_next(self, n: int, seconds: float) -> None:
         """Process the next n calls, then hold each answer `seconds` (or until stop)."""
@@ -565,8 +567,11 @@ class FakeAmoCRM:
     def _answer_salesbot(self, request: _Request) -> tuple[_Answer, bool]:
         knobs = self._knobs
         if knobs.fails:
-            status = knobs.fails.popleft()
-            return _problem(status, "Error", "Injected failure"), False
+            status, retry_after = knobs.fails.popleft()
+            answer = _problem(status, "Error", "Injected failure")
+            if retry_after is not None:
+                answer = replace(answer, headers=(("Retry-After", retry_after),))
+            return answer, False
         if request.token != self._access_token:
             return _json_answer(401, UNAUTHORIZED_BODY), False
         invalid = validate_tasks(request.json(), knobs.rejected_bots)
@@ -732,6 +737,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(answer.status)
             if answer.content_type:
                 self.send_header("Content-Type", answer.content_type)
+            for name, value in answer.headers:
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(answer.body)))
             self.end_headers()
             # A truncated answer promises the whole body, sends half, then closes.

@@ -13,6 +13,7 @@ import ssl
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 import requests
@@ -212,6 +213,40 @@ def test_status_classification(
     assert (result.outcome, result.status_code) == (outcome, status)
     assert result.retryable is (outcome is Outcome.SERVER_ERROR)
     assert len(fake.calls) == 1
+
+
+def _in_a_minute() -> str:
+    return format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("header", "low", "high"),
+    [("30", 30, 30), ("0.5", 0.5, 0.5), ("-5", 0, 0), (None, None, None), ("soon", None, None)],
+)
+def test_a_429_carries_its_retry_after(
+    client: AmoCRMClient,
+    fake: FakeAmoCRM,
+    header: str | None,
+    low: float | None,
+    high: float | None,
+) -> None:
+    fake.fail_next(1, status=429, retry_after=header)
+
+    result = client.run_salesbots(TASKS)
+
+    assert result.outcome is Outcome.RATE_LIMITED
+    if low is None:
+        assert result.retry_after is None
+    else:
+        assert result.retry_after is not None and low <= result.retry_after <= (high or low)
+
+
+def test_a_retry_after_may_be_an_http_date(client: AmoCRMClient, fake: FakeAmoCRM) -> None:
+    fake.fail_next(1, status=429, retry_after=_in_a_minute())
+
+    result = client.run_salesbots(TASKS)
+
+    assert result.retry_after is not None and 55 <= result.retry_after <= 60
 
 
 # --- transport failures ----------------------------------------------------------

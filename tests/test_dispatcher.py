@@ -269,6 +269,23 @@ def test_429_puts_every_dispatcher_on_hold_and_the_batch_back(
     assert len(fake.salesbot_calls()) == 1
 
 
+def test_a_429_with_retry_after_holds_every_dispatcher_that_long(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    add_launches(sessions, 3)
+    fake.fail_next(1, status=429, retry_after="30")
+    before = datetime.now(UTC)
+
+    make(live_settings, sessions).step()
+
+    with sessions() as session:
+        state = session.get(RateLimit, "amocrm")
+        assert state is not None and state.hold_until is not None
+        assert before + timedelta(seconds=30) <= state.hold_until
+        assert state.hold_until <= datetime.now(UTC) + timedelta(seconds=30)
+    assert statuses(sessions) == {"pending": 3}
+
+
 def test_403_pauses_all_sending_and_keeps_the_launches(
     live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM, app: Any
 ) -> None:
