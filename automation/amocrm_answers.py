@@ -43,9 +43,10 @@ class Outcome(enum.StrEnum):
     SERVER_ERROR = "server_error"
     #: The request certainly did not reach amoCRM (refused, DNS, connect timeout).
     NOT_SENT = "not_sent"
-    #: The request may have reached amoCRM but no answer came back.
+    #: The request may have reached amoCRM and nothing says what became of it: no
+    #: answer came back, or a 2xx whose body we cannot read.
     UNCERTAIN = "uncertain"
-    #: Any other answer (1xx, 3xx, other 4xx, a 2xx body that is not JSON).
+    #: Any other answer (1xx, 3xx, other 4xx).
     OTHER = "other"
 
 
@@ -133,12 +134,14 @@ def _classify_success(body: bytes, document: Any) -> tuple[Outcome, str | None]:
     """A 2xx is accepted unless its body says `success: false` or is not JSON at all.
 
     amoCRM.ru documents `{"_links": …, "success": true}`, Kommo an empty 202; both mean
-    accepted. A 2xx with HTML or a JSON list is not amoCRM speaking: report it as OTHER.
+    accepted. A 2xx with HTML or a JSON list may be amoCRM having run the bots or a
+    proxy that never passed the request on; sending again could message customers
+    twice, so it is UNCERTAIN, like a call that got no answer.
     """
     if not body.strip():
         return Outcome.ACCEPTED, None
     if not isinstance(document, dict):
-        return Outcome.OTHER, "2xx answer whose body is not a JSON object"
+        return Outcome.UNCERTAIN, "2xx answer whose body is not a JSON object"
     if _is_false(document.get("success", True)):
         return Outcome.REFUSED, "amoCRM answered success: false"
     return Outcome.ACCEPTED, None

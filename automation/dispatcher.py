@@ -345,7 +345,8 @@ class Dispatcher:
             self.stats.sent += len(ids)
             metrics.launches_settled(LaunchStatus.SENT, len(ids))
         elif outcome is Outcome.UNCERTAIN and not self.settings.amocrm_retry_uncertain:
-            reason = f"uncertain: no answer from amoCRM ({result.error})"
+            said = "no answer" if result.status_code is None else f"HTTP {result.status_code}"
+            reason = f"uncertain: {said} from amoCRM ({result.error})"
             outbox.settle(session, ids, LaunchStatus.UNCERTAIN, now, reason)
             self.stats.uncertain += len(ids)
             metrics.launches_settled(LaunchStatus.UNCERTAIN, len(ids))

@@ -150,6 +150,7 @@ class _Knobs:
     refusals: int = 0
     rejected_bots: frozenset[int] = frozenset()
     empty_body: bool = False
+    unreadable: int = 0
     webhooks_forbidden: bool = False
     webhooks_problem: tuple[int, str] | None = None
 
@@ -461,6 +462,11 @@ class FakeAmoCRM:
         with self._lock:
             self._knobs.refusals += n
 
+    def accept_unreadable_next(self, n: int) -> None:
+        """Run the next n valid calls, then answer 202 with a body that is not JSON."""
+        with self._lock:
+            self._knobs.unreadable += n
+
     def accept_empty_body(self, on: bool = True) -> None:
         """Answer accepted calls with an empty 202, as Kommo documents."""
         with self._lock:
@@ -580,6 +586,9 @@ class FakeAmoCRM:
         if knobs.refusals:
             knobs.refusals -= 1
             return _json_answer(202, {**ACCEPTED_BODY, "success": False}, HAL_JSON), False
+        if knobs.unreadable:
+            knobs.unreadable -= 1
+            return _Answer(202, b"<html>ok</html>", "text/html"), True
         if knobs.empty_body:
             return _Answer(202), True
         return _json_answer(202, ACCEPTED_BODY, HAL_JSON), True

@@ -286,6 +286,23 @@ def test_a_429_with_retry_after_holds_every_dispatcher_that_long(
     assert statuses(sessions) == {"pending": 3}
 
 
+def test_a_2xx_we_cannot_read_leaves_the_batch_uncertain_and_unsent_again(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    add_launches(sessions, 3)
+    fake.accept_unreadable_next(1)
+
+    make(live_settings, sessions).run(once=True)
+
+    assert statuses(sessions) == {"uncertain": 3}
+    assert len(fake.salesbot_calls()) == 1
+    with sessions() as session:
+        reasons = set(session.scalars(select(Launch.reason)))
+    assert reasons == {
+        "uncertain: HTTP 202 from amoCRM (2xx answer whose body is not a JSON object)"
+    }
+
+
 def test_403_pauses_all_sending_and_keeps_the_launches(
     live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM, app: Any
 ) -> None:
