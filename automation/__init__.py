@@ -6,12 +6,13 @@ configures logging until `create_app()` is called.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from automation.config import Settings, load_settings
+from automation.config import SECRET_MIN_LENGTH, Settings, load_settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     settings = settings or load_settings()
     configure_logging(settings.log_format)
+    _warn_if_guessable(settings)
     app = Flask(__name__)
     # Werkzeug answers 413 while reading a body past the limit, chunked ones too.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -40,6 +42,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     for command in cli.commands.values():
         app.cli.add_command(command)
     return app
+
+
+def _warn_if_guessable(settings: Settings) -> None:
+    """A short WEBHOOK_SECRET works, but whoever guesses it can start bots: say so."""
+    secret = settings.webhook_secret
+    length = len(secret.get_secret_value()) if secret is not None else 0
+    if 0 < length < SECRET_MIN_LENGTH:
+        logging.getLogger("automation").warning(
+            "WEBHOOK_SECRET has %d characters: whoever guesses it can post webhooks; use at "
+            "least %d random ones, e.g. from python3 -c "
+            "'import secrets; print(secrets.token_urlsafe(24))'",
+            length,
+            SECRET_MIN_LENGTH,
+        )
 
 
 def _json_error(exc: HTTPException) -> tuple[Response, int]:

@@ -8,6 +8,7 @@ what it accepts and what it got.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -71,6 +72,15 @@ class Settings(BaseSettings):
         """`WEBHOOK_SECRET=` in a .env file means "not set", not "the empty secret"."""
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_is_a_path_segment(cls, value: SecretStr | None) -> SecretStr | None:
+        """The secret is the webhook URL's last segment: a `/`, `?`, `#` or space in it
+        would make every webhook miss the route (a 404 nobody can explain)."""
+        if value is not None and not _PATH_SEGMENT.fullmatch(value.get_secret_value()):
+            raise ValueError("not a URL path segment")
+        return value
+
     @field_validator("amocrm_account_id", "dry_run", "retention_days", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
@@ -117,7 +127,20 @@ class Settings(BaseSettings):
         return shown
 
 
+#: What WEBHOOK_SECRET may hold: RFC 3986's unreserved characters.
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+#: Shorter secrets are accepted with a warning at start: they can be guessed.
+SECRET_MIN_LENGTH = 16
+_SECRETS = {
+    "webhook_secret",
+    "amocrm_access_token",
+    "amocrm_client_secret",
+    "amocrm_refresh_token",
+    "admin_token",
+}
+
 _EXPECTED = {
+    "webhook_secret": "letters, digits and . _ ~ - only (the webhook URL's last path segment)",
     "amocrm_domain": "one of " + ", ".join(AMOCRM_DOMAINS),
     "log_format": "one of text, json",
     "amocrm_max_rps": "a number > 0",
@@ -154,6 +177,6 @@ def _describe(exc: ValidationError, environ: Mapping[str, str]) -> str:
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else "settings"
         expected = _EXPECTED.get(name, error["msg"])
-        got = error.get("input")
-        lines.append(f"  {name.upper()}: expected {expected}, got {got!r}")
+        got = "(hidden)" if name in _SECRETS else repr(error.get("input"))
+        lines.append(f"  {name.upper()}: expected {expected}, got {got}")
     return "\n".join(lines)
