@@ -69,16 +69,17 @@ class CompiledInsert:
         compiled = self._compiled(dialect, values)
         parameters = compiled.bind(values)
         dbapi = dialect.loaded_dbapi
-        cursor = connection.connection.cursor()
         try:
-            cursor.execute(compiled.sql, parameters)
-            row = cursor.fetchone()
+            cursor = connection.connection.cursor()
+            try:
+                cursor.execute(compiled.sql, parameters)
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
         except dbapi.Error as exc:
             raise DBAPIError.instance(
                 compiled.sql, parameters, exc, dbapi.Error, hide_parameters=True, dialect=dialect
             ) from exc
-        finally:
-            cursor.close()
         return None if row is None else tuple(row)
 
     def _compiled(self, dialect: Dialect, values: Mapping[str, Any]) -> _Compiled:
