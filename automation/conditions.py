@@ -23,7 +23,7 @@ Test = Callable[[T], str | None]
 EventTest = Callable[[Event], str | None]
 ValueTest = Callable[[Any], str | None]
 
-_OPERATORS = ("eq", "in", "not", "exists", "gt", "gte", "lt", "lte")
+OPERATORS = ("eq", "in", "not", "exists", "gt", "gte", "lt", "lte")
 _COMPARISONS: Mapping[str, tuple[str, Callable[[float, float], bool]]] = {
     "gt": (">", operator.gt),
     "gte": (">=", operator.ge),
@@ -296,7 +296,7 @@ class _WhenCompiler:
         if key in _TAG_MODES:
             self.fail(loc, f"{key!r} is a tags test; write tags: {{{key}: [...]}}")
             return None
-        if key in _OPERATORS:
+        if key in OPERATORS:
             self.fail(loc, f"{key!r} is an operator; put it under a field: status_id: {{{key}: …}}")
             return None
         test = self.value(spec, loc, integer=key.rsplit(".", 1)[-1] in _ID_FIELDS)
@@ -363,7 +363,7 @@ class _WhenCompiler:
 
     def operators(self, spec: dict[Any, Any], loc: Loc, integer: bool) -> ValueTest | None:
         if not spec:
-            self.fail(loc, f"must set at least one of {', '.join(_OPERATORS)}")
+            self.fail(loc, f"must set at least one of {', '.join(OPERATORS)}")
             return None
         tests = [self.operator(op, operand, loc, integer) for op, operand in spec.items()]
         return None if None in tests else _all_of([t for t in tests if t])
@@ -390,7 +390,7 @@ class _WhenCompiler:
                 return _compare(str(op), operand)
             self.fail(op_loc, f"must be a number, got {show(operand)}")
             return None
-        hint = did_you_mean(op, _OPERATORS) or f"; use {', '.join(_OPERATORS)}"
+        hint = did_you_mean(op, OPERATORS) or f"; use {', '.join(OPERATORS)}"
         self.fail(loc, f"unknown operator {op!r}{hint}", op_loc)
         return None
 

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from automation.yamlfile import did_you_mean, show
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _MAX_DURATION = timedelta(days=365)
 
 
@@ -120,9 +120,9 @@ def _day(name: str, item: Any) -> int:
     key = name.lower()
     if key in _DAYS:
         return _DAYS.index(key)
-    if key in _FULL_DAYS:
-        return _FULL_DAYS.index(key)
-    raise ValueError(f"unknown day {show(item)}{did_you_mean(key, _DAYS + _FULL_DAYS)}")
+    if key in FULL_DAYS:
+        return FULL_DAYS.index(key)
+    raise ValueError(f"unknown day {show(item)}{did_you_mean(key, _DAYS + FULL_DAYS)}")
 
 
 def parse_clock(value: Any, *, end: bool = False) -> int:

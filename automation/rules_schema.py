@@ -20,7 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from automation.conditions import OPERATORS
 from automation.events import ACTION_VERBS, ENTITY_TYPE_CODES, FAMILY_ACTIONS
+from automation.hours import FULL_DAYS
 from automation.rulefile import (
     RULE_EVENT_TYPES,
     DefaultsSpec,
@@ -34,8 +36,6 @@ Schema = dict[str, Any]
 
 #: How to bring the committed `rules.schema.json` in step with the models.
 REGENERATE = "automation rules schema > rules.schema.json"
-_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-_OPERATORS = ("eq", "in", "not", "exists", "gt", "gte", "lt", "lte")
 #: Fields whose values are amoCRM ids, which a rule must give as integers.
 _ID_FIELDS = {
     "pipeline_id": "Pipeline id (of the lead or the stage change).",
@@ -265,12 +265,12 @@ def _active_hours() -> Schema:
 
 def _day() -> Schema:
     """`mon`, `Monday`, `mon-fri`, `fri - mon`: any case, short or full names."""
-    names = "|".join(_any_case(name[:3]) + f"(?:{_any_case(name[3:])})?" for name in _DAYS)
+    names = "|".join(_any_case(name[:3]) + f"(?:{_any_case(name[3:])})?" for name in FULL_DAYS)
     day = f"(?:{names})"
     return {
         "description": "A day (mon…sun, or the full name) or a range such as mon-fri.",
         "anyOf": [
-            {"enum": [*(name[:3] for name in _DAYS), "mon-fri", "sat-sun"]},
+            {"enum": [*(name[:3] for name in FULL_DAYS), "mon-fri", "sat-sun"]},
             {"type": "string", "pattern": f"^ *{day} *(?:- *{day} *)?$"},
         ],
     }
@@ -315,7 +315,7 @@ def _conditions() -> Schema:
             },
             **fields,
         },
-        "propertyNames": {"not": {"enum": [*_OPERATORS, "all", "none"]}},
+        "propertyNames": {"not": {"enum": [*OPERATORS, "all", "none"]}},
         "additionalProperties": _ref("value"),
     }
 
