@@ -1,0 +1,34 @@
+"""`automation --help` stays quick: it loads no database, app or HTTP code.
+
+That is why the CLI spells out the launch states instead of importing them from
+`models` (a test in test_launches_cli.py keeps the two lists equal).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("sqlalchemy", "alembic", "requests", "automation.models", "automation.database")
+
+PROBE = """
+import sys
+from click.testing import CliRunner
+from automation.cli import main
+result = CliRunner().invoke(main, sys.argv[1:])
+assert result.exit_code == 0, result.output
+print(" ".join(sorted(name for name in {heavy!r} if name in sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    "arguments", [["--help"], ["launches", "--help"], ["launches", "list", "--help"]]
+)
+def test_help_imports_no_database_or_http_code(arguments: list[str]) -> None:
+    probe = PROBE.format(heavy=HEAVY)
+    answer = subprocess.run(
+        [sys.executable, "-c", probe, *arguments], capture_output=True, text=True, check=True
+    )
+    assert answer.stdout.strip() == ""
