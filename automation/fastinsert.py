@@ -35,16 +35,13 @@ class _Compiled:
 
     def bind(self, values: Mapping[str, Any]) -> Any:
         """The driver's parameters: each value converted as `execute` would."""
-        try:
-            if len(values) != len(self.fields):
-                raise KeyError
-            converted = [
-                values[name] if process is None else process(values[name])
-                for name, process in self.fields
-            ]
-        except KeyError:
+        if len(values) != len(self.fields) or any(name not in values for name, _ in self.fields):
             names = sorted(name for name, _ in self.fields)
-            raise ValueError(f"row has columns {sorted(values)}, not {names}") from None
+            raise ValueError(f"row has columns {sorted(values)}, not {names}")
+        converted = [
+            values[name] if process is None else process(values[name])
+            for name, process in self.fields
+        ]
         if self.positional:
             return tuple(converted)
         return {name: value for (name, _), value in zip(self.fields, converted, strict=True)}
