@@ -57,7 +57,8 @@ class CompiledInsert:
 
     def __init__(self, build: Callable[[str], Insert]) -> None:
         self.build = build
-        self._by_dialect: dict[str, _Compiled] = {}
+        #: Keyed by what shapes the SQL: dialect, driver and its parameter style.
+        self._by_dialect: dict[tuple[str, str, str], _Compiled] = {}
 
     def execute(self, connection: Connection, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """Run the INSERT in the connection's transaction; the RETURNING row, or None
@@ -80,9 +81,10 @@ class CompiledInsert:
         return None if row is None else tuple(row)
 
     def _compiled(self, dialect: Dialect, values: Mapping[str, Any]) -> _Compiled:
-        compiled = self._by_dialect.get(dialect.name)
+        key = (dialect.name, dialect.driver, dialect.paramstyle)
+        compiled = self._by_dialect.get(key)
         if compiled is None:
-            compiled = self._by_dialect[dialect.name] = self._compile(dialect, list(values))
+            compiled = self._by_dialect[key] = self._compile(dialect, list(values))
         return compiled
 
     def _compile(self, dialect: Dialect, columns: list[str]) -> _Compiled:
