@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from tenacity import wait_random_exponential
+from tenacity import wait_exponential, wait_random_exponential
 
 from automation import budget, metrics, outbox, retention
 from automation.amocrm import MAX_TASKS_PER_CALL, SALESBOT_RUN_PATH, AmoCRMClient
@@ -42,8 +42,13 @@ HEARTBEAT_EVERY = 2.0
 IDLE_SLEEP = 0.05
 #: `--once` waits out the rate limit and short back-offs, not a pause after a 403.
 ONCE_MAX_WAIT = 5.0
-#: Retry schedule: random exponential ("full jitter"), 2 s doubling, at most 15 min.
-RETRY_WAIT = wait_random_exponential(multiplier=2, max=900)
+#: Retry schedule, "equal jitter": attempt n waits between 2^(n-1) and 2^n seconds (half
+#: fixed, half random), at most 15 min. Full jitter could retry a failed call within
+#: milliseconds; the fixed half keeps a struggling amoCRM from being hit again at once,
+#: and the random half spreads the launches of a failed batch apart.
+RETRY_WAIT = wait_exponential(multiplier=1, max=450) + wait_random_exponential(
+    multiplier=1, max=450
+)
 
 
 def utcnow() -> datetime:

@@ -207,7 +207,7 @@ def test_connection_refused_is_retried_not_failed(
 @pytest.mark.parametrize(
     ("retries", "max_attempts", "give_up", "max_delay"),
     [
-        (0, 8, False, 2),  # first failure: within 2 s
+        (0, 8, False, 2),  # first failure: 1 to 2 s
         (1, 8, False, 4),
         (5, 8, False, 64),
         (6, 8, False, 128),
@@ -219,13 +219,15 @@ def test_connection_refused_is_retried_not_failed(
 def test_retry_decision_table(
     retries: int, max_attempts: int, give_up: bool, max_delay: float | None
 ) -> None:
-    decision = retry_decision(retries, max_attempts, NOW)
-    assert decision.give_up is give_up
-    if max_delay is None:
-        assert decision.not_before is None
-    else:
-        assert decision.not_before is not None
-        assert NOW <= decision.not_before <= NOW + timedelta(seconds=max_delay)
+    for _ in range(200):  # the wait is random: look at many
+        decision = retry_decision(retries, max_attempts, NOW)
+        assert decision.give_up is give_up
+        if max_delay is None:
+            assert decision.not_before is None
+        else:
+            assert decision.not_before is not None
+            low, high = timedelta(seconds=max_delay / 2), timedelta(seconds=max_delay)
+            assert NOW + low <= decision.not_before <= NOW + high
 
 
 # ------------------------------------------------------------- rate limit, 429, 403
@@ -346,7 +348,7 @@ def test_retry_uncertain_setting_resends_them(
     add_launches(sessions, 2)
     fake.stall_next(1, seconds=3)
     make(settings, sessions, read_timeout=1.0).run(once=True)
-    assert statuses(sessions) == {"pending": 2}
+    assert statuses(sessions) == {"pending": 2}  # not uncertain; due again in 1 to 2 s
     make_due(sessions)
     make(settings, sessions, read_timeout=1.0).run(once=True)
     assert statuses(sessions) == {"sent": 2}
