@@ -139,6 +139,7 @@ class _Request:
 @dataclass
 class _Knobs:
     rps: int | None = None
+    rps_window: float = 1.0
     block_after: int | None = None
     count_429: int = 0
     blocked: bool = False
@@ -407,10 +408,11 @@ class FakeAmoCRM:
 
     # --- knobs -------------------------------------------------------------------
 
-    def limit_rps(self, n: int | None) -> None:
-        """Answer 429 (HTML) to a call when n calls were served in the last second."""
+    def limit_rps(self, n: int | None, window: float = 1.0) -> None:
+        """Answer 429 (HTML) to a call when n calls were served in the last `window`
+        seconds (amoCRM's is a second; a shorter one forgives arrival jitter)."""
         with self._lock:
-            self._knobs.rps = n
+            self._knobs.rps, self._knobs.rps_window = n, window
 
     def block_after(self, n_429s: int | None) -> None:
         """After that many 429s, answer 403 to everything until `unblock()`."""
@@ -561,7 +563,7 @@ class FakeAmoCRM:
         knobs = self._knobs
         if knobs.blocked:
             return _problem(403, "Forbidden", "Account is blocked")
-        while self._served and now - self._served[0] >= 1.0:
+        while self._served and now - self._served[0] >= knobs.rps_window:
             self._served.popleft()
         if knobs.rps is not None and len(self._served) >= knobs.rps:
             knobs.count_429 += 1
