@@ -4,8 +4,13 @@ amoCRM allows about 7 requests a second per integration, answers 429 beyond that
 blocks the account (403 for everything) when an integration keeps pushing. So the
 budget is counted where all dispatchers see it: a slot is the `api_calls` row itself,
 taken while holding the one `rate_limits` row, so N dispatchers together never start
-more than `max_rps` calls in any window of `WINDOW` seconds. A 429 or 403 seen by one
-dispatcher puts a hold on the row that stops them all.
+more than `max_rps` calls in any window of one second plus a margin. A 429 or 403 seen
+by one dispatcher puts a hold on the row that stops them all.
+
+The margin is there because our clock reads when the call row is written and amoCRM's
+when the request arrives, later by a varying delay: `max_rps` requests are spaced a
+second plus the margin apart, so amoCRM's second holds no more as long as the delay
+varies by less than the margin (AMOCRM_RATE_MARGIN_MS).
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from automation.database import for_update, insert_ignoring
 from automation.models import ApiCall, RateLimit
 
 NAME = "amocrm"
-#: The window the limit is counted over, padded a little: our clock reads when the
-#: call row is written, amoCRM's when the request arrives a few milliseconds later.
-WINDOW = timedelta(seconds=1.03)
+SECOND = timedelta(seconds=1)
+#: The default margin: enough on loopback and a quiet host (AMOCRM_RATE_MARGIN_MS).
+MARGIN = timedelta(milliseconds=30)
 #: Longest back-off after repeated 429s.
 MAX_BACKOFF = timedelta(seconds=60)
 #: The longest `Retry-After` a 429 can impose.
@@ -43,7 +48,7 @@ class Verdict:
         return self.wait <= 0
 
 
-def take(session: Session, max_rps: float, call_id: int) -> Verdict:
+def take(session: Session, max_rps: float, call_id: int, margin: timedelta = MARGIN) -> Verdict:
     """Take a request slot for call `call_id`, inserted earlier in this transaction;
     on success the caller stamps the call with `Verdict.now` and commits.
 
@@ -53,25 +58,30 @@ def take(session: Session, max_rps: float, call_id: int) -> Verdict:
     would be stale, and a stale start time lets the next dispatcher go early.
     """
     state = _locked_row(session, datetime.now(UTC))
-    return _verdict(session, state, max_rps, datetime.now(UTC), exclude=call_id)
+    return _verdict(session, state, max_rps, SECOND + margin, datetime.now(UTC), call_id)
 
 
-def peek(session: Session, max_rps: float) -> Verdict:
+def peek(session: Session, max_rps: float, margin: timedelta = MARGIN) -> Verdict:
     """How long until a slot frees, without locking: a cheap look before claiming work
     that a refusal would only roll back."""
     state = session.get(RateLimit, NAME)
-    return _verdict(session, state, max_rps, datetime.now(UTC), exclude=None)
+    return _verdict(session, state, max_rps, SECOND + margin, datetime.now(UTC), None)
 
 
 def _verdict(
-    session: Session, state: RateLimit | None, max_rps: float, now: datetime, exclude: int | None
+    session: Session,
+    state: RateLimit | None,
+    max_rps: float,
+    window: timedelta,
+    now: datetime,
+    exclude: int | None,
 ) -> Verdict:
     if state is not None and state.hold_until is not None and state.hold_until > now:
         return Verdict((state.hold_until - now).total_seconds(), now, state.hold_reason)
     limit = max(1, int(max_rps))
     query = (
         select(ApiCall.started_at)
-        .where(ApiCall.started_at > now - WINDOW, ApiCall.outcome.is_distinct_from("dry_run"))
+        .where(ApiCall.started_at > now - window, ApiCall.outcome.is_distinct_from("dry_run"))
         .order_by(ApiCall.started_at.desc())
         .limit(limit)
     )
@@ -80,7 +90,7 @@ def _verdict(
     starts = list(session.execute(query).scalars())
     if len(starts) < limit:
         return Verdict(0.0, now)
-    wait = (starts[-1] + WINDOW - now).total_seconds()
+    wait = (starts[-1] + window - now).total_seconds()
     return Verdict(max(wait, 0.001), now, "rate limit")
 
 

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     amocrm_redirect_uri: str | None = None
     amocrm_refresh_token: SecretStr | None = None
     amocrm_max_rps: float = Field(default=7.0, gt=0, le=1000)
+    amocrm_rate_margin_ms: int = Field(default=30, ge=0, le=1000)
     amocrm_account_id: int | None = Field(default=None, gt=0)
     amocrm_retry_uncertain: bool = False
     #: Seconds all sending pauses after amoCRM answers 403 (account blocked).
@@ -144,6 +145,7 @@ _EXPECTED = {
     "amocrm_domain": "one of " + ", ".join(AMOCRM_DOMAINS),
     "log_format": "one of text, json",
     "amocrm_max_rps": "a number > 0",
+    "amocrm_rate_margin_ms": "a whole number of milliseconds from 0 to 1000",
     "amocrm_account_id": "a positive integer",
     "max_body_bytes": "a positive integer (bytes)",
     "amocrm_retry_uncertain": "a boolean (1/0, true/false)",

@@ -110,6 +110,7 @@ class Dispatcher:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats = Stats()
         self._stopping = threading.Event()
+        self._margin = timedelta(milliseconds=settings.amocrm_rate_margin_ms)
         self._last_recovery = time.monotonic()
         self._sqlite = sessions.kw["bind"].dialect.name == "sqlite"
         #: RETENTION_DAYS: a prune pass a day, one small batch per loop turn.
@@ -260,7 +261,7 @@ class Dispatcher:
         """Claim one batch and send it. None: nothing due; > 0: seconds to wait."""
         with self.sessions() as session:
             if not self.dry_run:
-                wait = budget.peek(session, self.settings.amocrm_max_rps).wait
+                wait = budget.peek(session, self.settings.amocrm_max_rps, self._margin).wait
                 if wait > 0:
                     session.rollback()
                     return wait
@@ -287,7 +288,7 @@ class Dispatcher:
         call_id = outbox.start_call(session, self.id, SALESBOT_RUN_PATH, batch, utcnow())
         if self.dry_run:
             return call_id, 0.0
-        verdict = budget.take(session, self.settings.amocrm_max_rps, call_id)
+        verdict = budget.take(session, self.settings.amocrm_max_rps, call_id, self._margin)
         if not verdict.go:
             return None, verdict.wait
         outbox.stamp_call(session, call_id, verdict.now)
