@@ -50,7 +50,7 @@ class Inbound:
 
 @dataclass(frozen=True, slots=True)
 class Enqueued:
-    """What `enqueue` stored: the answer the webhook gives amoCRM."""
+    """What `store` stored: the answer the webhook gives amoCRM."""
 
     delivery_id: int
     events: int
@@ -66,8 +66,6 @@ class Rows:
 
     delivery: dict[str, Any]
     launches: list[tuple[PlannedLaunch, dict[str, Any]]]
-    events: int
-    status: DeliveryStatus
 
     @classmethod
     def of(cls, inbound: Inbound, planned: Sequence[PlannedLaunch]) -> Rows:
@@ -87,12 +85,7 @@ class Rows:
             "status": status,
         }
         launches = [(launch, launch_row(launch, inbound.received_at)) for launch in planned]
-        return cls(delivery, launches, len(payload.events), status)
-
-
-def enqueue(connection: Connection, inbound: Inbound, planned: Sequence[PlannedLaunch]) -> Enqueued:
-    """Store the delivery and its launches; the caller commits (one transaction)."""
-    return store(connection, Rows.of(inbound, planned))
+        return cls(delivery, launches)
 
 
 def store(connection: Connection, rows: Rows) -> Enqueued:
@@ -115,7 +108,9 @@ def store(connection: Connection, rows: Rows) -> Enqueued:
             .where(Delivery.id == delivery_id)
             .values(launch_count=added, duplicate_count=duplicates)
         )
-    return Enqueued(delivery_id, rows.events, added, skipped, duplicates, rows.status)
+    delivery = rows.delivery
+    events, status = delivery["event_count"], delivery["status"]
+    return Enqueued(delivery_id, events, added, skipped, duplicates, status)
 
 
 def enqueue_launches(

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from automation.database import make_engine, make_session_factory
 from automation.events import decode_body
-from automation.intake import Inbound, enqueue
+from automation.intake import Inbound, Rows, store
 from automation.models import Delivery, Launch
 from automation.rules import load_rules_file
 from tests.conftest import incoming_message
@@ -33,7 +33,7 @@ def _deliver(url: str, rules_path: str, body: bytes, barrier: object) -> int:
     barrier.wait()  # type: ignore[attr-defined]
     with sessions.begin() as session:
         inbound = Inbound(body, "form", None, now, payload)
-        added = enqueue(session.connection(), inbound, planned).launches
+        added = store(session.connection(), Rows.of(inbound, planned)).launches
     engine.dispose()
     return added
 

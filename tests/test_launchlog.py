@@ -1,6 +1,6 @@
 """The launch log library (`automation.launchlog`) and the `launch_log` view, on SQLite
 and PostgreSQL. Launches get into the database the way the server puts them there:
-`intake.enqueue` for webhooks, `outbox`'s dispatcher functions for API calls."""
+`intake.store` for webhooks, `outbox`'s dispatcher functions for API calls."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def store(
     planned = [launch for event in payload.events for launch in ruleset.match(event, at)]
     inbound = intake.Inbound(body, content_type, "127.0.0.1", at, payload)
     with sessions.begin() as session:
-        return intake.enqueue(session.connection(), inbound, planned).delivery_id
+        rows = intake.Rows.of(inbound, planned)
+        return intake.store(session.connection(), rows).delivery_id
 
 
 def send(
