@@ -27,7 +27,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation.errors import AutomationError
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+def _migrations_directory() -> Path:
+    """Where the Alembic scripts are: `migrations/` beside the package in a checkout
+    (and an editable install), `automation/migrations` inside an installed wheel."""
+    package = Path(__file__).resolve().parent
+    installed = package / "migrations"
+    return installed if (installed / "env.py").is_file() else package.parent / "migrations"
+
+
+MIGRATIONS = _migrations_directory()
 #: How long a SQLite writer waits for the lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
