@@ -50,7 +50,13 @@ class Outcome(enum.StrEnum):
     OTHER = "other"
 
 
-_RETRYABLE = frozenset({Outcome.RATE_LIMITED, Outcome.SERVER_ERROR, Outcome.NOT_SENT})
+#: Outcomes after which amoCRM certainly did not start the bots, so the batch may be sent
+#: again. OTHER is one: a redirect is never followed and a 404 or 405 is not the salesbot
+#: endpoint answering; it may be a proxy or a wrong AMOCRM_BASE_URL the operator fixes
+#: while the launches wait (they fail after AMOCRM_MAX_ATTEMPTS if it is not).
+_RETRYABLE = frozenset(
+    {Outcome.RATE_LIMITED, Outcome.SERVER_ERROR, Outcome.NOT_SENT, Outcome.OTHER}
+)
 _STATUS_OUTCOMES = {
     400: Outcome.BAD_REQUEST,
     422: Outcome.BAD_REQUEST,

@@ -365,13 +365,15 @@ class Dispatcher:
             self._pause(
                 session, ids, now, self.settings.amocrm_pause_on_403, result, "401 unauthorized"
             )
-        else:
+        elif result.retryable or outcome is Outcome.UNCERTAIN:  # AMOCRM_RETRY_UNCERTAIN
             if outcome is Outcome.RATE_LIMITED:
                 backoff = budget.rate_limited(session, now, result.retry_after)
                 log.warning(
                     "amoCRM answered 429: all dispatchers back off %ss", backoff.total_seconds()
                 )
             self._retry(session, batch, result, now)
+        else:  # BAD_REQUEST and REFUSED are `_isolate`'s: they never reach here
+            raise AssertionError(f"no rule settles a call with outcome {outcome}")
 
     def _retry(
         self, session: Session, batch: Sequence[Claimed], result: CallResult, now: datetime

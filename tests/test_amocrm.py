@@ -211,7 +211,7 @@ def test_status_classification(
     result = client.run_salesbots(TASKS)
 
     assert (result.outcome, result.status_code) == (outcome, status)
-    assert result.retryable is (outcome is Outcome.SERVER_ERROR)
+    assert result.retryable is (outcome is not Outcome.BAD_REQUEST)
     assert len(fake.calls) == 1
 
 

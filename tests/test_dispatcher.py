@@ -204,6 +204,26 @@ def test_connection_refused_is_retried_not_failed(
     assert rows[0].last_error is not None and rows[0].last_error.startswith("not_sent")
 
 
+@pytest.mark.parametrize("status", [302, 404, 405])
+def test_an_answer_from_something_else_than_the_salesbot_endpoint_is_retried(
+    status: int, live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    """A redirect (never followed) or a 404/405 means no bot ran: resend later, as after
+    a 5xx, so fixing AMOCRM_BASE_URL in time loses nothing."""
+    add_launches(sessions, 2)
+    fake.fail_next(1, status=status)
+    make(live_settings, sessions).run(once=True)
+
+    rows = launches(sessions)
+    assert [(row.status, row.retries) for row in rows] == [(LaunchStatus.PENDING, 1)] * 2
+    assert rows[0].last_error is not None and rows[0].last_error.startswith("other")
+    assert fake.launches() == []
+
+    make_due(sessions)
+    make(live_settings, sessions).run(once=True)
+    assert statuses(sessions) == {"sent": 2}
+
+
 @pytest.mark.parametrize(
     ("retries", "max_attempts", "give_up", "max_delay"),
     [
