@@ -103,7 +103,11 @@ class Settings(BaseSettings):
 
     @property
     def has_credentials(self) -> bool:
-        return self.amocrm_access_token is not None or self.amocrm_refresh_token is not None
+        """A token in the environment, or an OAuth integration whose tokens
+        `automation auth exchange` keeps in the database."""
+        oauth = self.amocrm_client_id is not None and self.amocrm_client_secret is not None
+        tokens = self.amocrm_access_token is not None or self.amocrm_refresh_token is not None
+        return tokens or oauth
 
     @property
     def is_dry_run(self) -> bool:

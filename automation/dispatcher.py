@@ -29,7 +29,7 @@ from automation import budget, metrics, outbox, retention
 from automation.amocrm import MAX_TASKS_PER_CALL, SALESBOT_RUN_PATH, AmoCRMClient
 from automation.amocrm_answers import CallResult, Outcome, SalesbotTask
 from automation.config import Settings
-from automation.errors import ConfigError
+from automation.errors import AutomationError, ConfigError
 from automation.models import Dispatcher as DispatcherRow
 from automation.models import LaunchStatus
 from automation.outbox import Claimed
@@ -42,6 +42,8 @@ HEARTBEAT_EVERY = 2.0
 IDLE_SLEEP = 0.05
 #: `--once` waits out the rate limit and short back-offs, not a pause after a 403.
 ONCE_MAX_WAIT = 5.0
+#: How long sending pauses when there is no token to send with, before trying again.
+NO_TOKEN_PAUSE_SECONDS = 60.0
 #: Retry schedule, "equal jitter": attempt n waits between 2^(n-1) and 2^n seconds (half
 #: fixed, half random), at most 15 min. Full jitter could retry a failed call within
 #: milliseconds; the fixed half keeps a struggling amoCRM from being hit again at once,
@@ -301,7 +303,11 @@ class Dispatcher:
             return
         assert self.client is not None
         tasks = [SalesbotTask(c.bot_id, c.entity_id, c.entity_type) for c in batch]
-        result = self.client.run_salesbots(tasks)
+        try:
+            result = self.client.run_salesbots(tasks)
+        except AutomationError as exc:  # no token (none exchanged yet, refresh refused)
+            self._without_token(batch, call_id, exc)
+            return
         if result.outcome is Outcome.UNAUTHORIZED and not retried_401:
             self._finish(call_id, result)
             self._after_401(batch)
@@ -405,6 +411,22 @@ class Dispatcher:
         reason = f"{what} from amoCRM: sending paused until {until:%H:%M:%S}Z ({result.error})"
         budget.hold(session, until, reason, now)
         outbox.release(session, ids, now, reason=reason)
+        log.error("%s", reason)
+
+    def _without_token(
+        self, batch: Sequence[Claimed], call_id: int, problem: AutomationError
+    ) -> None:
+        """No token to send with: nothing left this host, so the launches wait unharmed
+        and all sending pauses, to try again once `auth exchange` has stored tokens."""
+        now = utcnow()
+        until = now + timedelta(seconds=NO_TOKEN_PAUSE_SECONDS)
+        reason = f"no amoCRM token to send with: sending paused until {until:%H:%M:%S}Z ({problem})"
+        with self.sessions.begin() as session:
+            outbox.finish_call(
+                session, call_id, now, outcome=Outcome.NOT_SENT.value, error=str(problem)
+            )
+            budget.hold(session, until, reason, now)
+            outbox.release(session, [c.id for c in batch], now, reason=reason)
         log.error("%s", reason)
 
     def _after_401(self, batch: Sequence[Claimed]) -> None:

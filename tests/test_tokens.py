@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from automation import budget
+from automation import dispatcher as dispatch
 from automation.cli import main
 from automation.config import Settings
-from automation.models import OAuthToken
+from automation.models import Launch, LaunchStatus, OAuthToken, RateLimit
 from automation.tokens import NoToken, TokenStore, exchange_code
 from tests.fake_amocrm import (
     ACCESS_TOKEN,
@@ -25,6 +27,7 @@ from tests.fake_amocrm import (
     REFRESH_TOKEN,
     FakeAmoCRM,
 )
+from tests.launches import add_launches
 
 
 @pytest.fixture
@@ -141,3 +144,46 @@ def test_auth_exchange_command_stores_tokens(
     with sessions() as session:
         row = session.get(OAuthToken, 1)
         assert row is not None and row.access_token == fake.access_token
+
+
+def test_an_oauth_integration_sends_for_real_with_the_exchanged_tokens(
+    make_settings: Callable[..., Settings], sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    """README's OAuth set-up: client id and secret in the environment, tokens from
+    `auth exchange` in the database. That is a way to authenticate, so no dry run."""
+    settings = make_settings(
+        amocrm_base_url=fake.url,
+        amocrm_client_id=CLIENT_ID,
+        amocrm_client_secret=CLIENT_SECRET,
+        amocrm_redirect_uri=REDIRECT_URI,
+    )
+    assert not settings.is_dry_run
+    exchange_code(settings, sessions, AUTH_CODE)
+    add_launches(sessions, 2)
+
+    dispatch.build(settings, sessions).run(once=True)
+
+    assert len(fake.launches()) == 2
+
+
+def test_an_oauth_integration_without_tokens_yet_holds_the_launches_and_says_why(
+    make_settings: Callable[..., Settings], sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    settings = make_settings(
+        amocrm_base_url=fake.url,
+        amocrm_client_id=CLIENT_ID,
+        amocrm_client_secret=CLIENT_SECRET,
+        amocrm_redirect_uri=REDIRECT_URI,
+    )
+    add_launches(sessions, 2)
+
+    dispatch.build(settings, sessions).run(once=True)
+
+    assert fake.salesbot_calls() == []
+    with sessions() as session:
+        launches = session.scalars(select(Launch)).all()
+        assert [(row.status, row.retries) for row in launches] == [(LaunchStatus.PENDING, 0)] * 2
+        assert all("auth exchange" in (row.reason or "") for row in launches)
+        hold = session.get(RateLimit, budget.NAME)
+        assert hold is not None and hold.hold_until is not None
+        assert "no amoCRM token" in (hold.hold_reason or "")
