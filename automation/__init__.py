@@ -31,8 +31,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_format)
     _warn_if_guessable(settings)
     app = Flask(__name__)
-    # Werkzeug answers 413 while reading a body past the limit, chunked ones too.
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # One byte over the limit: a chunked body (no Content-Length to check first) is
+    # cut by werkzeug at this length without an error, so a body that reads longer
+    # than MAX_BODY_BYTES is one the webhook must refuse, not one to store truncated.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     Runtime.build(settings).init_app(app)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)

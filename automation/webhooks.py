@@ -42,6 +42,9 @@ def receive(secret: str) -> tuple[Response, int]:
     if problem is not None:
         return problem
     body = request.get_data(cache=False)
+    limit = state.settings.max_body_bytes
+    if len(body) > limit:  # chunked: read one byte past the limit (see create_app)
+        return error(413, f"chunked body of more than {limit} bytes exceeds MAX_BODY_BYTES={limit}")
     try:
         payload = decode_body(body, request.mimetype)
     except PayloadError as exc:
