@@ -47,10 +47,17 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _warn_if_guessable(settings: Settings) -> None:
-    """A short WEBHOOK_SECRET works, but whoever guesses it can start bots: say so."""
+    """No WEBHOOK_SECRET means every webhook gets 503; a short one works, but whoever
+    guesses it can start bots: say so at start, not at the first webhook."""
     secret = settings.webhook_secret
-    length = len(secret.get_secret_value()) if secret is not None else 0
-    if 0 < length < SECRET_MIN_LENGTH:
+    if secret is None:
+        logging.getLogger("automation").warning(
+            "WEBHOOK_SECRET is not set: every webhook gets 503 until it is; set it and use "
+            "it as the last path segment of the webhook URL"
+        )
+        return
+    length = len(secret.get_secret_value())
+    if length < SECRET_MIN_LENGTH:
         logging.getLogger("automation").warning(
             "WEBHOOK_SECRET has %d characters: whoever guesses it can post webhooks; use at "
             "least %d random ones, e.g. from python3 -c "

@@ -19,21 +19,41 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
-    """200 when the database answers at the code's schema and rules are loaded; else 503.
+    """200 when the database answers at the code's schema, rules are loaded and
+    WEBHOOK_SECRET is set; else 503.
 
     A broken rules file that replaced nothing (the last good rules still run) shows
-    its error here but does not make the server unhealthy.
+    its error here but does not make the server unhealthy. Without WEBHOOK_SECRET every
+    webhook gets 503, so the server is not healthy whatever else works.
     """
     state = runtime()
     database = _database(state)
     rules = _rules(state)
+    webhook = _webhook(state)
     dispatch = _dispatch(state) if database["reachable"] else {}
-    healthy = bool(database["reachable"]) and database["schema_current"] and rules["loaded"]
+    healthy = (
+        bool(database["reachable"])
+        and database["schema_current"]
+        and rules["loaded"]
+        and webhook["configured"]
+    )
     status = "ok" if healthy else "unhealthy"
     if healthy and dispatch.get("paused_until"):
         status = "degraded"  # webhooks are still stored; nothing goes out for now
-    body = {"status": status, "database": database, "rules": rules, "dispatch": dispatch}
+    body = {
+        "status": status,
+        "database": database,
+        "rules": rules,
+        "webhook": webhook,
+        "dispatch": dispatch,
+    }
     return jsonify(body), 200 if healthy else 503
+
+
+def _webhook(state: Runtime) -> dict[str, Any]:
+    if state.settings.webhook_secret is None:
+        return {"configured": False, "error": "WEBHOOK_SECRET is not set: every webhook gets 503"}
+    return {"configured": True}
 
 
 def _database(state: Runtime) -> dict[str, Any]:

@@ -78,6 +78,13 @@ class HealthRules(_Doc):
     last_error: str | None
 
 
+class HealthWebhook(_Doc):
+    """Whether WEBHOOK_SECRET is set; without it every webhook gets 503."""
+
+    configured: bool
+    error: str | None = None
+
+
 class HealthDispatch(_Doc):
     """Sending: dry run or not, the last dispatcher heartbeat, and a shared pause if any."""
 
@@ -103,6 +110,7 @@ class Health(_Doc):
     status: Literal["ok", "degraded", "unhealthy"]
     database: HealthDatabase | HealthDatabaseDown
     rules: HealthRules
+    webhook: HealthWebhook
     dispatch: HealthDispatch | HealthDispatchError | HealthDispatchUnknown
 
 
@@ -234,7 +242,9 @@ def _healthz() -> JSON:
         "summary": "Can this server accept and store webhooks now?",
         "responses": {
             "200": _json("Healthy (`ok`) or sending paused (`degraded`).", "Health"),
-            "503": _json("Database unreachable or behind, or no rules loaded.", "Health"),
+            "503": _json(
+                "Database unreachable or behind, no rules loaded, or no WEBHOOK_SECRET.", "Health"
+            ),
         },
     }
 

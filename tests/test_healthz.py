@@ -28,6 +28,7 @@ def test_healthz_reports_database_schema_and_rules(client: Any) -> None:
     assert body["rules"]["loaded"] is True
     assert body["rules"]["rule_count"] == 3
     assert body["rules"]["last_error"] is None
+    assert body["webhook"] == {"configured": True}
 
 
 def test_broken_rules_file_keeps_the_last_good_rules_and_shows_in_healthz(
@@ -59,3 +60,19 @@ def test_changed_rules_file_is_picked_up_without_restart(
     )
     assert answer.json["launches"] == 1
     assert client.get("/healthz").json["rules"]["last_error"] is None
+
+
+def test_without_a_webhook_secret_the_server_is_unhealthy_and_says_why(
+    make_settings: Callable[..., Any], make_app: Callable[[Any], Any], caplog: Any
+) -> None:
+    app = make_app(make_settings(webhook_secret=None))
+
+    answer = app.test_client().get("/healthz")
+
+    assert answer.status_code == 503
+    assert answer.json["status"] == "unhealthy"
+    assert answer.json["webhook"] == {
+        "configured": False,
+        "error": "WEBHOOK_SECRET is not set: every webhook gets 503",
+    }
+    assert any("WEBHOOK_SECRET is not set" in record.getMessage() for record in caplog.records)
