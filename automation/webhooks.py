@@ -81,22 +81,30 @@ def _check_request(state: Runtime, secret: str) -> tuple[Response, int] | None:
         return error(413, f"body of {request.content_length} bytes exceeds MAX_BODY_BYTES={limit}")
     if request.mimetype not in ACCEPTED_TYPES:
         got = request.mimetype or "none"
-        return error(415, f"content type {got!r} not supported; expected one of {ACCEPTED_TYPES}")
+        expected = " or ".join(ACCEPTED_TYPES)
+        return error(415, f"content type {got!r} not supported; expected {expected}")
     return None
 
 
 def _check_account(state: Runtime, payload: Payload) -> tuple[Response, int] | None:
     """With AMOCRM_ACCOUNT_ID or AMOCRM_SUBDOMAIN set, only that account may post."""
     settings, account = state.settings, payload.account
-    if settings.amocrm_account_id is not None and account.id != settings.amocrm_account_id:
+    expected_id = settings.amocrm_account_id
+    if expected_id is not None and account.id != expected_id:
         log.warning(
             "webhook from another account account=%s remote=%s", account.id, request.remote_addr
         )
-        return error(403, f"account[id] {account.id!r} is not the configured AMOCRM_ACCOUNT_ID")
+        said = "no account[id]" if account.id is None else f"account[id] {account.id}"
+        return error(403, f"webhook with {said}; AMOCRM_ACCOUNT_ID allows only {expected_id}")
     if settings.amocrm_subdomain is not None and account.subdomain != settings.amocrm_subdomain:
         log.warning("webhook from another account subdomain=%s", account.subdomain)
+        said = (
+            "no account[subdomain]"
+            if account.subdomain is None
+            else f"account[subdomain] {account.subdomain!r}"
+        )
         return error(
-            403, f"account[subdomain] {account.subdomain!r} is not the configured AMOCRM_SUBDOMAIN"
+            403, f"webhook with {said}; AMOCRM_SUBDOMAIN allows only {settings.amocrm_subdomain!r}"
         )
     return None
 

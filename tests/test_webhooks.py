@@ -16,6 +16,9 @@ from tests.conftest import incoming_message
 FORM = "application/x-www-form-urlencoded"
 
 
+STATUS_LEAD_ACCOUNT = 30112233  # account[id] of fixtures/webhooks/status_lead.form
+
+
 def post(client: Any, body: bytes, secret: str = "s3cret", **kwargs: Any) -> Any:
     kwargs.setdefault("content_type", FORM)
     return client.post(f"/webhooks/amocrm/{secret}", data=body, **kwargs)
@@ -191,7 +194,10 @@ def test_body_over_the_limit_gets_413(
 def test_unsupported_content_type_gets_415(client: Any) -> None:
     answer = post(client, b"<xml/>", content_type="text/xml")
     assert answer.status_code == 415
-    assert "'text/xml'" in answer.json["error"]
+    assert answer.json["error"] == (
+        "content type 'text/xml' not supported; "
+        "expected application/x-www-form-urlencoded or application/json"
+    )
 
 
 def test_webhook_from_another_account_gets_403(
@@ -202,7 +208,18 @@ def test_webhook_from_another_account_gets_403(
     app = make_app(make_settings(amocrm_account_id=111))
     answer = post(app.test_client(), webhook_body("status_lead"))
     assert answer.status_code == 403
-    assert "AMOCRM_ACCOUNT_ID" in answer.json["error"]
+    assert answer.json["error"] == (
+        f"webhook with account[id] {STATUS_LEAD_ACCOUNT}; AMOCRM_ACCOUNT_ID allows only 111"
+    )
+
+
+def test_webhook_without_an_account_gets_403_saying_so(
+    make_settings: Callable[..., Any], make_app: Callable[[Any], Any]
+) -> None:
+    app = make_app(make_settings(amocrm_account_id=111, amocrm_subdomain="mybrand"))
+    answer = post(app.test_client(), b"leads[status][0][id]=1&leads[status][0][status_id]=2")
+    assert answer.status_code == 403
+    assert answer.json["error"] == "webhook with no account[id]; AMOCRM_ACCOUNT_ID allows only 111"
 
 
 def test_webhook_from_another_subdomain_gets_403(
@@ -213,7 +230,8 @@ def test_webhook_from_another_subdomain_gets_403(
     app = make_app(make_settings(amocrm_subdomain="other"))
     answer = post(app.test_client(), webhook_body("status_lead"))
     assert answer.status_code == 403
-    assert "AMOCRM_SUBDOMAIN" in answer.json["error"]
+    assert answer.json["error"].endswith("; AMOCRM_SUBDOMAIN allows only 'other'")
+    assert answer.json["error"].startswith("webhook with account[subdomain] '")
 
 
 def test_unreachable_database_answers_503_without_a_traceback(
