@@ -35,6 +35,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     # cut by werkzeug at this length without an error, so a body that reads longer
     # than MAX_BODY_BYTES is one the webhook must refuse, not one to store truncated.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
+    # `//` in a path would get werkzeug's 308 redirect, an HTML page that skips our JSON
+    # errors and that amoCRM counts as a failed delivery; a plain JSON 404 says more.
+    app.url_map.merge_slashes = False
     Runtime.build(settings).init_app(app)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)

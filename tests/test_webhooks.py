@@ -258,3 +258,13 @@ def test_every_fixture_is_accepted_and_counted(
     with app.extensions["automation"].sessions() as session:
         count = session.scalar(select(func.count()).select_from(Delivery))
     assert count == len(names)
+
+
+def test_a_doubled_slash_gets_a_json_404_not_an_html_redirect(
+    client: Any, webhook_body: Callable[[str], bytes]
+) -> None:
+    answer = client.post(
+        "/webhooks/amocrm/s3cret//", data=webhook_body("status_lead"), content_type=FORM
+    )
+    assert answer.status_code == 404
+    assert answer.is_json
