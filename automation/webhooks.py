@@ -81,8 +81,8 @@ def _check_request(state: Runtime, secret: str) -> tuple[Response, int] | None:
         return error(413, f"body of {request.content_length} bytes exceeds MAX_BODY_BYTES={limit}")
     if request.mimetype not in ACCEPTED_TYPES:
         got = request.mimetype or "none"
-        expected = " or ".join(ACCEPTED_TYPES)
-        return error(415, f"content type {got!r} not supported; expected {expected}")
+        accepted = " or ".join(ACCEPTED_TYPES)
+        return error(415, f"content type {got!r} not supported; expected {accepted}")
     return None
 
 
