@@ -7,7 +7,6 @@ what it accepts and what it got.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -18,6 +17,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from automation.errors import ConfigError
 
 AMOCRM_DOMAINS = ("amocrm.ru", "kommo.com", "amocrm.com")
+#: DATABASE_URL schemes the server runs on (`postgres` and `postgresql` mean psycopg 3).
+DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg")
+#: Upper bounds that keep `now + timedelta(...)` inside the calendar (and sane).
+MAX_PAUSE = 7 * 86400
+MAX_DEAD_AFTER = 86400
+MAX_RETENTION_DAYS = 36500
+
+
+class Invalid(ValueError):
+    """A validator's verdict: what the variable accepts, and a hint shown after the value."""
+
+    def __init__(self, expected: str, hint: str = "") -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.hint = hint
 
 
 class Settings(BaseSettings):
@@ -38,23 +52,23 @@ class Settings(BaseSettings):
     amocrm_client_secret: SecretStr | None = None
     amocrm_redirect_uri: str | None = None
     amocrm_refresh_token: SecretStr | None = None
-    amocrm_max_rps: float = Field(default=7.0, gt=0, le=1000)
+    amocrm_max_rps: float = Field(default=7.0, gt=0, le=1000, allow_inf_nan=False)
     amocrm_rate_margin_ms: int = Field(default=30, ge=0, le=1000)
     amocrm_account_id: int | None = Field(default=None, gt=0)
     amocrm_retry_uncertain: bool = False
     #: Seconds all sending pauses after amoCRM answers 403 (account blocked).
-    amocrm_pause_on_403: float = Field(default=900.0, ge=0)
+    amocrm_pause_on_403: float = Field(default=900.0, ge=0, le=MAX_PAUSE, allow_inf_nan=False)
     #: Attempts before a retryable failure becomes `failed`.
     amocrm_max_attempts: int = Field(default=8, ge=1, le=100)
     #: Seconds without a heartbeat after which a dispatcher counts as dead and the
     #: launches it left `sending` are recovered.
-    dispatcher_dead_after: float = Field(default=30.0, gt=0)
+    dispatcher_dead_after: float = Field(default=30.0, gt=0, le=MAX_DEAD_AFTER, allow_inf_nan=False)
     dry_run: bool | None = None
     admin_token: SecretStr | None = None
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     log_format: Literal["text", "json"] = "text"
     #: Days settled launches and old deliveries are kept; None keeps them forever.
-    retention_days: int | None = Field(default=None, gt=0)
+    retention_days: int | None = Field(default=None, gt=0, le=MAX_RETENTION_DAYS)
 
     @field_validator(
         "webhook_secret",
@@ -79,7 +93,7 @@ class Settings(BaseSettings):
         """The secret is the webhook URL's last segment: a `/`, `?`, `#` or space in it
         would make every webhook miss the route (a 404 nobody can explain)."""
         if value is not None and not _PATH_SEGMENT.fullmatch(value.get_secret_value()):
-            raise ValueError("not a URL path segment")
+            raise Invalid(f"expected {_EXPECTED['webhook_secret']}")
         return value
 
     @field_validator("amocrm_account_id", "dry_run", "retention_days", mode="before")
@@ -90,9 +104,47 @@ class Settings(BaseSettings):
     @field_validator("amocrm_base_url")
     @classmethod
     def _base_url_is_http(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected a URL starting with http:// or https://, got {value!r}")
-        return value.rstrip("/") if value else value
+        return _http_url(value).rstrip("/") if value is not None else None
+
+    @field_validator("amocrm_redirect_uri")
+    @classmethod
+    def _redirect_uri_is_http(cls, value: str | None) -> str | None:
+        """amoCRM compares it with the integration's redirect URI: an http(s) URL."""
+        return _http_url(value) if value is not None else None
+
+    @field_validator("amocrm_subdomain")
+    @classmethod
+    def _subdomain_is_a_label(cls, value: str | None) -> str | None:
+        """`mybrand.amocrm.ru` here would make the API URL `mybrand.amocrm.ru.amocrm.ru`
+        and every real webhook a 403 (its `account[subdomain]` is `mybrand`)."""
+        if value is None or _LABEL.fullmatch(value):
+            return value
+        label = value.split("://", 1)[-1].split(".", 1)[0].split("/", 1)[0].lower()
+        suggestion = f"use AMOCRM_SUBDOMAIN={label}; " if _LABEL.fullmatch(label) else ""
+        raise Invalid(
+            "expected the account's subdomain alone (lowercase letters, digits and -)",
+            f"{suggestion}for another domain set AMOCRM_BASE_URL",
+        )
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_is_supported(cls, value: str) -> str:
+        """Any other scheme would fail later, in SQLAlchemy, as a missing driver, and
+        an unreadable URL as a traceback. (SQLAlchemy is imported here, not at the top:
+        `--help` reads this module.)"""
+        from sqlalchemy import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            driver: str | None = make_url(value).drivername
+        except (ArgumentError, ValueError):  # ValueError: int() of a bad port
+            driver = None
+        if driver not in DATABASE_SCHEMES:
+            raise Invalid(
+                "expected a SQLite or PostgreSQL URL such as sqlite:///automation.db or "
+                "postgresql://user:password@host/db (supported: sqlite, postgresql)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _dry_run_default(self) -> Settings:
@@ -134,6 +186,10 @@ class Settings(BaseSettings):
 
 #: What WEBHOOK_SECRET may hold: RFC 3986's unreserved characters.
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+#: One DNS label, as amoCRM spells subdomains.
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+#: The password of a URL's `user:password@`, to be hidden in messages.
+_URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^@]*@")
 #: Shorter secrets are accepted with a warning at start: they can be guessed.
 SECRET_MIN_LENGTH = 16
 _SECRETS = {
@@ -148,16 +204,21 @@ _EXPECTED = {
     "webhook_secret": "letters, digits and . _ ~ - only (the webhook URL's last path segment)",
     "amocrm_domain": "one of " + ", ".join(AMOCRM_DOMAINS),
     "log_format": "one of text, json",
-    "amocrm_max_rps": "a number > 0",
+    "amocrm_max_rps": "a number of requests per second above 0, at most 1000",
     "amocrm_rate_margin_ms": "a whole number of milliseconds from 0 to 1000",
     "amocrm_account_id": "a positive integer",
     "max_body_bytes": "a positive integer (bytes)",
     "amocrm_retry_uncertain": "a boolean (1/0, true/false)",
     "dry_run": "a boolean (1/0, true/false)",
-    "amocrm_pause_on_403": "a number of seconds >= 0",
+    "amocrm_pause_on_403": f"a number of seconds from 0 to {MAX_PAUSE}",
     "amocrm_max_attempts": "an integer from 1 to 100",
-    "dispatcher_dead_after": "a number of seconds > 0",
+    "dispatcher_dead_after": f"a number of seconds above 0, at most {MAX_DEAD_AFTER}",
     "retention_days": "a whole number of days > 0 (or unset to keep everything)",
+}
+#: What a variable accepts, said for a value above its upper bound, where the entry in
+#: `_EXPECTED` names only the lower one.
+_EXPECTED_AT_MOST = {
+    "retention_days": f"at most {MAX_RETENTION_DAYS} days (or unset to keep everything)",
 }
 
 
@@ -175,14 +236,42 @@ def load_settings(
         known = {name: values[name] for name in Settings.model_fields if name in values}
         return Settings(_env_file=None, **known)  # type: ignore[call-arg, arg-type]
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, environ if environ is not None else os.environ)) from exc
+        raise ConfigError(_describe(exc)) from exc
 
 
-def _describe(exc: ValidationError, environ: Mapping[str, str]) -> str:
+def _describe(exc: ValidationError) -> str:
     lines = ["invalid settings:"]
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else "settings"
-        expected = _EXPECTED.get(name, error["msg"])
-        got = "(hidden)" if name in _SECRETS else repr(error.get("input"))
-        lines.append(f"  {name.upper()}: expected {expected}, got {got}")
+        expected, hint = _reason(name, error)
+        line = f"  {name.upper()}: {expected}, got {_shown(name, error)}"
+        lines.append(f"{line}: {hint}" if hint else line)
     return "\n".join(lines)
+
+
+def _reason(name: str, error: Any) -> tuple[str, str]:
+    """Our validators' own words (pydantic would prefix them with "Value error, "),
+    else what the table says the variable accepts; pydantic's message only for a field
+    without an entry."""
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, Invalid):
+        return cause.expected, cause.hint
+    if cause is not None:
+        return str(cause), ""
+    if error["type"] == "less_than_equal" and name in _EXPECTED_AT_MOST:
+        return "expected " + _EXPECTED_AT_MOST[name], ""
+    return "expected " + _EXPECTED.get(name, error["msg"]), ""
+
+
+def _shown(name: str, error: Any) -> str:
+    """The bad value as a message may show it: secrets hidden, a URL's password masked."""
+    if name in _SECRETS:
+        return "(hidden)"
+    value = error.get("input")
+    return repr(_URL_PASSWORD.sub(r"\1***@", value) if isinstance(value, str) else value)
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise Invalid("expected a URL starting with http:// or https://")
+    return value

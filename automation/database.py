@@ -68,7 +68,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
+    _require_psycopg()
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+class MissingDriver(AutomationError):
+    """DATABASE_URL is PostgreSQL, which needs psycopg: pip install 'amocrm-automation[postgres]'"""
+
+
+def _require_psycopg() -> None:
+    """`pip install .` has no PostgreSQL driver (it is the `postgres` extra): say how to
+    get it, instead of SQLAlchemy's ModuleNotFoundError deep in a traceback."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        raise MissingDriver() from exc
 
 
 _Query = TypeVar("_Query", bound=Select[Any])

@@ -10,9 +10,10 @@ prints.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, is_dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -32,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from automation import outbox
 from automation.models import ApiCall, CallLaunch, Delivery, Launch, LaunchStatus, UTCDateTime
-from automation.rules import parse_duration, parse_instant
+from automation.rules import parse_instant
 
 #: Longest reason shown in a table row.
 REASON_WIDTH = 60
@@ -70,21 +71,38 @@ launch_log = Table(
 # ---------------------------------------------------------------------------- times
 
 
+#: `--since 3d`: the rules file's duration syntax (units d, h, m, s in that order),
+#: without its 365d cap: that cap bounds how long a rule may wait, while looking back
+#: further than a year in a log kept for years is ordinary. The calendar is the limit.
+_LOOKBACK = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
 def parse_moment(text: str, now: datetime) -> datetime:
     """`2h`, `3d` (that long before `now`) or an ISO 8601 date or time (naive is UTC).
 
     Raises `ValueError` with the message an option error shows.
     """
-    try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
+    compact = text.replace(" ", "")
+    lookback = _LOOKBACK.fullmatch(compact) if compact else None
+    if lookback is not None:
+        return _before(now, lookback, text)
     try:
         return parse_instant(text)
     except ValueError:
         raise ValueError(
             f"expected a duration such as '2h' or '3d', or an ISO 8601 date or time "
             f"such as '2024-10-01' or '2024-10-01T09:00:00+03:00', got {text!r}"
+        ) from None
+
+
+def _before(now: datetime, lookback: re.Match[str], text: str) -> datetime:
+    """`now` minus the matched duration, or the real reason it has no answer."""
+    try:
+        days, hours, minutes, seconds = (int(part or 0) for part in lookback.groups())
+        return now - timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    except (OverflowError, ValueError):  # ValueError: int() of thousands of digits
+        raise ValueError(
+            f"a duration back from now must end after the year 1, got {text!r}"
         ) from None
 
 

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -38,26 +39,48 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return create_app()
 
 
-def run_server(bind: str, workers: int, *, with_dispatcher: bool) -> None:
-    """Run until gunicorn exits (SIGTERM/SIGINT); stop the dispatcher with it."""
+def run_server(
+    bind: str,
+    workers: int,
+    *,
+    with_dispatcher: bool,
+    on_ready: Callable[[], None] = lambda: None,
+) -> None:
+    """Run until gunicorn exits (SIGTERM/SIGINT); stop the dispatcher with it.
+
+    The dispatcher starts, and `on_ready` runs, only once gunicorn listens: when the
+    address is taken, gunicorn's "Can't connect to …" is the last word, not a second
+    dispatcher's complaint about the first one.
+    """
     server_pid, metrics_dir = os.getpid(), share_metrics_dir()
-    child = None
-    if with_dispatcher:
-        child = subprocess.Popen([sys.executable, "-m", "automation", "dispatch"])
+    children: list[subprocess.Popen[bytes]] = []
+
+    def when_ready(_arbiter: Any) -> None:
+        if with_dispatcher:
+            children.append(subprocess.Popen([sys.executable, "-m", "automation", "dispatch"]))
+        on_ready()
+
+    hooks = {"when_ready": when_ready, "child_exit": mark_worker_dead}
     try:
         options = {"bind": bind, "workers": workers, "timeout": 30, "graceful_timeout": 10}
-        _Gunicorn(options | {"child_exit": mark_worker_dead, "logger_class": GunicornLogger}).run()
+        _Gunicorn(options | hooks | {"logger_class": GunicornLogger}).run()
     finally:
-        if child is not None:
-            child.terminate()
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
         # A worker leaves gunicorn's loop by SystemExit through here too: only the
-        # server's own process may remove what the others still write to.
+        # server's own process may stop the dispatcher or remove what the others
+        # still write to.
         if os.getpid() == server_pid:
+            for child in children:
+                stop_child(child)
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def stop_child(child: subprocess.Popen[bytes], grace: float = 15) -> None:
+    """SIGTERM (the dispatcher finishes its call in flight), then SIGKILL after `grace`."""
+    child.terminate()
+    try:
+        child.wait(grace)
+    except subprocess.TimeoutExpired:
+        child.kill()
 
 
 def share_metrics_dir() -> str:

@@ -24,7 +24,14 @@ print(" ".join(sorted(name for name in {heavy!r} if name in sys.modules)))
 
 
 @pytest.mark.parametrize(
-    "arguments", [["--help"], ["launches", "--help"], ["launches", "list", "--help"]]
+    "arguments",
+    [
+        ["--help"],
+        ["launches", "--help"],
+        ["launches", "list", "--help"],
+        ["serve", "--help"],
+        ["db", "upgrade", "--help"],
+    ],
 )
 def test_help_imports_no_database_or_http_code(arguments: list[str]) -> None:
     probe = PROBE.format(heavy=HEAVY)

@@ -53,3 +53,140 @@ def test_a_short_secret_is_accepted_with_a_warning(
     assert all(secret not in message for message in warnings)
     if warned:
         assert warnings[0].startswith(f"WEBHOOK_SECRET has {len(secret)} characters")
+
+
+# ------------------------------------------------------------- every variable's message
+
+#: One bad value for every setting that can have one; the message must name the
+#: variable, say what it accepts, show the value once, and never be pydantic's words.
+BAD_VALUES = {
+    "database_url": "mysql://user:hunter2@db/app",
+    "webhook_secret": "a/b",
+    "amocrm_subdomain": "mybrand.amocrm.ru",
+    "amocrm_base_url": "ftp://x",
+    "amocrm_domain": "amocrm.de",
+    "amocrm_redirect_uri": "example.com/oauth",
+    "amocrm_max_rps": "2000",
+    "amocrm_rate_margin_ms": "-1",
+    "amocrm_account_id": "0",
+    "amocrm_retry_uncertain": "maybe",
+    "amocrm_pause_on_403": "inf",
+    "amocrm_max_attempts": "0",
+    "dispatcher_dead_after": "nan",
+    "dry_run": "perhaps",
+    "max_body_bytes": "-5",
+    "log_format": "xml",
+    "retention_days": "1.5",
+}
+#: Free text (any value is a value) or secrets whose only check is "set or not".
+UNCHECKED = {
+    "rules_file",
+    "amocrm_access_token",
+    "amocrm_client_id",
+    "amocrm_client_secret",
+    "amocrm_refresh_token",
+    "admin_token",
+}
+
+
+def test_every_setting_is_covered_by_the_bad_value_test() -> None:
+    assert set(Settings.model_fields) == (set(BAD_VALUES) | UNCHECKED)
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES.items())
+def test_a_bad_value_gets_one_clean_line_naming_its_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({name.upper(): value})
+
+    head, line = str(raised.value).splitlines()
+    assert head == "invalid settings:"
+    assert line.startswith(f"  {name.upper()}: expected ")
+    assert "Value error" not in line
+    assert line.count(", got ") == 1
+    assert "hunter2" not in line
+
+
+def test_max_rps_states_the_real_range() -> None:
+    with pytest.raises(ConfigError, match="above 0, at most 1000, got '2000'"):
+        load_settings({"AMOCRM_MAX_RPS": "2000"})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0", "expected a whole number of days > 0 (or unset to keep everything), got '0'"),
+        ("99999999", "expected at most 36500 days (or unset to keep everything), got '99999999'"),
+    ],
+)
+def test_retention_days_says_which_bound_the_value_breaks(value: str, expected: str) -> None:
+    """A retention past the calendar would crash the dispatcher's daily prune."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"RETENTION_DAYS": value})
+
+    assert str(raised.value).splitlines()[1] == f"  RETENTION_DAYS: {expected}"
+
+
+def test_a_base_url_that_is_not_http_reads_once() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"AMOCRM_BASE_URL": "ftp://x"})
+
+    assert str(raised.value).splitlines()[1] == (
+        "  AMOCRM_BASE_URL: expected a URL starting with http:// or https://, got 'ftp://x'"
+    )
+
+
+# --------------------------------------------------------------------- DATABASE_URL
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://u:hunter2@x/y", "postgresql+psycopg2://u:hunter2@h/db", "nonsense"]
+)
+def test_only_sqlite_and_postgresql_are_accepted_password_hidden(url: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"DATABASE_URL": url})
+
+    message = str(raised.value)
+    assert "DATABASE_URL: expected a SQLite or PostgreSQL URL" in message
+    assert "(supported: sqlite, postgresql)" in message
+    assert "hunter2" not in message
+
+
+def test_an_unreadable_database_url_is_a_setting_error_not_a_traceback() -> None:
+    with pytest.raises(ConfigError, match=r"got 'postgresql://u:\*\*\*@h:port/db'"):
+        load_settings({"DATABASE_URL": "postgresql://u:hunter2@h:port/db"})
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///automation.db", "sqlite://", "postgresql://u:p@h/db", "postgres://h/db"]
+)
+def test_sqlite_and_postgresql_urls_are_accepted(url: str) -> None:
+    assert load_settings({"DATABASE_URL": url}).database_url == url
+
+
+# ------------------------------------------------------------------ AMOCRM_SUBDOMAIN
+
+
+@pytest.mark.parametrize(
+    "given", ["mybrand.amocrm.ru", "https://mybrand.kommo.com/", "MyBrand.amocrm.ru"]
+)
+def test_a_subdomain_with_a_domain_or_scheme_suggests_its_first_label(given: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"AMOCRM_SUBDOMAIN": given})
+
+    assert str(raised.value).splitlines()[1] == (
+        "  AMOCRM_SUBDOMAIN: expected the account's subdomain alone (lowercase letters, "
+        f"digits and -), got {given!r}: use AMOCRM_SUBDOMAIN=mybrand; for another domain "
+        "set AMOCRM_BASE_URL"
+    )
+
+
+@pytest.mark.parametrize("given", ["my_brand", "-x", "a b"])
+def test_a_subdomain_with_other_characters_is_refused(given: str) -> None:
+    with pytest.raises(ConfigError, match="AMOCRM_SUBDOMAIN: expected the account's subdomain"):
+        load_settings({"AMOCRM_SUBDOMAIN": given})
+
+
+def test_a_bare_subdomain_makes_the_api_url() -> None:
+    settings = load_settings({"AMOCRM_SUBDOMAIN": "my-brand2"})
+
+    assert settings.amocrm_url == "https://my-brand2.amocrm.ru"

@@ -249,6 +249,10 @@ def test_retry_of_more_than_ten_asks_first_and_no_changes_nothing(
     result = run(env, "retry", "--failed", input="n\n")
 
     assert result.exit_code == 1
+    assert result.output.splitlines()[:2] == [
+        "would retry 11 launches:",
+        "  launch #1: failed → pending  (qualified: bot 101 on lead 1)",
+    ]
     assert result.output.splitlines()[-2:] == ["retry 11 launches? [y/N]: n", "Aborted!"]
     assert set(statuses(sessions)) == {LaunchStatus.FAILED}
 
@@ -324,6 +328,42 @@ def test_cancel_pending_of_one_rule(sessions: sessionmaker[Session], env: dict[s
     assert statuses(sessions) == [LaunchStatus.PENDING, LaunchStatus.CANCELLED]
 
 
+def test_cancel_of_more_than_ten_previews_as_a_preview_and_no_changes_nothing(
+    sessions: sessionmaker[Session], env: dict[str, str]
+) -> None:
+    leads(sessions, 12)
+
+    result = run(env, "cancel", "--pending", input="n\n")
+
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "would cancel 12 launches:",
+        *(
+            f"  launch #{n}: pending → cancelled  (qualified: bot 101 on lead {n})"
+            for n in range(1, 13)
+        ),
+        "cancel 12 launches? [y/N]: n",
+        "Aborted!",
+    ]
+    assert set(statuses(sessions)) == {LaunchStatus.PENDING}
+
+
+def test_cancel_of_more_than_ten_says_what_it_did_after_yes(
+    sessions: sessionmaker[Session], env: dict[str, str]
+) -> None:
+    leads(sessions, 12)
+
+    result = run(env, "cancel", "--pending", input="y\n")
+
+    assert result.exit_code == 0
+    assert result.output.splitlines()[0] == "would cancel 12 launches:"
+    assert result.output.splitlines()[-2:] == [
+        "cancel 12 launches? [y/N]: y",
+        "cancelled 12 launch(es)",
+    ]
+    assert set(statuses(sessions)) == {LaunchStatus.CANCELLED}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -383,3 +423,59 @@ def test_a_moment_outside_the_calendar_is_an_option_error_not_a_traceback() -> N
 
     with pytest.raises(ValueError, match=r"got '0001-01-01T00:00:00\+05:00'"):
         parse_moment("0001-01-01T00:00:00+05:00", datetime.now(UTC))
+
+
+# ------------------------------------------------------------ out-of-range arguments
+
+TOO_BIG = "99999999999999999999"
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (("list", "--bot", TOO_BIG), "'--bot'"),
+        (("list", "--entity-id", TOO_BIG), "'--entity-id'"),
+        (("show", TOO_BIG), "'ID'"),
+        (("retry", TOO_BIG), "'[ID]...'"),
+        (("cancel", TOO_BIG), "'[ID]...'"),
+    ],
+)
+def test_an_id_beyond_64_bits_is_an_option_error_not_an_overflow(
+    env: dict[str, str], args: tuple[str, ...], where: str
+) -> None:
+    result = run(env, *args)
+
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        f"Error: Invalid value for {where}: {TOO_BIG} is not in the range "
+        "1<=x<=9223372036854775807."
+    )
+
+
+def test_a_limit_beyond_the_maximum_is_an_option_error(env: dict[str, str]) -> None:
+    result = run(env, "list", "--limit", "99999999999999999999999")
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--limit'" in result.output
+    assert "1<=x<=10000" in result.output
+
+
+def test_since_longer_than_a_year_is_fine(
+    sessions: sessionmaker[Session], env: dict[str, str]
+) -> None:
+    store(sessions, fixture_body("status_lead"), at=datetime.now(UTC) - timedelta(days=300))
+
+    result = run(env, "list", "--since", "400d", "--json")
+
+    assert result.exit_code == 0
+    assert len(json.loads(result.output)) == 1
+
+
+def test_since_beyond_the_calendar_says_so(env: dict[str, str]) -> None:
+    result = run(env, "list", "--since", "99999999999999d")
+
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        "Error: Invalid value for '--since': a duration back from now must end after "
+        "the year 1, got '99999999999999d'"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -99,3 +100,71 @@ def test_every_webhook_fixture_posted_over_http_is_stored(server: str, database_
     ]
     assert answers["status_lead"]["launches"] == 1
     assert answers["add_contact"]["launches"] == 0
+
+
+# ------------------------------------------------------- starting and stopping cleanly
+
+
+def serve_env(tmp_path: Path, rules_file: Path) -> dict[str, str]:
+    return server_env(f"sqlite:///{tmp_path / 'automation.db'}", rules_file)
+
+
+def test_serve_on_a_busy_port_ends_with_the_real_cause(tmp_path: Path, rules_file: Path) -> None:
+    """No "serving on" before gunicorn listens, and no dispatcher (which, next to the
+    server already there, would end with "another dispatcher runs…")."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [str(BIN / "automation"), "serve", "--bind", f"127.0.0.1:{port}"],
+            cwd=tmp_path,
+            env=serve_env(tmp_path, rules_file),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert done.returncode != 0
+    assert "serving on" not in done.stdout
+    assert "dispatcher" not in done.stdout + done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(f"Can't connect to ('127.0.0.1', {port})")
+
+
+def test_a_dispatcher_stopped_while_waiting_for_another_exits_quietly(
+    tmp_path: Path, rules_file: Path
+) -> None:
+    """SQLite allows one dispatcher; a second one says so and waits. SIGTERM while it
+    waits is an ordinary stop (exit 0), not an error."""
+    env = serve_env(tmp_path, rules_file)
+    command = [str(BIN / "automation"), "dispatch"]
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    second = None
+    try:
+        assert first.stderr is not None
+        while "dispatcher started" not in first.stderr.readline():
+            assert first.poll() is None, "the first dispatcher exited"
+        second = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert second.stderr is not None
+        while "Waiting for it to stop" not in second.stderr.readline():
+            assert second.poll() is None, "the second dispatcher exited"
+        second.send_signal(signal.SIGTERM)
+        out, err = second.communicate(timeout=30)
+    finally:
+        for process in (first, second):
+            if process is not None:
+                if process.poll() is None:
+                    process.terminate()
+                process.communicate(timeout=15)  # also closes the pipes
+
+    assert second.returncode == 0, err
+    assert out == "stopped while waiting for the other dispatcher on this SQLite database\n"
+    assert "Error" not in err

@@ -7,6 +7,8 @@ Heavy modules (SQLAlchemy, the app) are imported inside the functions, so that
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import click
@@ -33,16 +35,18 @@ def command_settings() -> Settings:
 
 
 def command_runtime() -> Runtime:
-    """The server's runtime (database checked, rules loaded), or a clean CLI error."""
+    """The server's runtime (database checked, rules loaded), or a clean CLI error.
+
+    A database that does not answer is an operator's error like a bad setting: one
+    line naming the database (password hidden), not SQLAlchemy's traceback.
+    """
     from automation.logs import configure_logging
     from automation.runtime import Runtime
 
     settings = command_settings()
     configure_logging(settings.log_format)
-    try:
+    with database_errors(settings.database_url):
         state = Runtime.build(settings)
-    except AutomationError as exc:
-        raise click.ClickException(str(exc)) from exc
     # Close the pool when the command ends, not whenever the garbage collector runs.
     click.get_current_context().call_on_close(state.engine.dispose)
     return state
@@ -55,24 +59,44 @@ def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+@contextmanager
+def database_errors(url: str) -> Iterator[None]:
+    """Turn what connecting, migrating or querying `url` raises into one CLI error line:
+    `database postgresql://u:***@host/db: connection refused`. Settings and rules
+    errors keep their own words."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from automation.database import SchemaOutdated
+
+    try:
+        yield
+    except (SQLAlchemyError, SchemaOutdated) as exc:
+        raise click.ClickException(f"database {safe_url(url)}: {first_line(exc)}") from exc
+    except AutomationError as exc:  # a missing driver, a broken rules file
+        raise click.ClickException(str(exc)) from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """The driver's own message, first line: SQLAlchemy's wrapper adds the exception
+    class, a hint and a link on further lines."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
+
+
 def command_sessions() -> sessionmaker[Session]:
     """Sessions on DATABASE_URL, its schema checked as the server checks it.
 
     The engine is closed when the command ends (click closes its context), so no
     connection outlives the command, in a process or under CliRunner.
     """
-    from sqlalchemy.exc import SQLAlchemyError
-
     from automation.database import ensure_schema, make_engine, make_session_factory
 
     settings = command_settings()
-    engine = make_engine(settings.database_url)
-    click.get_current_context().call_on_close(engine.dispose)
-    try:
+    with database_errors(settings.database_url):
+        engine = make_engine(settings.database_url)
+        click.get_current_context().call_on_close(engine.dispose)
         ensure_schema(engine)
-    except (AutomationError, SQLAlchemyError) as exc:
-        url = safe_url(settings.database_url)
-        raise click.ClickException(f"database {url}: {exc}") from exc
     return make_session_factory(engine)
 
 

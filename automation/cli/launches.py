@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
 
-    from automation.launchlog import Plan, Transition
+    from automation.launchlog import LogRow, Plan, Transition
     from automation.models import LaunchStatus
 
 #: The `LaunchStatus` values, spelled out so that `--help` imports no database code.
@@ -31,6 +31,12 @@ LAUNCH_STATUSES = (
 )
 #: Above this many launches, `retry` and `cancel` ask before changing anything.
 CONFIRM_ABOVE = 10
+#: Ids are 64-bit (SQLite cannot even bind a larger number): a larger one is an option
+#: error that click names, not an OverflowError from the driver.
+MAX_ID = 2**63 - 1
+ID = click.IntRange(min=1, max=MAX_ID)
+#: Most rows `list` prints; more is a job for SQL on the `launch_log` view.
+MAX_LIMIT = 10_000
 
 
 @click.group("launches")
@@ -47,8 +53,8 @@ def launches_group() -> None:
     help="Only launches in this status (repeat for several).",
 )
 @click.option("--rule", help="Only launches of this rule.")
-@click.option("--bot", "bot_id", type=int, help="Only launches of this Salesbot id.")
-@click.option("--entity-id", type=int, help="Only launches on this lead/contact/… id.")
+@click.option("--bot", "bot_id", type=ID, help="Only launches of this Salesbot id.")
+@click.option("--entity-id", type=ID, help="Only launches on this lead/contact/… id.")
 @click.option(
     "--since",
     metavar="TIME",
@@ -61,7 +67,7 @@ def launches_group() -> None:
     callback=parse_time_option,
     help="Created before: 2h, 3d or an ISO 8601 time.",
 )
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1, max=MAX_LIMIT))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array, for scripts.")
 def launches_list(
     statuses: tuple[str, ...],
@@ -98,7 +104,7 @@ def launches_list(
 
 
 @launches_group.command("show")
-@click.argument("launch_id", metavar="ID", type=int)
+@click.argument("launch_id", metavar="ID", type=ID)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for scripts.")
 def launches_show(launch_id: int, as_json: bool) -> None:
     """The whole story of launch ID: its webhook, rule, every API call, and why it
@@ -115,7 +121,7 @@ def launches_show(launch_id: int, as_json: bool) -> None:
 
 
 @launches_group.command("retry")
-@click.argument("ids", metavar="[ID]...", nargs=-1, type=int)
+@click.argument("ids", metavar="[ID]...", nargs=-1, type=ID)
 @click.option("--failed", is_flag=True, help="Every failed launch.")
 @click.option(
     "--uncertain", is_flag=True, help="Every uncertain launch (may message customers twice)."
@@ -148,7 +154,7 @@ def launches_retry(
 
 
 @launches_group.command("cancel")
-@click.argument("ids", metavar="[ID]...", nargs=-1, type=int)
+@click.argument("ids", metavar="[ID]...", nargs=-1, type=ID)
 @click.option("--pending", is_flag=True, help="Every pending launch.")
 @click.option("--rule", help="With --pending: only launches of this rule.")
 @click.option("--yes", is_flag=True, help=f"Do not ask, even above {CONFIRM_ABOVE} launches.")
@@ -187,11 +193,17 @@ def _change(
             plan = launchlog.plan_by_status(
                 session, transition, statuses, rule=rule, settled_since=settled_since
             )
-    _echo_plan(plan)
-    if len(plan.targets) > CONFIRM_ABOVE and not yes:
+    ask = len(plan.targets) > CONFIRM_ABOVE and not yes
+    _echo_plan(plan, preview=ask)
+    if ask:
         click.confirm(f"{transition.verb} {len(plan.targets)} launches?", abort=True)
     with sessions.begin() as session:
         changed, missed = launchlog.apply_plan(session, plan, datetime.now(UTC))
+    if not ask:  # a preview listed them already; otherwise list what did change
+        done = set(changed)
+        for row in plan.targets:
+            if row.id in done:
+                click.echo(_describe_change(plan, row))
     for message in missed:
         click.echo(message, err=True)
     click.echo(f"{transition.done} {len(changed)} launch(es)")
@@ -199,17 +211,25 @@ def _change(
         raise click.exceptions.Exit(1)
 
 
-def _echo_plan(plan: Plan) -> None:
+def _echo_plan(plan: Plan, *, preview: bool) -> None:
+    """Refusals, then (when the operator is to be asked) what would change, headed so
+    that it cannot be read as done, then the warning about uncertain launches."""
     for message in plan.refused:
         click.echo(message, err=True)
-    for row in plan.targets:
-        click.echo(
-            f"launch #{row.id}: {row.status.value} → {plan.transition.to.value}  "
-            f"({row.rule}: bot {row.bot_id} on {row.entity})"
-        )
+    if preview:
+        click.echo(f"would {plan.transition.verb} {len(plan.targets)} launches:")
+        for row in plan.targets:
+            click.echo(f"  {_describe_change(plan, row)}")
     if plan.uncertain:
         click.echo(
             f"warning: {plan.uncertain} of these launches are uncertain: amoCRM may have "
             "started them already, and sending them again may message those customers twice",
             err=True,
         )
+
+
+def _describe_change(plan: Plan, row: LogRow) -> str:
+    return (
+        f"launch #{row.id}: {row.status.value} → {plan.transition.to.value}  "
+        f"({row.rule}: bot {row.bot_id} on {row.entity})"
+    )
