@@ -22,6 +22,7 @@ from sqlalchemy import Connection, insert, select, text, update
 from automation.database import dialect_insert
 from automation.events import Payload
 from automation.fastinsert import CompiledInsert
+from automation.hours import format_duration
 from automation.models import Delivery, DeliveryStatus, Launch, LaunchStatus
 
 if TYPE_CHECKING:
@@ -192,7 +193,8 @@ def _cooldown_reason(connection: Connection, launch: PlannedLaunch, now: datetim
         return None
     return (
         f"cooldown: launch #{earlier.id} of bot {launch.bot_id} on this entity at "
-        f"{earlier.created_at:%Y-%m-%d %H:%M:%S}Z is inside the {launch.cooldown} window"
+        f"{earlier.created_at:%Y-%m-%d %H:%M:%S}Z is inside the "
+        f"{format_duration(launch.cooldown)} cooldown"
     )
 
 

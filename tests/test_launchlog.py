@@ -380,7 +380,7 @@ def test_story_of_a_cooldown_skip_names_the_earlier_launch(
     assert story.attempts == ()
     assert story.verdict == (
         "skipped, never sent: cooldown: launch #1 of bot 303 on this entity at "
-        "2026-11-25 12:00:00Z is inside the 1:00:00 window"
+        "2026-11-25 12:00:00Z is inside the 1h cooldown"
     )
 
 
