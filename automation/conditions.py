@@ -95,16 +95,24 @@ def _any_of(tests: Sequence[EventTest]) -> EventTest:
 def _same(expected: Any, actual: Any) -> bool:
     """Equality as a sales-ops person means it: `15000` equals `"15000"`.
 
-    A list (a multi-value custom field) equals a value it contains.
+    A list (a multi-value custom field) equals a value it contains; only one level
+    deep, so a payload nested without end cannot exhaust the stack.
     """
     if isinstance(actual, list):
-        return any(_same(expected, item) for item in actual)
+        return any(_same_value(expected, item) for item in actual)
+    return _same_value(expected, actual)
+
+
+def _same_value(expected: Any, actual: Any) -> bool:
     if isinstance(expected, bool) or isinstance(actual, bool):
         return expected is actual
     if isinstance(expected, int | float) and isinstance(actual, str):
         return _number(actual) == expected
     if isinstance(expected, str) and isinstance(actual, int | float):
-        return expected == str(actual)
+        try:
+            return expected == str(actual)
+        except ValueError:  # an integer too long to print (Python's 4300-digit limit)
+            return False
     return bool(expected == actual)
 
 
@@ -197,7 +205,7 @@ def _path_getter(path: tuple[str, ...]) -> Callable[[Event], Any]:
         for step in steps:
             if isinstance(value, Mapping):
                 value = value.get(step, MISSING)
-            elif isinstance(value, list) and step.isdigit() and int(step) < len(value):
+            elif isinstance(value, list) and _is_index(step) and int(step) < len(value):
                 value = value[int(step)]
             else:
                 return MISSING
@@ -206,17 +214,31 @@ def _path_getter(path: tuple[str, ...]) -> Callable[[Event], Any]:
     return get
 
 
+def _is_index(step: str) -> bool:
+    """A list index in a path: ASCII digits only (`"¹".isdigit()`, but `int("¹")` fails)."""
+    return step.isascii() and step.isdigit() and len(step) <= 18
+
+
 def _custom_field_getter(key: int | str) -> Callable[[Event], Any]:
-    """Values of one custom field (legacy shape), found by id, name or code."""
+    """Values of one custom field (legacy shape), found by id, name or code.
+
+    A payload of another shape (`custom_fields: 5`, `values: 7`) has no such field
+    rather than an error: a webhook must never fail because of what amoCRM sent.
+    """
 
     def get(event: Event) -> Any:
-        for item in event.data.get("custom_fields") or ():
+        for item in _items(event.data.get("custom_fields")):
             if isinstance(item, Mapping) and _is_field(item, key):
-                values = item.get("values") or []
+                values = _items(item.get("values"))
                 return [v.get("value") if isinstance(v, Mapping) else v for v in values]
         return MISSING
 
     return get
+
+
+def _items(value: Any) -> list[Any]:
+    """The items of a list; anything else has none."""
+    return value if isinstance(value, list) else []
 
 
 def _is_field(item: Mapping[str, Any], key: int | str) -> bool:
@@ -408,7 +430,7 @@ class _WhenCompiler:
         elif isinstance(value, dict | list):
             self.fail(loc, f"must be a single value, got {show(value)}")
         elif integer and not is_int(value):
-            self.fail(loc, f"expected an integer, got {value!r}")
+            self.fail(loc, f"expected an integer, got {show(value)}")
         else:
             return int(value) if integer else value
         return MISSING

@@ -20,9 +20,9 @@ from pydantic import PlainValidator, model_validator
 
 from automation.errors import PayloadError, RulesError
 from automation.events import Event, Payload, decode_body
-from automation.hours import as_utc, format_duration, format_instant
+from automation.hours import as_utc, format_duration, format_instant, parse_instant
 from automation.rulefile import BotId, Entity, Instant, Spec, Text, validate
-from automation.ruleset import Launch, RuleSet
+from automation.ruleset import Launch, RuleSet, check_moment
 from automation.yamlfile import Converter, Loc, Problem, compose, read_text, render, show
 
 
@@ -47,6 +47,11 @@ def describe_launch(launch: Launch) -> str:
     )
 
 
+def _moment(value: Any) -> datetime:
+    """A case's `at:`: a time rules can be matched at (see `ruleset.check_moment`)."""
+    return check_moment(parse_instant(value))
+
+
 class ExpectSpec(Spec):
     """One expected launch of a test case."""
 
@@ -63,7 +68,7 @@ class CaseSpec(Spec):
     name: Text
     payload: Text | None = None
     body: Text | None = None
-    at: Instant | None = None
+    at: Annotated[datetime, PlainValidator(_moment)] | None = None
     expect: list[ExpectSpec]
 
     @model_validator(mode="after")

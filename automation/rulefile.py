@@ -49,6 +49,10 @@ _SETTING_NAMES: Mapping[str, str] = {
     for action in actions
 }
 _OUTSIDE_HOURS = ("schedule", "skip")
+#: The largest id a launch can store: bot and entity ids are BIGINT columns.
+MAX_ID = 2**63 - 1
+#: The longest rule name a launch can store (`launches.rule` is VARCHAR(200)).
+MAX_NAME_LENGTH = 200
 
 
 def expand_pattern(pattern: str) -> tuple[str, ...]:
@@ -75,8 +79,11 @@ def _quoted(choices: Sequence[str]) -> str:
 
 
 def _positive_int(value: Any) -> int:
+    """An id: a larger one than the database stores would fail every launch of the rule."""
     if not is_int(value) or int(value) <= 0:
         raise ValueError(f"must be a positive integer, got {show(value)}")
+    if int(value) > MAX_ID:
+        raise ValueError(f"must be at most {MAX_ID} (a 64-bit integer), got {show(value)}")
     return int(value)
 
 
@@ -93,10 +100,15 @@ def _text(value: Any) -> str:
 
 
 def _rule_name(value: Any) -> str:
-    """Names end up in the launch log and in dedupe keys, which `|` separates."""
+    """Names end up in the launch log (at most `MAX_NAME_LENGTH` characters there) and
+    in dedupe keys, which `|` separates."""
     name = _text(value)
     if "|" in name:
-        raise ValueError(f"must not contain '|', got {name!r}")
+        raise ValueError(f"must not contain '|', got {show(name)}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"must be at most {MAX_NAME_LENGTH} characters, got {len(name)}: {show(name)}"
+        )
     return name
 
 
@@ -284,7 +296,7 @@ def _problem(error: ErrorDetails, model: type[BaseModel], prefix: Loc) -> Proble
     loc, kind = tuple(error["loc"]), error["type"]
     if kind == "missing":
         return Problem((*prefix, *loc[:-1]), f"missing required key {loc[-1]!r}")
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "invalid_key"):  # invalid_key: a number as a key
         owner = _model_at(model, loc[:-1])
         return Problem(
             (*prefix, *loc[:-1]),

@@ -64,7 +64,7 @@ from automation.rulefile import (
     expand_pattern,
     validate,
 )
-from automation.ruleset import Decision, Launch, Rule, RuleSet
+from automation.ruleset import Decision, Launch, Rule, RuleSet, check_moment
 from automation.yamlfile import (
     Converter,
     Loc,
@@ -95,6 +95,7 @@ __all__ = [
     "Window",
     "WindowSpec",
     "as_utc",
+    "check_moment",
     "decode_payload",
     "describe_event",
     "describe_launch",
@@ -358,6 +359,11 @@ class RulesLoader:
             rules = load_rules(text, str(self.path))
         except RulesError as exc:
             self._fail(exc, stamp, digest)
+            return
+        except Exception as exc:  # a bug in reading must not take the webhooks down
+            logger.exception("rules file %s could not be read", self.path)
+            message = f"{self.path}: could not be read ({type(exc).__name__}: {exc})"
+            self._fail(RulesError([message], str(self.path)), stamp, digest)
             return
         self._state = _LoaderState(rules, None, datetime.now(UTC), stamp, digest)
         logger.info("rules loaded file=%s rules=%d hash=%s", self.path, len(rules), digest[:12])

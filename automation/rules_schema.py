@@ -24,6 +24,8 @@ from automation.conditions import OPERATORS
 from automation.events import ACTION_VERBS, ENTITY_TYPE_CODES, FAMILY_ACTIONS
 from automation.hours import FULL_DAYS
 from automation.rulefile import (
+    MAX_ID,
+    MAX_NAME_LENGTH,
     RULE_EVENT_TYPES,
     DefaultsSpec,
     FileSpec,
@@ -139,8 +141,10 @@ def _timing_keys() -> dict[str, Schema]:
 def _rule_keys() -> dict[str, Schema]:
     return {
         "name": {
-            "description": "Unique name of the rule, shown in the launch log; no `|`.",
+            "description": "Unique name of the rule, shown in the launch log; no `|`, "
+            f"at most {MAX_NAME_LENGTH} characters.",
             "type": "string",
+            "maxLength": MAX_NAME_LENGTH,
             "pattern": r"^[^|]*[^|\s][^|]*$",
         },
         "on": {
@@ -172,10 +176,10 @@ def _rule_keys() -> dict[str, Schema]:
 def _launch_keys() -> dict[str, Schema]:
     return {
         "bot_id": {
-            "description": "The Salesbot's id (a positive integer).",
+            "description": f"The Salesbot's id (a positive integer, at most {MAX_ID}).",
             "anyOf": [
-                {"type": "integer", "minimum": 1},
-                {"type": "string", "pattern": "^0*[1-9][0-9]*$"},
+                {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                {"type": "string", "pattern": "^0*[1-9][0-9]{0,18}$"},
             ],
         },
         "entity": {

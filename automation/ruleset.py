@@ -10,13 +10,35 @@ Pure: no Flask, SQLAlchemy or requests here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from automation.conditions import Condition
 from automation.events import ENTITY_TYPE_CODES, EVENT_TYPES, Event
 from automation.hours import ActiveHours, as_utc, format_duration, format_instant
+
+logger = logging.getLogger(__name__)
+
+#: The moments rules can be matched at. A rule adds its delay (up to a year) and the
+#: search for active hours (a week either side) to the moment, and Python's calendar
+#: runs from year 1 to 9999: past these bounds that arithmetic overflows.
+EARLIEST_MOMENT = datetime(2, 1, 1, tzinfo=UTC)
+LATEST_MOMENT = datetime(9998, 1, 1, tzinfo=UTC)
+
+
+def check_moment(moment: datetime) -> datetime:
+    """`moment` as aware UTC, if rules can be matched at it; else a `ValueError` that
+    says the bounds (for `rules test --at` and a cases file's `at:`)."""
+    utc = as_utc(moment)
+    if EARLIEST_MOMENT <= utc < LATEST_MOMENT:
+        return utc
+    raise ValueError(
+        f"must be between {EARLIEST_MOMENT.date().isoformat()} and "
+        f"{LATEST_MOMENT.date().isoformat()} (a rule's delay and active hours are added "
+        f"to it), got {format_instant(utc)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -94,7 +116,11 @@ class Rule:
         if _is_echo(event) and not self.condition.names_type:
             kind = event.data.get("type")
             return f"message type is {kind!r}; without a 'type' condition only incoming match"
-        return self.condition.test(event)
+        try:
+            return self.condition.test(event)
+        except Exception:  # a payload shape no test foresaw: no match, never a 500
+            logger.exception("rule %r could not judge a %s event", self.name, event.type)
+            return "the event's data has a shape this rule's conditions cannot read"
 
     def _launch(self, event: Event, now: datetime) -> Decision:
         entity_id = event.entities.get(self.entity)
@@ -102,8 +128,12 @@ class Rule:
             carried = ", ".join(event.entities) or "none"
             reason = f"matched, but the event carries no {self.entity} id (it has: {carried})"
             return Decision(self.name, True, reason, None)
-        due = now + self.delay
-        not_before = self.active_hours.next_open(due) if self.active_hours else due
+        try:
+            due = now + self.delay
+            not_before = self.active_hours.next_open(due) if self.active_hours else due
+        except OverflowError:  # `check_moment` keeps callers away; never a traceback
+            reason = "matched, but its start time falls outside the calendar (years 1-9999)"
+            return Decision(self.name, True, reason, None)
         if not_before != due and self.outside_hours == "skip":
             reason = (
                 f"matched, but {format_instant(due)} is outside active hours (outside_hours: skip)"

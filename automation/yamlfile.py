@@ -44,11 +44,15 @@ def did_you_mean(word: object, choices: Sequence[str]) -> str:
 
 
 def is_int(value: Any) -> bool:
-    """An integer as a file may give it: `142` or `"142"`, never `true`."""
+    """An integer as a file may give it: `142` or `"142"`, never `true`.
+
+    Text of more than a thousand digits is not: `int()` refuses very long text
+    (Python's 4300-digit limit), and no id is anywhere near that long.
+    """
     if isinstance(value, bool):
         return False
     return isinstance(value, int) or (
-        isinstance(value, str) and value.isascii() and value.isdigit()
+        isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 1000
     )
 
 
@@ -65,12 +69,39 @@ def read_text(path: Path) -> str:
 # ------------------------------------------------------------------------------ YAML
 
 
+#: How deep a file may nest. PyYAML composes nodes recursively, and so do the steps
+#: after it; a few hundred levels (`[[[[…`) would exhaust the stack, so the depth is
+#: capped far above anything a rules or cases file needs (about 10 levels).
+MAX_DEPTH: Final = 64
+#: How many values a file may expand to, aliases counted each time they are used:
+#: nested aliases (`b: [*a, *a, …]`, `c: [*b, *b, …]`) grow exponentially.
+MAX_VALUES: Final = 100_000
+
+
 class YamlLoader(yaml.SafeLoader):
     """YAML 1.2 scalars: `on`, `yes`, `no` stay text and `18:00` stays a time of day.
 
     PyYAML follows YAML 1.1, where the key `on:` is the boolean true and an unquoted
     `18:00` is the base-60 integer 1080; either would silently break a rules file.
+    Nesting deeper than `MAX_DEPTH` is a `ComposerError` with the line it starts on.
     """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        """Compose one node, refusing to go deeper than `MAX_DEPTH` (see there)."""
+        if self._depth >= MAX_DEPTH:
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            mark: yaml.error.Mark | None = event.start_mark
+            problem = f"the file nests more than {MAX_DEPTH} levels deep"
+            raise yaml.composer.ComposerError(None, None, problem, mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _YAML11_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float", "timestamp")}
@@ -98,16 +129,40 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def compose(text: str, filename: str) -> yaml.Node | None:
-    """Parse `text` into a node tree with marks; syntax errors become `RulesError`."""
-    loader = YamlLoader(text)
+    """Parse `text` into a node tree with marks; every failure becomes a `RulesError`.
+
+    The loader is built inside the `try`: PyYAML checks the characters of the text
+    in its constructor, so a control character (BEL, NUL) fails there.
+    """
+    loader: YamlLoader | None = None
     try:
+        loader = YamlLoader(text)
         return loader.get_single_node()
+    except yaml.reader.ReaderError as exc:
+        raise RulesError([_reader_problem(exc, text, filename)], filename) from exc
     except yaml.MarkedYAMLError as exc:
         raise RulesError([_yaml_problem(exc, filename)], filename) from exc
     except yaml.YAMLError as exc:
         raise RulesError([f"{filename}: invalid YAML: {exc}"], filename) from exc
+    except RecursionError as exc:  # the depth guard should come first; never a traceback
+        mark = loader.get_mark() if loader is not None else None
+        where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
+        raise RulesError([f"{where}: the file nests too deeply"], filename) from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def _reader_problem(exc: yaml.reader.ReaderError, text: str, filename: str) -> str:
+    """`file:line:col` of a character YAML does not allow, which PyYAML gives as an offset."""
+    position = min(max(exc.position, 0), len(text))
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    character = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1])
+    return (
+        f"{filename}:{line}:{column}: invalid YAML: character U+{character:04X} "
+        f"is not allowed ({exc.reason})"
+    )
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError, filename: str) -> str:
@@ -142,11 +197,14 @@ class Converter:
         self.problems = problems
         self.unreadable: list[Loc] = []  # values reported here, not to be judged again
         self._open: set[int] = set()
+        self._count = 0  # values made so far, aliases counted each time (`MAX_VALUES`)
 
     def convert(self, node: yaml.Node, loc: Loc) -> Any:
         """Plain data for `node`; problems are collected, never raised."""
         if id(node) in self._open:
             self.problems.append(Problem(loc, "recursive alias", mark=node.start_mark))
+            return None
+        if self._over_limit(node, loc):
             return None
         self._open.add(id(node))
         try:
@@ -161,6 +219,21 @@ class Converter:
             return value
         finally:
             self._open.discard(id(node))
+
+    def _over_limit(self, node: yaml.Node, loc: Loc) -> bool:
+        """Aliases can nest and repeat what composing saw once: cap depth and size here,
+        so that later steps (validation, messages) never recurse or work without end."""
+        self._count += 1
+        if len(loc) > MAX_DEPTH:
+            message = f"the file nests more than {MAX_DEPTH} levels deep (through aliases)"
+        elif self._count > MAX_VALUES:
+            message = f"the file expands to more than {MAX_VALUES} values (through aliases)"
+        else:
+            return False
+        if not any(problem.message == message for problem in self.problems):
+            self.problems.append(Problem(loc, message, mark=node.start_mark))
+        self.unreadable.append(loc)
+        return True
 
     def without_echoes(self, problems: list[Problem]) -> list[Problem]:
         """Drop validation complaints about values YAML could not read (reported already)."""
@@ -187,17 +260,39 @@ class Converter:
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE_TAG:
                 self._merge(value_node, loc, merged)
-            elif not isinstance(key_node, yaml.ScalarNode):
-                self.problems.append(
-                    Problem(loc, "keys must be plain text", mark=key_node.start_mark)
-                )
-            elif (key := self._scalar(key_node, loc)) in own:
+                continue
+            key = self._key(key_node, loc)
+            if key is MISSING:
+                continue
+            if key in own:
                 self.problems.append(
                     Problem(loc, f"duplicate key {key!r}", mark=key_node.start_mark)
                 )
             else:
                 own[key] = self.convert(value_node, (*loc, key))
         return {**merged, **own}
+
+    def _key(self, node: yaml.Node, loc: Loc) -> Any:
+        """A mapping key: text, or a whole number (custom field ids); else `MISSING`.
+
+        Any other key is reported here, at its own line, once: `null`, `true` or
+        `1.5` never name anything in these files, and Python's `1 == True` would
+        otherwise pass `1` and `true` off as one key. A key whose tag could not be
+        read is reported already and its value is not judged at all.
+        """
+        if not isinstance(node, yaml.ScalarNode):
+            self.problems.append(Problem(loc, "keys must be plain text", mark=node.start_mark))
+            return MISSING
+        known = len(self.problems)
+        key = self._scalar(node, loc)
+        if len(self.problems) > known:
+            return MISSING
+        if isinstance(key, str) or (isinstance(key, int) and not isinstance(key, bool)):
+            return key
+        shown = json.dumps(key)
+        message = f'a key must be text, got {shown}; quote it ("{node.value}") to mean the text'
+        self.problems.append(Problem(loc, message, mark=node.start_mark))
+        return MISSING
 
     def _merge(self, node: yaml.Node, loc: Loc, merged: dict[Any, Any]) -> None:
         sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
@@ -234,7 +329,8 @@ def _child(node: yaml.Node | None, step: Any) -> tuple[yaml.Mark, yaml.Node] | N
             construct = _SCALARS.get(key_node.tag)
             if isinstance(key_node, yaml.ScalarNode) and construct is not None:
                 try:
-                    if construct(key_node.value) == step:
+                    key = construct(key_node.value)
+                    if type(key) is type(step) and key == step:  # `1` is not `true`
                         return key_node.start_mark, value_node
                 except ValueError:
                     continue
@@ -281,14 +377,32 @@ def render(problems: list[Problem], root: yaml.Node, data: Any, filename: str) -
 
 
 def _where(loc: Loc, data: Any) -> str:
-    """`("rules", 2, "launch", "bot_id")` → `rules[2] (name="vip"): launch.bot_id`."""
-    head, rest = "", loc
+    """`("rules", 2, "launch", "bot_id")` → `rules[2] (name="vip"): launch.bot_id`.
+
+    A number is shown as an index (`[2]`) only in a list: as a mapping key (a custom
+    field id) it is a name like any other (`custom_fields.1425011`).
+    """
+    head, rest, node = "", loc, data
     if len(loc) >= 2 and isinstance(loc[1], int) and loc[0] in ("rules", "cases"):
         head, rest = f"{loc[0]}[{loc[1]}]{_item_label(data, loc[0], loc[1])}", loc[2:]
+        node = _step(_step(data, loc[0]), loc[1])
     path = ""
     for step in rest:
-        path += f"[{step}]" if isinstance(step, int) else (f".{step}" if path else str(step))
+        if isinstance(step, int) and not isinstance(node, dict):
+            path += f"[{step}]"
+        else:
+            path += f".{step}" if path else str(step)
+        node = _step(node, step)
     return ": ".join(part for part in (head, path) if part)
+
+
+def _step(node: Any, step: Any) -> Any:
+    """`node[step]` of converted data, or None where there is nothing."""
+    if isinstance(node, dict):
+        return node.get(step)
+    if isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node):
+        return node[step]
+    return None
 
 
 def _item_label(data: Any, key: str, index: int) -> str:

@@ -115,12 +115,12 @@ def rules_test(
 def _moment(at: str | None) -> datetime:
     from datetime import UTC, datetime
 
-    from automation.rules import parse_instant
+    from automation.rules import check_moment, parse_instant
 
     if at is None:
         return datetime.now(UTC)
     try:
-        return parse_instant(at)
+        return check_moment(parse_instant(at))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--at'") from exc
 
