@@ -7,7 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -258,7 +260,7 @@ def test_test_needs_payloads_or_cases_but_not_both() -> None:
     both = run("test", "--cases", f"{CASES}/example.yaml", f"{WEBHOOKS}/add_talk.form")
 
     assert (neither.exit_code, both.exit_code) == (2, 2)
-    assert "give payload files or --cases FILE, one of the two" in neither.stderr
+    assert "give payload files or --delivery ID, or --cases FILE alone" in neither.stderr
 
 
 def test_unreadable_payload_is_an_error_without_traceback() -> None:
@@ -433,3 +435,44 @@ def test_console_script_fails_cleanly_on_a_broken_file(tmp_path: Path) -> None:
     assert finished.returncode == 1
     assert "Traceback" not in finished.stderr
     assert finished.stderr.splitlines()[-1].endswith("must be a positive integer, got 'abc'")
+
+
+# ------------------------------------------------------------------ stored deliveries
+
+
+def test_a_stored_delivery_is_judged_as_of_its_arrival(
+    client: Any,
+    database_url: str,
+    rules_file: Path,
+    webhook_body: Callable[[str], bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """README, "A bot did not start": run the stored webhook through the rules."""
+    answer = client.post(
+        "/webhooks/amocrm/s3cret",
+        data=webhook_body("status_lead"),
+        content_type="application/x-www-form-urlencoded",
+    )
+    delivery_id = answer.json["delivery_id"]
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("RULES_FILE", str(rules_file))
+
+    result = run("test", "--delivery", str(delivery_id))
+
+    assert result.exit_code == 0, result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith(f"delivery #{delivery_id}: 1 event(s), at 20")
+    assert "rule qualified: matched" in result.output
+    assert "launch " in result.output
+
+
+def test_a_delivery_that_is_not_stored_is_a_clean_error(
+    database_url: str, rules_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("RULES_FILE", str(rules_file))
+
+    result = run("test", "--delivery", "424242")
+
+    assert result.exit_code == 1
+    assert "delivery #424242: not stored (never, or pruned since)" in result.output

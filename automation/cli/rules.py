@@ -93,23 +93,66 @@ def rules_schema() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="YAML file of cases with expected launches; exit 1 if any fails.",
 )
+@click.option(
+    "--delivery",
+    "deliveries",
+    multiple=True,
+    type=click.IntRange(1, 2**63 - 1),
+    metavar="ID",
+    help="A webhook stored in DATABASE_URL (repeatable); judged as of its arrival "
+    "unless --at says otherwise.",
+)
 def rules_test(
-    payloads: tuple[Path, ...], rules_file: Path | None, at: str | None, cases_file: Path | None
+    payloads: tuple[Path, ...],
+    rules_file: Path | None,
+    at: str | None,
+    cases_file: Path | None,
+    deliveries: tuple[int, ...],
 ) -> None:
-    """Show which rules match saved webhook PAYLOADS and which launches result.
+    """Show which rules match saved webhook PAYLOADS (or stored deliveries) and
+    which launches result.
 
     Writes nothing. A payload is amoCRM's raw form body, or JSON when it starts
     with `{`. Rules on other event types are not shown.
     """
-    if bool(payloads) == bool(cases_file):
-        raise click.UsageError("give payload files or --cases FILE, one of the two")
+    if bool(payloads or deliveries) == bool(cases_file):
+        raise click.UsageError("give payload files or --delivery ID, or --cases FILE alone")
     now = _moment(at)
     if cases_file is not None:
         _run_cases(cases_file, rules_file, now)
         return
     ruleset = command_rules(_rules_path(rules_file))
     for path in payloads:
-        _show_payload(ruleset, path, now)
+        _show_payload(ruleset, str(path), _read(path), now)
+    for label, body, received_at in _stored(deliveries):
+        _show_payload(ruleset, label, body, now if at else received_at)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes().strip()
+    except OSError as exc:
+        raise click.ClickException(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+def _stored(ids: tuple[int, ...]) -> list[tuple[str, bytes, datetime]]:
+    """The bodies of stored deliveries, to answer "why did my bot not start?"."""
+    if not ids:
+        return []
+    from automation.hours import as_utc
+    from automation.models import Delivery
+
+    found = []
+    with command_sessions()() as session:
+        for delivery_id in ids:
+            delivery = session.get(Delivery, delivery_id)
+            if delivery is None:
+                raise click.ClickException(
+                    f"delivery #{delivery_id}: not stored (never, or pruned since)"
+                )
+            label = f"delivery #{delivery_id}"
+            found.append((label, bytes(delivery.body), as_utc(delivery.received_at)))
+    return found
 
 
 def _moment(at: str | None) -> datetime:
@@ -125,18 +168,16 @@ def _moment(at: str | None) -> datetime:
         raise click.BadParameter(str(exc), param_hint="'--at'") from exc
 
 
-def _show_payload(ruleset: RuleSet, path: Path, now: datetime) -> None:
+def _show_payload(ruleset: RuleSet, label: str, body: bytes, now: datetime) -> None:
     import json
 
     from automation.rules import decode_payload, describe_event, describe_launch
 
     try:
-        payload = decode_payload(path.read_bytes().strip())
-    except OSError as exc:
-        raise click.ClickException(f"{path}: cannot read: {exc.strerror}") from exc
+        payload = decode_payload(body)
     except AutomationError as exc:
-        raise click.ClickException(f"{path}: {exc}") from exc
-    click.echo(f"{path}: {len(payload.events)} event(s), at {now.isoformat()}")
+        raise click.ClickException(f"{label}: {exc}") from exc
+    click.echo(f"{label}: {len(payload.events)} event(s), at {now.isoformat()}")
     for event in payload.events:
         click.echo(f"event {describe_event(event)}")
         click.echo(f"  data: {json.dumps(event.data, ensure_ascii=False, default=str)}")
