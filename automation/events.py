@@ -4,16 +4,31 @@
 form, or JSON of the same shape) into nested dicts and lists; this module turns every
 item of every `<group>[<action>]` of that tree into one `Event`, with the ids,
 timestamps and flags converted from the strings amoCRM sends.
+
+What the decoder accepts must be storable on every backend, or the endpoint would answer
+500 on SQLite and 503 (which amoCRM retries forever) on PostgreSQL for the same body. So
+besides what `automation.form` refuses (NUL characters, JSON integers beyond 64 bits):
+
+* Ids that are stored in BIGINT columns must fit a signed 64-bit integer: the account id
+  (`deliveries.account_id`) and every entity id an event carries (`Event.entities`, the
+  `launches.entity_id` of its launches). One that does not is an error naming the field.
+  So is `true`/`false` where one of these ids belongs: JSON `"id": true` is not 1.
+* Other numbers are only compared, never stored: a digit string beyond 64 bits there is
+  kept as text, like any value that does not look like its kind.
+* An entity id of 0 or below is no amoCRM id (they are positive): it names no entity,
+  so no launch is built on it and nothing is stored from it. It is not an error.
+* `account[subdomain]` fits its column (`MAX_SUBDOMAIN` characters) or is an error.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from automation.errors import PayloadError
-from automation.form import parse_form, parse_json
+from automation.form import INT64_MAX, INT64_MIN, parse_form, parse_json, shown_number
 
 #: Payload group key → entity family. amoCRM spells some groups two ways (§1.2).
 GROUP_FAMILIES: Mapping[str, str] = {
@@ -78,6 +93,9 @@ _NUMERIC_KEYS = frozenset(
 )
 _FLAG_KEYS = frozenset({"is_read", "is_in_work", "is_completed"})
 _FLAGS = {"1": True, "0": False, "true": True, "false": False}
+#: Longest `account[subdomain]`: the width of `deliveries.account_subdomain`.
+MAX_SUBDOMAIN = 100
+_CHARSET_RE = re.compile(r"""charset\s*=\s*["']?([^"';\s]*)""", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +155,16 @@ def decode_body(body: bytes, content_type: str = "application/x-www-form-urlenco
     """Decode a webhook body (form or JSON) into a `Payload`.
 
     Raises `PayloadError` with a message naming the offending field for anything that
-    is not an amoCRM webhook; never any other exception.
+    is not an amoCRM webhook; never any other exception. Pass the whole content type,
+    parameters included: a declared charset other than UTF-8 is named when the body
+    turns out not to be UTF-8.
     """
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    data = parse_json(body) if media_type == "application/json" else parse_form(body)
-    return payload_from_data(data)
+    media_type, _, parameters = content_type.partition(";")
+    found = _CHARSET_RE.search(parameters) if parameters else None
+    charset = found[1] if found else None
+    if media_type.strip().lower() == "application/json":
+        return payload_from_data(parse_json(body, charset))
+    return payload_from_data(parse_form(body, charset))
 
 
 # ------------------------------------------------------------------------ typed events
@@ -168,6 +191,11 @@ def _account(block: Any) -> Account:
     links = block.get("_links")
     self_link = links.get("self") if isinstance(links, Mapping) else None
     subdomain = block.get("subdomain")
+    if isinstance(subdomain, str) and len(subdomain) > MAX_SUBDOMAIN:
+        raise PayloadError(
+            f"field 'account[subdomain]': {len(subdomain)} characters, "
+            f"longer than the {MAX_SUBDOMAIN} a subdomain may have"
+        )
     return Account(
         id=_to_int(block.get("id"), "account[id]"),
         subdomain=subdomain if isinstance(subdomain, str) and subdomain else None,
@@ -185,9 +213,9 @@ def _group_events(group: str, content: Any, account: Account) -> list[Event]:
         if action not in FAMILY_ACTIONS[family] or not isinstance(items, list | Mapping):
             events.append(_unknown(label, items, account))
             continue
-        rows = items if isinstance(items, list) else list(items.values())
-        for index, item in enumerate(rows):
-            event = _item_event(family, action, label, index, item, account)
+        rows = enumerate(items) if isinstance(items, list) else items.items()
+        for index, (key, item) in enumerate(rows):
+            event = _item_event(family, action, (label, index, key), item, account)
             events.append(event)
             if _moved_stage(event, action):
                 events.append(replace(event, type=f"{event.family}.status_changed"))
@@ -209,26 +237,44 @@ def _unknown(group: str, content: Any, account: Account) -> Event:
 
 
 def _item_event(
-    family: str, action: str, label: str, index: int, item: Any, account: Account
+    family: str, action: str, where: tuple[str, int, Any], item: Any, account: Account
 ) -> Event:
-    if not isinstance(item, Mapping):  # a bare id, as some delete payloads send
-        item = {"id": item}
-    data = _normalise(item)
+    """One item's event; `where` is its group label, index and key in the group."""
+    label, index, key = where
+    bare = not isinstance(item, Mapping)  # a bare id, as some delete payloads send
+    data = _normalise({"id": item} if bare else item)
     if family == "contact" and data.get("type") == "company":
         family = "company"
-    if action == "note" and isinstance(data.get("note"), Mapping):
-        data = {**data["note"], **{k: v for k, v in data.items() if k != "note"}}
-    event_type = f"{family}.{ACTION_VERBS[action]}"
+    # A note's own id is the note's; the entity it belongs to is `element_id`.
+    id_field: tuple[str, ...] = ("id",)
+    if action == "note":
+        id_field = ("element_id",)
+        if isinstance(data.get("note"), Mapping):
+            if "element_id" not in data:
+                id_field = ("note", "element_id")
+            data = {**data["note"], **{k: v for k, v in data.items() if k != "note"}}
+    # Only that id: a note names no other entity (a task note's own fields included).
+    source = {"element_id": data.get("element_id")} if action == "note" else data
+    try:
+        entities = entity_ids(family, source, id_field[-1])
+    except UnfitId as exc:
+        inner = id_field if exc.path == id_field[-1:] else exc.path  # a note's own path
+        path = [label, str(key)] if bare else [label, str(key), *inner]
+        raise PayloadError(f"field {_join(path)!r}: {exc.problem}") from None
     return Event(
-        type=event_type,
+        type=f"{family}.{ACTION_VERBS[action]}",
         group=label,
         index=index,
         data=data,
         account=account,
-        # A note's own id is the note's; the entity it belongs to is `element_id`.
-        entities=entity_ids(family, {"id": data.get("element_id")} if action == "note" else data),
+        entities=entities,
         change=change_key(family, action, data),
     )
+
+
+def _join(path: list[str]) -> str:
+    """`["leads[status]", "0", "id"]` → `leads[status][0][id]`."""
+    return path[0] + "".join(f"[{part}]" for part in path[1:])
 
 
 def _normalise(value: Any, key: str = "") -> Any:
@@ -284,60 +330,91 @@ def _int_or_text(text: str) -> int | str:
 
 
 def _parse_int(text: str) -> int | None:
-    """`"42"`, `"-7"` → int; anything else (`"--5"`, `"¹"`, 5,000 digits) → None.
+    """`"42"`, `"-7"` → int; anything else (`"--5"`, `"¹"`, 2**63 and more) → None.
 
     ASCII digits only, with an optional minus: what `-?[0-9]+` matches, without the
     regex call (`isdigit` alone would accept `"¹"` and `"٣"`, which `int` rejects or
-    reads differently).
+    reads differently). Only what fits 64 bits, as every amoCRM number does: a bigger
+    one could not be stored as an id (see the module docstring).
     """
     if not (text.isdigit() or (text[1:].isdigit() and text[0] == "-")) or not text.isascii():
         return None
-    try:
+    if len(text) < 19:  # 18 digits, or a minus and 17: always within 64 bits
         return int(text)
+    return _parse_long(text)
+
+
+def _parse_long(text: str) -> int | None:
+    """`_parse_int` of 19 characters or more: None beyond 64 bits."""
+    try:
+        number = int(text)
     except ValueError:  # more digits than sys.get_int_max_str_digits() allows
         return None
+    return number if INT64_MIN <= number <= INT64_MAX else None
+
+
+def _is_digits(value: Any) -> bool:
+    """Whether `value` is a string of ASCII digits: an id, if it is not too big for one."""
+    return isinstance(value, str) and value.isdigit() and value.isascii()
 
 
 def _to_int(value: Any, path: str) -> int | None:
+    """The account id, which is stored: within 64 bits, and never a boolean."""
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    number = _parse_int(value) if isinstance(value, str) else None
-    if number is not None:
+    number = value if type(value) is int else _parse_int(value) if isinstance(value, str) else None
+    if number is not None and INT64_MIN <= number <= INT64_MAX:
         return number
+    digits = value.removeprefix("-") if isinstance(value, str) else None
+    if type(value) is int or _is_digits(digits):
+        raise PayloadError(f"field {path!r}: {shown_number(str(value))} is out of range")
     raise PayloadError(f"field {path!r}: expected a number, got {value!r}")
 
 
 # ---------------------------------------------------------------- entities and changes
 
 
-def entity_ids(family: str, data: Mapping[str, Any]) -> dict[str, int]:
+class UnfitId(PayloadError):
+    """An entity id that cannot be stored; `path` is its field within the item."""
+
+    def __init__(self, path: tuple[str, ...], problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"field {_join(list(path))!r}: {problem}")
+
+
+#: Field paths, for error messages, of two ids an unsorted item carries.
+_ACCEPTED_LEAD = ("accept_result", "leads", "0")
+_FIRST_CONTACT = ("data", "contacts", "0", "id")
+
+
+def entity_ids(family: str, data: Mapping[str, Any], id_field: str = "id") -> dict[str, int]:
     """Which lead/contact/company/customer ids an event carries.
 
-    A lead event names its lead; a talk or message names its lead (or contact) in
-    `entity_type`/`entity_id` and its chat contact in `contact_id`; an unsorted item
-    names the lead it created and its first contact.
+    A lead event names its lead (a note event: in `id_field`, `element_id`); a talk or
+    message names its lead (or contact) in `entity_type`/`entity_id` and its chat
+    contact in `contact_id`; an unsorted item names the lead it created and its first
+    contact. These ids are stored with launches, so one that would be stored but does
+    not fit 64 bits (or is a boolean) raises `UnfitId`.
     """
     found: dict[str, int] = {}
     if family in ENTITY_TYPE_CODES:
-        _put(found, family, data.get("id"))
+        _put(found, family, data.get(id_field), (id_field,))
     elif family in ("talk", "message", "outgoing_message"):
         kind = _entity_kind(data.get("entity_type", data.get("element_type")))
         if kind:
-            _put(found, kind, data.get("entity_id", data.get("element_id")))
-        _put(found, "contact", data.get("contact_id"))
+            name = "entity_id" if "entity_id" in data else "element_id"
+            _put(found, kind, data.get(name), (name,))
+        _put(found, "contact", data.get("contact_id"), ("contact_id",))
     elif family == "task":
         kind = _entity_kind(data.get("element_type"))
         if kind:
-            _put(found, kind, data.get("element_id"))
+            _put(found, kind, data.get("element_id"), ("element_id",))
     elif family == "unsorted":
-        _put(found, "lead", data.get("lead_id"))
-        _put(found, "lead", _dig(data, "data", "leads", 0, "id"))
-        _put(found, "lead", _dig(data, "accept_result", "leads", 0))
-        _put(found, "contact", _dig(data, "data", "contacts", 0, "id"))
+        _put(found, "lead", data.get("lead_id"), ("lead_id",))
+        _put(found, "lead", _dig(data, "data", "leads", 0, "id"), ("data", "leads", "0", "id"))
+        _put(found, "lead", _dig(data, "accept_result", "leads", 0), _ACCEPTED_LEAD)
+        _put(found, "contact", _dig(data, "data", "contacts", 0, "id"), _FIRST_CONTACT)
     return found
 
 
@@ -355,9 +432,23 @@ def _entity_kind(value: Any) -> str | None:
     return None
 
 
-def _put(found: dict[str, int], kind: str, value: Any) -> None:
-    if kind not in found and isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        found[kind] = value
+def _put(found: dict[str, int], kind: str, value: Any, path: tuple[str, ...]) -> None:
+    """Record `value`, found at `path`, as the event's `kind` id, unless one was already.
+
+    Ids of 0 and below are no amoCRM ids and are skipped; ids that would be stored
+    but cannot be (beyond 64 bits, kept as text by `_parse_int`; a boolean) raise.
+    """
+    if kind in found:
+        return
+    if type(value) is int:
+        if value > INT64_MAX:
+            raise UnfitId(path, f"{shown_number(str(value))} is out of range")
+        if value > 0:
+            found[kind] = value
+    elif isinstance(value, bool):
+        raise UnfitId(path, f"expected an id, got {value!r}")
+    elif _is_digits(value) and _parse_int(value) is None:
+        raise UnfitId(path, f"{shown_number(value)} is out of range")
 
 
 def _dig(data: Any, *path: str | int) -> Any:

@@ -15,12 +15,20 @@ group each still-encoded key prefix names make it several times faster on such b
 Faster must not mean different: `tests/test_properties.py` checks `parse_form` against
 the plain `parse_qsl` implementation, and `unquote` against `urllib.parse.unquote`, on
 arbitrary input.
+
+What every decoded tree is held to, whatever the backend later stores it in: no key or
+string holds a NUL character (PostgreSQL text cannot store one, SQLite can, so letting it
+through made the answer depend on the database), and a JSON integer fits in 64 bits (as
+every amoCRM id and timestamp does; the ids among them go into BIGINT columns). A
+leading UTF-8 byte order mark is dropped, as a UTF-8 reader should; only UTF-8 is read.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote as urllib_unquote
 
@@ -33,27 +41,96 @@ MAX_FIELDS = 200_000
 _KEY_RE = re.compile(r"\[([^\[\]]*)\]")
 #: `[` and `]` as PHP encodes them in keys.
 _OPEN, _CLOSE = "%5B", "%5D"
+#: The range of a signed 64-bit integer (PostgreSQL `bigint`, SQLite `INTEGER`).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: Charset names that mean what we read anyway.
+_UTF8_NAMES = frozenset({"utf-8", "utf8"})
+
+
+# ------------------------------------------------------------------ text of the body
+
+
+def body_text(body: bytes, charset: str | None, place: Callable[[bytes, int], str]) -> str:
+    """The body as text: UTF-8, a leading byte order mark dropped.
+
+    On a byte that is not UTF-8 the error says where it is (`place` names the field from
+    the body and the offset) and, when the request declared another charset, that only
+    UTF-8 is read: amoCRM sends UTF-8, so such a body comes from some other sender.
+    """
+    skipped = len(codecs.BOM_UTF8) if body.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return body[skipped:].decode("utf-8") if skipped else body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = place(body, exc.start + skipped)
+        note = charset_note(charset)
+        raise PayloadError(f"{where}is not UTF-8 (byte {exc.start + skipped}){note}") from exc
+
+
+def charset_note(charset: str | None) -> str:
+    """`; only UTF-8 is supported, not charset=…` when another charset was declared."""
+    if charset is None or charset.lower() in _UTF8_NAMES:
+        return ""
+    return f"; only UTF-8 is supported, not charset={charset}"
+
+
+def _form_place(body: bytes, offset: int) -> str:
+    """`field 'x': value ` for the form field whose value holds byte `offset`, else `body `."""
+    start = body.rfind(b"&", 0, offset) + 1
+    end = body.find(b"&", offset)
+    field = body[start : len(body) if end < 0 else end]
+    key, equals, _ = field.partition(b"=")
+    if offset < start + len(key) or not equals:
+        return "body "  # in the name itself: nothing readable to name the field by
+    name = unquote(key.decode("utf-8", "replace").replace("+", " ")).strip().lstrip("\ufeff")
+    return f"field {name!r}: value "
 
 
 # ----------------------------------------------------------------------- form bodies
 
 
-def parse_form(body: bytes) -> dict[str, Any]:
+def parse_form(body: bytes, charset: str | None = None) -> dict[str, Any]:
     """Parse a PHP-style form body into nested dicts and lists.
 
     Dense `0..n-1` maps become lists; id-keyed maps (`linked_leads_id[27754620]`)
     stay maps. A later duplicate key replaces an earlier one, as in PHP. The result is
     what `parse_qsl(text.strip(), keep_blank_values=True)` plus the bracket rebuild
     give; `tests/test_properties.py` checks that against the plain implementation.
+    A key or value holding a NUL character is an error naming the field. `charset` is
+    the one the request declared, if any; it only words the error of a non-UTF-8 body.
     """
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PayloadError(f"body is not UTF-8 (byte {exc.start})") from exc
+    text = body_text(body, charset, _form_place)
     keys, values = form_fields(text)
+    decoded = unquote("&".join(values))
+    # Two scans at C speed: a NUL is either sent raw or decoded from `%00` in a value.
+    # (`%00` in a key takes `_FormTree`'s general path, which checks for it.)
+    if "\x00" in decoded or "\x00" in text:
+        return _checked_tree(keys, values)
     tree = _FormTree()
-    tree.fill(keys, unquote_all(values))
+    tree.fill(keys, _split_decoded(decoded, values))
     return tree.finish()
+
+
+def _checked_tree(keys: list[str], values: list[str]) -> dict[str, Any]:
+    """The tree of a form that holds a NUL somewhere: field by field, the plain way.
+
+    Rare, so without `_FormTree`'s shortcuts, which is what names the first bad field
+    exactly as `parse_qsl` and the plain rebuild would meet it.
+    """
+    root: dict[str, Any] = {}
+    for key, value in zip(keys, values, strict=True):
+        name = unquote(key)
+        _refuse_nul(name, "name", name)
+        text = _refuse_nul(name, "value", unquote(value))
+        _insert(root, split_key(name), text, name)
+    _densify_groups(root)
+    return root
+
+
+def _refuse_nul(name: str, part: str, text: str) -> str:
+    """`text`, unless it holds a NUL character: PostgreSQL cannot store one."""
+    if "\x00" in text:
+        raise PayloadError(f"field {name!r}: NUL character in the {part}")
+    return text
 
 
 def form_fields(text: str) -> tuple[list[str], list[str]]:
@@ -66,8 +143,10 @@ def form_fields(text: str) -> tuple[list[str], list[str]]:
     """
     text = text.strip()
     pairs = text.replace("+", " ").split("&") if text else []
-    if len(pairs) > MAX_FIELDS:
-        raise PayloadError("body is not a form: Max number of fields exceeded")
+    # Only fields count: a run of `&` is no field, and is skipped like any empty one.
+    if len(pairs) > MAX_FIELDS and len(pairs) - pairs.count("") > MAX_FIELDS:
+        count = len(pairs) - pairs.count("")
+        raise PayloadError(f"body has {count} form fields; at most {MAX_FIELDS} are accepted")
     # A loop, not a list of `partition` tuples: on a 100,000-field body those tuples
     # alone set off hundreds of garbage collections.
     keys: list[str] = []
@@ -90,9 +169,14 @@ def unquote_all(texts: list[str]) -> list[str]:
     """
     if not texts:
         return []
-    decoded = unquote("&".join(texts)).split("&")
-    if len(decoded) == len(texts):
-        return decoded
+    return _split_decoded(unquote("&".join(texts)), texts)
+
+
+def _split_decoded(decoded: str, texts: list[str]) -> list[str]:
+    """`unquote(text)` for each of `texts`, given `decoded`, `unquote` of them joined."""
+    pieces = decoded.split("&")
+    if len(pieces) == len(texts):
+        return pieces
     return [unquote(text) for text in texts]
 
 
@@ -153,6 +237,7 @@ class _FormTree:
                     group[name] = value
                     continue
             decoded = unquote(key)
+            _refuse_nul(decoded, "name", decoded)
             _insert(self.root, split_key(decoded), value, decoded)
 
     def _group(self, prefix: str) -> dict[str, Any] | None:
@@ -270,35 +355,96 @@ def _join_key(parts: list[str]) -> str:
 # ----------------------------------------------------------------------- JSON bodies
 
 
-def parse_json(body: bytes) -> dict[str, Any]:
-    """Parse a JSON body with the same shape as the decoded form."""
+def parse_json(body: bytes, charset: str | None = None) -> dict[str, Any]:
+    """Parse a JSON body with the same shape as the decoded form.
+
+    Held to what a form is (see the module docstring): no NUL, nesting no deeper than
+    a form key may, and integers within 64 bits, each error naming the field.
+    """
+    text = body_text(body, charset, _json_place)
     try:
-        data = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise PayloadError(f"body is not UTF-8 (byte {exc.start})") from exc
+        data = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise PayloadError(f"body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise PayloadError(f"JSON body must be an object, got {type(data).__name__}")
-    if _too_deep(data):
-        raise PayloadError(f"JSON body nested deeper than {MAX_DEPTH} levels")
+    problem = _json_problem(data)
+    if problem is not None:
+        raise PayloadError(problem)
     return {str(key): _densify(value) for key, value in data.items()}
 
 
-def _too_deep(data: Any) -> bool:
-    """Whether containers nest deeper than `MAX_DEPTH`, as a form key may not either.
+def _json_problem(data: dict[str, Any]) -> str | None:
+    """The first thing in body order a form could not hold, named by its field.
 
-    Checked without recursion: `json.loads` accepts ~1,000 levels, more than the
+    Walked without recursion: `json.loads` accepts ~1,000 levels, more than the
     recursive `_densify` below and `events._normalise` can walk.
     """
-    stack = [(data, 1)]
+    stack: list[tuple[tuple[str, ...], Any]] = [((), data)]
     while stack:
-        node, level = stack.pop()
-        if level > MAX_DEPTH:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
-    return False
+        path, node = stack.pop()
+        if len(path) >= MAX_DEPTH:
+            return f"JSON body nested deeper than {MAX_DEPTH} levels"
+        children: list[tuple[tuple[str, ...], Any]] = []
+        for key, item in node.items() if isinstance(node, dict) else enumerate(node):
+            where = (*path, str(key))
+            problem = _json_item_problem(key, item)
+            if problem is not None:
+                return f"field {_join_key(list(where))!r}: {problem}"
+            if isinstance(item, dict | list):
+                children.append((where, item))
+        stack.extend(reversed(children))
+    return None
+
+
+def _json_item_problem(key: str | int, item: Any) -> str | None:
+    """What is wrong with one key and its scalar value, if anything."""
+    if isinstance(key, str) and "\x00" in key:
+        return "NUL character in the name"
+    if isinstance(item, str) and "\x00" in item:
+        return "NUL character in the value"
+    if type(item) is int and not INT64_MIN <= item <= INT64_MAX:
+        return f"{shown_number(str(item))} is out of range"
+    return None
+
+
+def shown_number(digits: str) -> str:
+    """A number for an error message: a 5,000-digit one is shortened, with its length."""
+    if len(digits) <= 30:
+        return digits
+    return f"{digits[:12]}…{digits[-4:]} ({len(digits)} characters)"
+
+
+def _json_place(body: bytes, offset: int) -> str:
+    """`field 'x': value ` for the JSON string value holding byte `offset`, else `body `.
+
+    Decoding with `surrogateescape` turns each bad byte into a lone surrogate that
+    `json.loads` keeps, so the string it landed in can be found: the first such string
+    in body order holds the first bad byte, the one at `offset`.
+    """
+    try:
+        data = json.loads(body.decode("utf-8", "surrogateescape").lstrip("\ufeff"))
+    except (ValueError, RecursionError):
+        return "body "
+    stack: list[tuple[list[str], Any]] = [([], data)] if isinstance(data, dict | list) else []
+    while stack:
+        path, node = stack.pop()
+        children: list[tuple[list[str], Any]] = []
+        for key, item in node.items() if isinstance(node, dict) else enumerate(node):
+            where = [*path, str(key)]
+            if _escaped(str(key)):
+                return "body "  # in a name: nothing readable to name the field by
+            if isinstance(item, str) and _escaped(item):
+                return f"field {_join_key(where)!r}: value "
+            if isinstance(item, dict | list):
+                children.append((where, item))
+        stack.extend(reversed(children))
+    return "body "
+
+
+def _escaped(text: str) -> bool:
+    """Whether `text` holds a byte `surrogateescape` could not decode."""
+    return any("\udc80" <= char <= "\udcff" for char in text)
 
 
 def _densify(value: Any) -> Any:

@@ -46,7 +46,7 @@ def receive(secret: str) -> tuple[Response, int]:
     if len(body) > limit:  # chunked: read one byte past the limit (see create_app)
         return error(413, f"chunked body of more than {limit} bytes exceeds MAX_BODY_BYTES={limit}")
     try:
-        payload = decode_body(body, request.mimetype)
+        payload = decode_body(body, request.content_type or "")  # with its charset, if any
     except PayloadError as exc:
         log.warning("webhook rejected remote=%s error=%s", request.remote_addr, exc)
         return error(400, str(exc))

@@ -11,9 +11,10 @@ import pytest
 
 from automation.errors import PayloadError
 from automation.events import Account, Event, Payload, decode_body
-from automation.form import parse_form
+from automation.form import MAX_FIELDS, parse_form
 
 ReadBody = Callable[[str], bytes]
+FORM = "application/x-www-form-urlencoded"
 
 ACCOUNT = Account(id=30112233, subdomain="mybrand", base_url="https://mybrand.amocrm.ru")
 ACCOUNT_PAIRS = [
@@ -612,8 +613,83 @@ def test_entity_type_that_is_not_a_code_names_no_entity() -> None:
 def test_body_that_is_not_utf8_is_rejected() -> None:
     body = b"account[id]=1&x=\xff"
 
-    assert message_of(body) == "body is not UTF-8 (byte 16)"
+    assert message_of(body) == "field 'x': value is not UTF-8 (byte 16)"
     assert message_of(body, "application/json") == "body is not UTF-8 (byte 16)"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "account[id]=1&account[subdomain]=Мой".encode("cp1251"),
+            "field 'account[subdomain]': value is not UTF-8 (byte 33)",
+        ),
+        (b"a=1&leads%5Badd%5D%5B0%5D%5Bname%5D=\xcc", "field 'leads[add][0][name]': value"),
+        (b"a=1&le\xffads[add]=1", "body is not UTF-8 (byte 6)"),  # in a name: no name to show
+        (b"a=1&le\xffads", "body is not UTF-8 (byte 6)"),
+    ],
+)
+def test_byte_that_is_not_utf8_is_named_by_its_field(body: bytes, message: str) -> None:
+    assert message_of(body).startswith(message)
+
+
+def test_json_byte_that_is_not_utf8_is_named_by_its_field() -> None:
+    body = '{"account": {"id": 1, "subdomain": "Мой"}}'.encode("cp1251")
+
+    assert message_of(body, "application/json") == (
+        "field 'account[subdomain]': value is not UTF-8 (byte 36)"
+    )
+    assert message_of(b'{"\xff": 1}', "application/json") == "body is not UTF-8 (byte 2)"
+
+
+@pytest.mark.parametrize("content_type", [FORM, "application/json"])
+def test_declared_charset_other_than_utf8_is_named_when_the_body_is_not_utf8(
+    content_type: str,
+) -> None:
+    body = b"x=\xcc" if content_type == FORM else b'{"x": "\xcc"}'
+
+    message = message_of(body, f'{content_type}; Charset="windows-1251"')
+
+    assert message.startswith("field 'x': value is not UTF-8 (byte ")
+    assert message.endswith("; only UTF-8 is supported, not charset=windows-1251")
+    assert "charset" not in message_of(body, f"{content_type}; charset=utf-8")
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"\xef\xbb\xbf" + form(), FORM),
+        (
+            b'\xef\xbb\xbf{"account": {"id": "30112233", "subdomain": "mybrand"}}',
+            "application/json",
+        ),
+    ],
+)
+def test_leading_byte_order_mark_is_no_part_of_the_body(body: bytes, content_type: str) -> None:
+    payload = decode_body(body, content_type)
+
+    assert (payload.account.id, payload.account.subdomain) == (30112233, "mybrand")
+    assert payload.events == ()
+    assert list(payload.data) == ["account"]
+
+
+def test_byte_order_mark_is_counted_in_the_offset_of_a_bad_byte() -> None:
+    assert message_of(b"\xef\xbb\xbfx=\xff") == "field 'x': value is not UTF-8 (byte 5)"
+    assert message_of(b"\xef\xbb\xbf\xff=1") == "body is not UTF-8 (byte 3)"
+
+
+def test_body_of_only_separators_has_no_fields_rather_than_too_many() -> None:
+    assert message_of(b"&" * (MAX_FIELDS + 1)) == (
+        "not an amoCRM webhook: no 'account' block and no event group"
+    )
+
+
+def test_body_with_too_many_fields_says_how_many() -> None:
+    body = b"&&".join([b"a"] * (MAX_FIELDS + 1))
+
+    assert message_of(body) == (
+        f"body has {MAX_FIELDS + 1} form fields; at most {MAX_FIELDS} are accepted"
+    )
 
 
 @pytest.mark.parametrize(
@@ -682,8 +758,179 @@ def test_account_that_is_not_a_group_is_rejected() -> None:
     )
 
 
-@pytest.mark.parametrize("account_id", ["abc", "--1", "1" * 5000])
+@pytest.mark.parametrize("account_id", ["abc", "--1", "1.0", "-", "¹"])
 def test_account_id_that_is_not_a_number_is_rejected(account_id: str) -> None:
     assert message_of(form(("account[id]", account_id), account=False)) == (
         f"field 'account[id]': expected a number, got {account_id!r}"
+    )
+
+
+@pytest.mark.parametrize("account_id", ["true", "false"])
+def test_json_boolean_account_id_is_not_a_number(account_id: str) -> None:
+    body = f'{{"account": {{"id": {account_id}}}}}'.encode()
+
+    assert message_of(body, "application/json") == (
+        f"field 'account[id]': expected a number, got {account_id.title()}"
+    )
+
+
+# ------------------------------------------------------- what could not be stored
+
+
+@pytest.mark.parametrize(
+    ("pairs", "field", "number"),
+    [
+        ([("leads[status][0][id]", str(2**63))], "leads[status][0][id]", str(2**63)),
+        ([("leads[delete][0]", "9" * 23)], "leads[delete][0]", "9" * 23),
+        ([("leads[delete][27754620][id]", "9" * 23)], "leads[delete][27754620][id]", "9" * 23),
+        (
+            [("talk[add][0][entity_type]", "lead"), ("talk[add][0][entity_id]", "9" * 23)],
+            "talk[add][0][entity_id]",
+            "9" * 23,
+        ),
+        ([("message[add][0][contact_id]", "9" * 23)], "message[add][0][contact_id]", "9" * 23),
+        (
+            [("task[add][0][element_type]", "2"), ("task[add][0][element_id]", "9" * 23)],
+            "task[add][0][element_id]",
+            "9" * 23,
+        ),
+        (
+            [("leads[note][0][note][id]", "1"), ("leads[note][0][note][element_id]", "9" * 23)],
+            "leads[note][0][note][element_id]",
+            "9" * 23,
+        ),
+        (
+            [("unsorted[add][0][uid]", "u"), ("unsorted[add][0][data][leads][0][id]", "9" * 23)],
+            "unsorted[add][0][data][leads][0][id]",
+            "9" * 23,
+        ),
+        (
+            [("leads[add][0][id]", "1" * 5000)],
+            "leads[add][0][id]",
+            "111111111111…1111 (5000 characters)",
+        ),
+    ],
+)
+def test_entity_id_beyond_64_bits_is_rejected_naming_the_field(
+    pairs: list[tuple[str, str]], field: str, number: str
+) -> None:
+    assert message_of(form(*pairs)) == f"field {field!r}: {number} is out of range"
+
+
+@pytest.mark.parametrize(
+    ("account_id", "number"),
+    [
+        ("99999999999999999999999", "99999999999999999999999"),
+        (str(-(2**63) - 1), str(-(2**63) - 1)),
+        ("1" * 5000, "111111111111…1111 (5000 characters)"),
+    ],
+)
+def test_account_id_beyond_64_bits_is_rejected(account_id: str, number: str) -> None:
+    assert message_of(form(("account[id]", account_id), account=False)) == (
+        f"field 'account[id]': {number} is out of range"
+    )
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (
+            {"account": {"id": 1}, "message": {"add": [{"id": "m", "contact_id": 10**23}]}},
+            "field 'message[add][0][contact_id]': 100000000000000000000000 is out of range",
+        ),
+        ({"account": {"id": 2**63}}, f"field 'account[id]': {2**63} is out of range"),
+        # Not an id, and still refused: a JSON integer beyond 64 bits is nothing amoCRM sends.
+        (
+            {"account": {"id": 1}, "x": [{"y": -(2**63) - 1}]},
+            f"field 'x[0][y]': {-(2**63) - 1} is out of range",
+        ),
+        (
+            {"account": {"id": 1}, "leads": {"status": [{"id": True}]}},
+            "field 'leads[status][0][id]': expected an id, got True",
+        ),
+    ],
+)
+def test_json_number_that_could_not_be_stored_is_rejected(
+    document: dict[str, Any], message: str
+) -> None:
+    assert message_of(json.dumps(document).encode(), "application/json") == message
+
+
+def test_largest_64_bit_ids_are_accepted() -> None:
+    body = form(("leads[add][0][id]", str(2**63 - 1)), ("leads[add][0][updated_at]", "1"))
+    body = body.replace(b"30112233", str(2**63 - 1).encode())
+
+    payload = decode_body(body)
+
+    assert payload.account.id == 2**63 - 1
+    assert only_event(payload).entities == {"lead": 2**63 - 1}
+
+
+def test_number_beyond_64_bits_that_is_never_stored_is_kept_as_text() -> None:
+    body = form(
+        ("leads[add][0][id]", "5"),
+        ("leads[add][0][price]", str(2**63)),
+        ("leads[add][0][status_id]", "9" * 23),
+    )
+
+    event = only_event(decode_body(body))
+
+    assert event.data == {"id": 5, "price": str(2**63), "status_id": "9" * 23}
+    assert event.entities == {"lead": 5}
+
+
+@pytest.mark.parametrize("lead_id", ["0", "-1", str(-(2**63))])
+def test_entity_id_of_zero_or_below_names_no_entity(lead_id: str) -> None:
+    event = only_event(decode_body(form(("leads[add][0][id]", lead_id))))
+
+    assert event.entities == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b"account[id]=1&account[subdomain]=a%00b",
+            "field 'account[subdomain]': NUL character in the value",
+        ),
+        (
+            b"account[id]=1&leads[status][0][id]=5&leads[status][0][updated_at]=1%00",
+            "field 'leads[status][0][updated_at]': NUL character in the value",
+        ),
+        (b"account[id]=1&x=\x00", "field 'x': NUL character in the value"),
+        (
+            b"account[id]=1&leads[st%00atus][0][id]=5",
+            "field 'leads[st\\x00atus][0][id]': NUL character in the name",
+        ),
+        (b"account[id]=1&leads\x00=5", "field 'leads\\x00': NUL character in the name"),
+        (b"account%5Bid%5D=1&a%5B%00%5D=1", "field 'a[\\x00]': NUL character in the name"),
+    ],
+)
+def test_nul_character_in_a_form_is_rejected_naming_the_field(body: bytes, message: str) -> None:
+    assert message_of(body) == message
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b'{"account": {"id": 1, "subdomain": "a\\u0000b"}}',
+            "field 'account[subdomain]': NUL character in the value",
+        ),
+        (
+            b'{"account": {"id": 1}, "leads": {"add": [{"na\\u0000me": 1}]}}',
+            "field 'leads[add][0][na\\x00me]': NUL character in the name",
+        ),
+    ],
+)
+def test_nul_character_in_json_is_rejected_naming_the_field(body: bytes, message: str) -> None:
+    assert message_of(body, "application/json") == message
+
+
+def test_subdomain_longer_than_its_column_is_rejected() -> None:
+    assert decode_body(form(("account[subdomain]", "a" * 100), account=False)).account == (
+        Account(subdomain="a" * 100)
+    )
+    assert message_of(form(("account[subdomain]", "a" * 101), account=False)) == (
+        "field 'account[subdomain]': 101 characters, longer than the 100 a subdomain may have"
     )

@@ -1,20 +1,32 @@
-"""Property tests of the form decoder: PHP round trip, and no crash on any bytes."""
+"""Property tests of the form decoder: PHP round trip, no crash on any bytes, and
+nothing accepted that a database could not store."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 from urllib.parse import unquote as urllib_unquote
 
+import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from automation.errors import PayloadError
-from automation.events import decode_body
-from automation.form import MAX_DEPTH, MAX_FIELDS, parse_form, unquote, unquote_all
+from automation.events import MAX_SUBDOMAIN, Payload, decode_body
+from automation.form import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_DEPTH,
+    MAX_FIELDS,
+    parse_form,
+    unquote,
+    unquote_all,
+)
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
@@ -52,8 +64,10 @@ def is_dense(mapping: dict[str, Any]) -> bool:
     return set(mapping) == {str(index) for index in range(len(mapping))}
 
 
-keys = st.text(st.characters(codec="utf-8", exclude_characters="[]"), min_size=1, max_size=8)
-values = st.text(st.characters(codec="utf-8"), max_size=12)
+#: Keys and values a form may hold: anything but brackets in keys, and no NUL (which is
+#: refused, see `test_nul_anywhere_in_a_php_body_is_refused_naming_its_field`).
+keys = st.text(st.characters(codec="utf-8", exclude_characters="[]\x00"), min_size=1, max_size=8)
+values = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12)
 
 
 def containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -88,6 +102,8 @@ FRAGMENTS = (
     *("id", "ID", "type", "company", "status_id", "old_status_id", "entity_type"),
     *("element_type", "element_id", "is_read", "updated_at", "_links", "self", "data"),
     *("0", "1", "10", "-1", "--1", "00", "¹", "٣", "", "[", "]", "=", "&", "%", "%ff", "+"),
+    *("%00", "\x00", "\ufeff", "entity_id", "contact_id", "lead_id", "subdomain"),
+    *(str(INT64_MAX), str(INT64_MAX + 1), str(INT64_MIN), str(INT64_MIN - 1), "9" * 23),
 )
 fragments = st.sampled_from(FRAGMENTS) | st.text(max_size=4)
 bracket_keys = st.builds(
@@ -98,8 +114,10 @@ bracket_keys = st.builds(
 form_bodies = st.lists(st.tuples(bracket_keys, fragments), max_size=12).map(
     lambda pairs: "&".join(f"{key}={value}" for key, value in pairs).encode()
 )
+#: Integers at and beyond the 64-bit edges, which `st.integers()` seldom reaches.
+edge_integers = st.sampled_from([INT64_MAX, INT64_MAX + 1, INT64_MIN, INT64_MIN - 1, 10**30])
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | fragments,
+    st.none() | st.booleans() | st.integers() | edge_integers | st.floats() | fragments,
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(fragments, children, max_size=4)
     ),
@@ -128,6 +146,77 @@ def test_any_body_decodes_or_raises_payload_error(body: bytes, content_type: str
         decode_body(body, content_type)
 
 
+# ------------------------------------------------- what is accepted can be stored
+
+
+def leaves(value: Any) -> Iterator[Any]:
+    """Every key and every scalar of nested dicts and lists."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from leaves(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from leaves(item)
+    else:
+        yield value
+
+
+def unstorable(value: Any) -> bool:
+    """What no backend stores alike: an integer beyond 64 bits, a string with a NUL."""
+    if type(value) is int:
+        return not INT64_MIN <= value <= INT64_MAX
+    return isinstance(value, str) and "\x00" in value
+
+
+def assert_storable(payload: Payload) -> None:
+    trees = [payload.data, *(event.data for event in payload.events)]
+    assert [leaf for tree in trees for leaf in leaves(tree) if unstorable(leaf)] == []
+    account = payload.account
+    assert account.id is None or (type(account.id) is int and not unstorable(account.id))
+    assert account.subdomain is None or len(account.subdomain) <= MAX_SUBDOMAIN
+    for event in payload.events:
+        assert all(type(id_) is int and 0 < id_ <= INT64_MAX for id_ in event.entities.values())
+        assert "\x00" not in event.change + event.group
+
+
+@PROPERTY
+@given(bodies, st.sampled_from([FORM, f"{FORM}; charset=UTF-8", JSON]))
+@example(b"account[id]=9223372036854775807&leads[add][0][id]=9223372036854775807", FORM)
+@example(b"account[id]=1&leads[add][0][price]=9223372036854775808", FORM)
+@example(b'{"account": {"id": 1}, "x": {"y": [18446744073709551616]}}', JSON)
+@example(b"account[id]=1&leads[status][0][updated_at]=1%00", FORM)
+@example(b"\xef\xbb\xbfaccount[id]=1", FORM)
+def test_every_accepted_payload_can_be_stored_on_every_backend(
+    body: bytes, content_type: str
+) -> None:
+    """Ints within 64 bits, no NUL, ids positive: SQLite and PostgreSQL store it alike."""
+    try:
+        payload = decode_body(body, content_type)
+    except PayloadError:
+        return
+    assert_storable(payload)
+
+
+@PROPERTY
+@given(documents, st.data())
+def test_nul_anywhere_in_a_php_body_is_refused_naming_its_field(
+    document: dict[str, Any], data: st.DataObject
+) -> None:
+    assume(depth(document) < MAX_DEPTH)
+    pairs = [pair for key, value in document.items() for pair in php_pairs(value, key)]
+    index = data.draw(st.integers(0, len(pairs) - 1))
+    key, value = pairs[index]
+    in_name = data.draw(st.booleans())
+    pairs[index] = ("\x00" + key, value) if in_name else (key, value + "\x00")
+    named, part = pairs[index][0], "name" if in_name else "value"
+
+    with pytest.raises(PayloadError) as raised:
+        parse_form(urlencode(pairs).encode())
+
+    assert str(raised.value) == f"field {named!r}: NUL character in the {part}"
+
+
 # ------------------------------------------------ the fast form parser and the plain one
 
 
@@ -136,16 +225,15 @@ def reference_parse_form(body: bytes) -> dict[str, Any]:
 
     A copy of the decoder before it was optimised, kept as the specification.
     """
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PayloadError(f"body is not UTF-8 (byte {exc.start})") from exc
-    try:
-        pairs = parse_qsl(text.strip(), keep_blank_values=True, max_num_fields=MAX_FIELDS)
-    except ValueError as exc:
-        raise PayloadError(f"body is not a form: {exc}") from exc
+    text = body.removeprefix(codecs.BOM_UTF8).decode("utf-8")  # only UTF-8 is generated
+    pairs = parse_qsl(text.strip(), keep_blank_values=True)
+    if len(pairs) > MAX_FIELDS:  # fields: runs of `&` make none
+        raise PayloadError(f"body has {len(pairs)} form fields; at most {MAX_FIELDS} are accepted")
     root: dict[str, Any] = {}
     for key, value in pairs:
+        if "\x00" in key or "\x00" in value:  # PostgreSQL cannot store a NUL
+            part = "name" if "\x00" in key else "value"
+            raise PayloadError(f"field {key!r}: NUL character in the {part}")
         reference_insert(root, reference_split_key(key), value, key)
     return {key: reference_densify(value) for key, value in root.items()}
 
@@ -275,8 +363,15 @@ raw_bodies = st.builds(
 @example("a%5Bb%5D%5Bc%5D=1&a%5Bb%5Dx%5D=2&a%5Bb%5D%5Bc=3")
 @example("a%5Bb%5D=%D0%98%26%3D&c=%E2%82&d=%FF%5B")
 @example("a%5Bb%5D=1&a%5Bbcdef%5Bx%5D=2")
-@example("a=1" + "&" * (MAX_FIELDS - 1))  # the most fields allowed
-@example("a=1" + "&" * MAX_FIELDS)  # one too many, even though all but one are empty
+@example("a=1" + "&" * MAX_FIELDS)  # one field among many empty ones: allowed
+@example("&".join(["a"] * MAX_FIELDS))  # the most fields allowed
+@example("&".join(["a"] * (MAX_FIELDS + 1)))  # one too many
+@example("\ufeffa%5Bb%5D=1")  # a byte order mark is no part of the first key
+@example("a%5Bb%5D=1&a%5Bc%00%5D=2&a%5Bd%5D=%00")  # NUL in a name, then in a value
+@example("a%5Bb=1&a%5Bc%5D=%00")  # a malformed key before a NUL
+@example("a%5Bc%5D=%00&a%5Bb=1")  # a NUL before a malformed key
+@example("a%5B%00%5D=1")  # NUL in a plain-looking key
+@example("a\x00%5Bb%5D=1")  # a NUL sent raw
 def test_fast_form_parser_equals_parse_qsl_and_the_plain_rebuild(text: str) -> None:
     body = text.encode()
 
