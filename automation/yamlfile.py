@@ -73,8 +73,9 @@ def read_text(path: Path) -> str:
 #: after it; a few hundred levels (`[[[[…`) would exhaust the stack, so the depth is
 #: capped far above anything a rules or cases file needs (about 10 levels).
 MAX_DEPTH: Final = 64
-#: How many values a file may expand to, aliases counted each time they are used:
-#: nested aliases (`b: [*a, *a, …]`, `c: [*b, *b, …]`) grow exponentially.
+#: How many values aliases may repeat (a value counts once more each time an alias
+#: brings it back): nested aliases (`b: [*a, *a, …]`, `c: [*b, *b, …]`) grow
+#: exponentially. A file without aliases repeats nothing, however long it is.
 MAX_VALUES: Final = 100_000
 
 
@@ -197,7 +198,8 @@ class Converter:
         self.problems = problems
         self.unreadable: list[Loc] = []  # values reported here, not to be judged again
         self._open: set[int] = set()
-        self._count = 0  # values made so far, aliases counted each time (`MAX_VALUES`)
+        self._made: set[int] = set()  # nodes converted at least once
+        self._repeats = 0  # values aliases brought back (`MAX_VALUES`)
 
     def convert(self, node: yaml.Node, loc: Loc) -> Any:
         """Plain data for `node`; problems are collected, never raised."""
@@ -223,11 +225,14 @@ class Converter:
     def _over_limit(self, node: yaml.Node, loc: Loc) -> bool:
         """Aliases can nest and repeat what composing saw once: cap depth and size here,
         so that later steps (validation, messages) never recurse or work without end."""
-        self._count += 1
+        if id(node) in self._made:
+            self._repeats += 1
+        else:
+            self._made.add(id(node))
         if len(loc) > MAX_DEPTH:
             message = f"the file nests more than {MAX_DEPTH} levels deep (through aliases)"
-        elif self._count > MAX_VALUES:
-            message = f"the file expands to more than {MAX_VALUES} values (through aliases)"
+        elif self._repeats > MAX_VALUES:
+            message = f"aliases repeat more than {MAX_VALUES} values"
         else:
             return False
         if not any(problem.message == message for problem in self.problems):
