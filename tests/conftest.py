@@ -206,3 +206,18 @@ def app(make_app: Callable[[Settings], Any], settings: Settings) -> Any:
 @pytest.fixture
 def client(app: Any) -> Any:
     return app.test_client()
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (the rules loader's re-read interval)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

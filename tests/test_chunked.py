@@ -37,6 +37,15 @@ def chunks(body: bytes, size: int = 300) -> Iterator[bytes]:
         yield body[start : start + size]
 
 
+def post_chunked(server: str, body: bytes) -> requests.Response:
+    return requests.post(
+        f"{server}/webhooks/amocrm/s3cret/",
+        data=chunks(body),
+        headers={"Content-Type": FORM},
+        timeout=10,
+    )
+
+
 def stored_bodies(database_url: str) -> list[bytes]:
     engine = make_engine(database_url)
     try:
@@ -99,12 +108,7 @@ def test_a_chunked_body_over_the_limit_gets_413_and_nothing_is_stored(
     body = many_leads(30)
     assert len(body) > LIMIT
 
-    answer = requests.post(
-        f"{server}/webhooks/amocrm/s3cret/",
-        data=chunks(body),
-        headers={"Content-Type": FORM},
-        timeout=10,
-    )
+    answer = post_chunked(server, body)
 
     assert answer.status_code == 413, answer.text
     assert f"MAX_BODY_BYTES={LIMIT}" in answer.json()["error"]
@@ -115,12 +119,7 @@ def test_a_chunked_body_under_the_limit_is_stored_whole(server: str, database_ur
     body = many_leads(5)
     assert len(body) < LIMIT
 
-    answer = requests.post(
-        f"{server}/webhooks/amocrm/s3cret/",
-        data=chunks(body),
-        headers={"Content-Type": FORM},
-        timeout=10,
-    )
+    answer = post_chunked(server, body)
 
     assert answer.status_code == 200, answer.text
     assert answer.json()["events"] == 5

@@ -30,6 +30,7 @@ from automation.rules import (
     load_rules_file,
     parse_duration,
 )
+from tests.conftest import FakeClock
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).parents[1]
@@ -1011,22 +1012,9 @@ def test_incoming_and_outgoing_message_rules_are_not_a_conflict() -> None:
 # -------------------------------------------------------------------------- reloading
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 GOOD = "version: 1\nrules:\n  - {name: a, on: lead.added, launch: {bot_id: 1, entity: lead}}\n"
 BETTER = GOOD + "  - {name: b, on: lead.added, launch: {bot_id: 2, entity: lead}}\n"
 BROKEN = "version: 1\nrules:\n  - {name: a, on: lead.nope, launch: {bot_id: 1, entity: lead}}\n"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

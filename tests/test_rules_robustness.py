@@ -24,7 +24,7 @@ from automation.cli import main
 from automation.errors import RulesError
 from automation.events import Account, Event
 from automation.rules import RuleSet, RulesLoader, load_rules
-from tests.conftest import TEST_RULES
+from tests.conftest import TEST_RULES, FakeClock
 
 NOW = datetime(2024, 10, 1, 9, 0, tzinfo=UTC)
 GOOD = "version: 1\nrules:\n  - {name: a, on: lead.added, launch: {bot_id: 1, entity: lead}}\n"
@@ -106,19 +106,6 @@ def test_aliases_cannot_nest_deeper_than_the_limit() -> None:
     problems = problems_of("\n".join([*lines, "rules: [*d4]"]) + "\n")
 
     assert any("nests more than 64 levels deep (through aliases)" in p for p in problems)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

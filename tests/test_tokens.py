@@ -42,6 +42,17 @@ def oauth_settings(make_settings: Callable[..., Settings], fake: FakeAmoCRM) -> 
     )
 
 
+@pytest.fixture
+def integration_settings(make_settings: Callable[..., Settings], fake: FakeAmoCRM) -> Settings:
+    """The README's OAuth set-up before `auth exchange`: an integration, no token yet."""
+    return make_settings(
+        amocrm_base_url=fake.url,
+        amocrm_client_id=CLIENT_ID,
+        amocrm_client_secret=CLIENT_SECRET,
+        amocrm_redirect_uri=REDIRECT_URI,
+    )
+
+
 def oauth_calls(fake: FakeAmoCRM) -> int:
     return sum(1 for call in fake.calls if call.path == "/oauth2/access_token")
 
@@ -113,16 +124,10 @@ def test_a_long_lived_token_cannot_be_refreshed(
 
 
 def test_oauth_without_any_token_says_how_to_get_one(
-    make_settings: Callable[..., Settings], sessions: sessionmaker[Session], fake: FakeAmoCRM
+    integration_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
 ) -> None:
-    settings = make_settings(
-        amocrm_base_url=fake.url,
-        amocrm_client_id=CLIENT_ID,
-        amocrm_client_secret=CLIENT_SECRET,
-        amocrm_redirect_uri=REDIRECT_URI,
-    )
     with pytest.raises(NoToken, match=r"run `automation auth exchange CODE`"):
-        TokenStore(settings, sessions).access_token()
+        TokenStore(integration_settings, sessions).access_token()
 
 
 def test_auth_exchange_command_stores_tokens(
@@ -147,16 +152,11 @@ def test_auth_exchange_command_stores_tokens(
 
 
 def test_an_oauth_integration_sends_for_real_with_the_exchanged_tokens(
-    make_settings: Callable[..., Settings], sessions: sessionmaker[Session], fake: FakeAmoCRM
+    integration_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
 ) -> None:
     """README's OAuth set-up: client id and secret in the environment, tokens from
     `auth exchange` in the database. That is a way to authenticate, so no dry run."""
-    settings = make_settings(
-        amocrm_base_url=fake.url,
-        amocrm_client_id=CLIENT_ID,
-        amocrm_client_secret=CLIENT_SECRET,
-        amocrm_redirect_uri=REDIRECT_URI,
-    )
+    settings = integration_settings
     assert not settings.is_dry_run
     exchange_code(settings, sessions, AUTH_CODE)
     add_launches(sessions, 2)
@@ -167,14 +167,9 @@ def test_an_oauth_integration_sends_for_real_with_the_exchanged_tokens(
 
 
 def test_an_oauth_integration_without_tokens_yet_holds_the_launches_and_says_why(
-    make_settings: Callable[..., Settings], sessions: sessionmaker[Session], fake: FakeAmoCRM
+    integration_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
 ) -> None:
-    settings = make_settings(
-        amocrm_base_url=fake.url,
-        amocrm_client_id=CLIENT_ID,
-        amocrm_client_secret=CLIENT_SECRET,
-        amocrm_redirect_uri=REDIRECT_URI,
-    )
+    settings = integration_settings
     add_launches(sessions, 2)
 
     dispatch.build(settings, sessions).run(once=True)
