@@ -27,6 +27,7 @@ from werkzeug.datastructures import MultiDict
 
 from automation.events import ENTITY_KINDS
 from automation.launchlog import LaunchQuery, launch_filters
+from automation.limits import MAX_ID
 from automation.models import ApiCall, CallLaunch, Delivery, DeliveryStatus, Launch, LaunchStatus
 from automation.runtime import runtime
 
@@ -37,8 +38,6 @@ M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-#: Ids are 64-bit; a larger one names nothing (and SQLite cannot even bind it).
-MAX_ID = 2**63 - 1
 #: `since=2h`: a duration ago, in the rules file's syntax; at most 4 digits a unit, so
 #: the moment stays inside the calendar.
 RELATIVE_PATTERN = r"^(?:([0-9]{1,4})d)?(?:([0-9]{1,4})h)?(?:([0-9]{1,4})m)?(?:([0-9]{1,4})s)?$"

@@ -406,12 +406,8 @@ class Dispatcher:
         result: CallResult,
         what: str,
     ) -> None:
-        """Stop all sending for a while; the launches wait, they did nothing wrong."""
-        until = now + timedelta(seconds=seconds)
-        reason = f"{what} from amoCRM: sending paused until {until:%H:%M:%S}Z ({result.error})"
-        budget.hold(session, until, reason, now)
-        outbox.release(session, ids, now, reason=reason)
-        log.error("%s", reason)
+        """Stop all sending for a while after amoCRM's `what` (a 403, a 401)."""
+        self._hold(session, ids, now, seconds, f"{what} from amoCRM", str(result.error))
 
     def _without_token(
         self, batch: Sequence[Claimed], call_id: int, problem: AutomationError
@@ -419,14 +415,28 @@ class Dispatcher:
         """No token to send with: nothing left this host, so the launches wait unharmed
         and all sending pauses, to try again once `auth exchange` has stored tokens."""
         now = utcnow()
-        until = now + timedelta(seconds=NO_TOKEN_PAUSE_SECONDS)
-        reason = f"no amoCRM token to send with: sending paused until {until:%H:%M:%S}Z ({problem})"
         with self.sessions.begin() as session:
             outbox.finish_call(
                 session, call_id, now, outcome=Outcome.NOT_SENT.value, error=str(problem)
             )
-            budget.hold(session, until, reason, now)
-            outbox.release(session, [c.id for c in batch], now, reason=reason)
+            ids = [c.id for c in batch]
+            self._hold(
+                session,
+                ids,
+                now,
+                NO_TOKEN_PAUSE_SECONDS,
+                "no amoCRM token to send with",
+                str(problem),
+            )
+
+    def _hold(
+        self, session: Session, ids: list[int], now: datetime, seconds: float, why: str, detail: str
+    ) -> None:
+        """Pause every dispatcher; the launches go back to waiting, they did nothing wrong."""
+        until = now + timedelta(seconds=seconds)
+        reason = f"{why}: sending paused until {until:%H:%M:%S}Z ({detail})"
+        budget.hold(session, until, reason, now)
+        outbox.release(session, ids, now, reason=reason)
         log.error("%s", reason)
 
     def _after_401(self, batch: Sequence[Claimed]) -> None:

@@ -17,7 +17,7 @@ besides what `automation.form` refuses (NUL characters, JSON integers beyond 64 
   kept as text, like any value that does not look like its kind.
 * An entity id of 0 or below is no amoCRM id (they are positive): it names no entity,
   so no launch is built on it and nothing is stored from it. It is not an error.
-* `account[subdomain]` fits its column (`MAX_SUBDOMAIN` characters) or is an error.
+* `account[subdomain]` fits its column (`SUBDOMAIN_LENGTH` characters) or is an error.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from automation.errors import PayloadError
-from automation.form import INT64_MAX, INT64_MIN, parse_form, parse_json, shown_number
+from automation.form import parse_form, parse_json, shown_number
+from automation.limits import INT64_MAX, INT64_MIN, SUBDOMAIN_LENGTH
 
 #: Payload group key → entity family. amoCRM spells some groups two ways (§1.2).
 GROUP_FAMILIES: Mapping[str, str] = {
@@ -93,8 +94,6 @@ _NUMERIC_KEYS = frozenset(
 )
 _FLAG_KEYS = frozenset({"is_read", "is_in_work", "is_completed"})
 _FLAGS = {"1": True, "0": False, "true": True, "false": False}
-#: Longest `account[subdomain]`: the width of `deliveries.account_subdomain`.
-MAX_SUBDOMAIN = 100
 _CHARSET_RE = re.compile(r"""charset\s*=\s*["']?([^"';\s]*)""", re.IGNORECASE)
 
 
@@ -191,10 +190,10 @@ def _account(block: Any) -> Account:
     links = block.get("_links")
     self_link = links.get("self") if isinstance(links, Mapping) else None
     subdomain = block.get("subdomain")
-    if isinstance(subdomain, str) and len(subdomain) > MAX_SUBDOMAIN:
+    if isinstance(subdomain, str) and len(subdomain) > SUBDOMAIN_LENGTH:
         raise PayloadError(
             f"field 'account[subdomain]': {len(subdomain)} characters, "
-            f"longer than the {MAX_SUBDOMAIN} a subdomain may have"
+            f"longer than the {SUBDOMAIN_LENGTH} a subdomain may have"
         )
     return Account(
         id=_to_int(block.get("id"), "account[id]"),

@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import unquote as urllib_unquote
 
 from automation.errors import PayloadError
+from automation.limits import INT64_MAX, INT64_MIN
 
 #: Deepest bracket nesting we accept; real payloads reach 7 levels.
 MAX_DEPTH = 32
@@ -41,8 +42,6 @@ MAX_FIELDS = 200_000
 _KEY_RE = re.compile(r"\[([^\[\]]*)\]")
 #: `[` and `]` as PHP encodes them in keys.
 _OPEN, _CLOSE = "%5B", "%5D"
-#: The range of a signed 64-bit integer (PostgreSQL `bigint`, SQLite `INTEGER`).
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 #: Charset names that mean what we read anyway.
 _UTF8_NAMES = frozenset({"utf-8", "utf8"})
 

@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from automation.limits import RULE_NAME_LENGTH, SUBDOMAIN_LENGTH
+
 #: Stable constraint names on SQLite and PostgreSQL alike, so migrations can name them.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -127,7 +129,7 @@ class Delivery(Base):
     content_type: Mapped[str] = mapped_column(String(200))
     body: Mapped[bytes] = mapped_column(LargeBinary)
     account_id: Mapped[int | None] = mapped_column(BigInteger)
-    account_subdomain: Mapped[str | None] = mapped_column(String(100))
+    account_subdomain: Mapped[str | None] = mapped_column(String(SUBDOMAIN_LENGTH))
     event_count: Mapped[int] = mapped_column(Integer)
     launch_count: Mapped[int] = mapped_column(Integer)
     #: Launches this delivery tried to add that already existed (amoCRM retries,
@@ -152,7 +154,7 @@ class Launch(Base):
     delivery_id: Mapped[int | None] = mapped_column(
         ForeignKey("deliveries.id", ondelete="SET NULL"), index=True
     )
-    rule: Mapped[str] = mapped_column(String(200))
+    rule: Mapped[str] = mapped_column(String(RULE_NAME_LENGTH))
     event_type: Mapped[str] = mapped_column(String(64))
     event_group: Mapped[str] = mapped_column(String(100))
     event_index: Mapped[int] = mapped_column(Integer)

@@ -21,7 +21,6 @@ from pydantic.json_schema import models_json_schema
 from automation.api import (
     CURSOR_PATTERN,
     DEFAULT_LIMIT,
-    MAX_ID,
     MAX_LIMIT,
     RELATIVE_PATTERN,
     RULE_PATTERN,
@@ -30,6 +29,7 @@ from automation.api import (
     LaunchDetail,
     LaunchPage,
 )
+from automation.limits import MAX_ID
 from automation.models import LaunchStatus
 
 JSON = dict[str, Any]

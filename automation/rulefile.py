@@ -38,6 +38,7 @@ from automation.hours import (
     parse_instant,
     parse_timezone,
 )
+from automation.limits import MAX_ID, RULE_NAME_LENGTH
 from automation.yamlfile import Loc, Problem, did_you_mean, is_int, show
 
 #: Event types a rule may name: everything the decoder produces except `unknown`.
@@ -49,10 +50,6 @@ _SETTING_NAMES: Mapping[str, str] = {
     for action in actions
 }
 _OUTSIDE_HOURS = ("schedule", "skip")
-#: The largest id a launch can store: bot and entity ids are BIGINT columns.
-MAX_ID = 2**63 - 1
-#: The longest rule name a launch can store (`launches.rule` is VARCHAR(200)).
-MAX_NAME_LENGTH = 200
 
 
 def expand_pattern(pattern: str) -> tuple[str, ...]:
@@ -100,14 +97,14 @@ def _text(value: Any) -> str:
 
 
 def _rule_name(value: Any) -> str:
-    """Names end up in the launch log (at most `MAX_NAME_LENGTH` characters there) and
+    """Names end up in the launch log (at most `RULE_NAME_LENGTH` characters there) and
     in dedupe keys, which `|` separates."""
     name = _text(value)
     if "|" in name:
         raise ValueError(f"must not contain '|', got {show(name)}")
-    if len(name) > MAX_NAME_LENGTH:
+    if len(name) > RULE_NAME_LENGTH:
         raise ValueError(
-            f"must be at most {MAX_NAME_LENGTH} characters, got {len(name)}: {show(name)}"
+            f"must be at most {RULE_NAME_LENGTH} characters, got {len(name)}: {show(name)}"
         )
     return name
 

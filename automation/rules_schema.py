@@ -23,9 +23,8 @@ from pydantic import BaseModel
 from automation.conditions import OPERATORS
 from automation.events import ACTION_VERBS, ENTITY_TYPE_CODES, FAMILY_ACTIONS
 from automation.hours import FULL_DAYS
+from automation.limits import MAX_ID, RULE_NAME_LENGTH
 from automation.rulefile import (
-    MAX_ID,
-    MAX_NAME_LENGTH,
     RULE_EVENT_TYPES,
     DefaultsSpec,
     FileSpec,
@@ -142,9 +141,9 @@ def _rule_keys() -> dict[str, Schema]:
     return {
         "name": {
             "description": "Unique name of the rule, shown in the launch log; no `|`, "
-            f"at most {MAX_NAME_LENGTH} characters.",
+            f"at most {RULE_NAME_LENGTH} characters.",
             "type": "string",
-            "maxLength": MAX_NAME_LENGTH,
+            "maxLength": RULE_NAME_LENGTH,
             "pattern": r"^[^|]*[^|\s][^|]*$",
         },
         "on": {

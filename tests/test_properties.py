@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from automation.errors import PayloadError
-from automation.events import MAX_SUBDOMAIN, Payload, decode_body
+from automation.events import Payload, decode_body
 from automation.form import (
     INT64_MAX,
     INT64_MIN,
@@ -27,6 +27,7 @@ from automation.form import (
     unquote,
     unquote_all,
 )
+from automation.limits import SUBDOMAIN_LENGTH
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
@@ -174,7 +175,7 @@ def assert_storable(payload: Payload) -> None:
     assert [leaf for tree in trees for leaf in leaves(tree) if unstorable(leaf)] == []
     account = payload.account
     assert account.id is None or (type(account.id) is int and not unstorable(account.id))
-    assert account.subdomain is None or len(account.subdomain) <= MAX_SUBDOMAIN
+    assert account.subdomain is None or len(account.subdomain) <= SUBDOMAIN_LENGTH
     for event in payload.events:
         assert all(type(id_) is int and 0 < id_ <= INT64_MAX for id_ in event.entities.values())
         assert "\x00" not in event.change + event.group

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from automation.cli.common import command_sessions, parse_time_option
+from automation.limits import MAX_ID
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -33,7 +34,6 @@ LAUNCH_STATUSES = (
 CONFIRM_ABOVE = 10
 #: Ids are 64-bit (SQLite cannot even bind a larger number): a larger one is an option
 #: error that click names, not an OverflowError from the driver.
-MAX_ID = 2**63 - 1
 ID = click.IntRange(min=1, max=MAX_ID)
 #: Most rows `list` prints; more is a job for SQL on the `launch_log` view.
 MAX_LIMIT = 10_000

@@ -14,6 +14,7 @@ import click
 
 from automation.cli.common import command_rules, command_sessions, parse_time_option
 from automation.errors import AutomationError
+from automation.limits import MAX_ID
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -97,7 +98,7 @@ def rules_schema() -> None:
     "--delivery",
     "deliveries",
     multiple=True,
-    type=click.IntRange(1, 2**63 - 1),
+    type=click.IntRange(1, MAX_ID),
     metavar="ID",
     help="A webhook stored in DATABASE_URL (repeatable); judged as of its arrival "
     "unless --at says otherwise.",
