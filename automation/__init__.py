@@ -21,11 +21,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     Raises `ConfigError`, `SchemaOutdated` or `RulesError` with a message that says
     what to fix, so that a misconfigured server refuses to start.
     """
-    from automation import health, metrics, webhooks
-    from automation.api import bp as api_bp
+    from automation import metrics
     from automation.cli import main as cli
     from automation.logs import configure_logging
-    from automation.runtime import Runtime
+    from automation.web import health, webhooks
+    from automation.web.api import bp as api_bp
+    from automation.web.runtime import Runtime
 
     settings = settings or load_settings()
     configure_logging(settings.log_format)

@@ -35,14 +35,14 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation.models import Delivery, Launch, LaunchStatus
-from automation.models import Dispatcher as DispatcherRow
-from automation.runtime import runtime
+from automation.store.models import Delivery, Launch, LaunchStatus
+from automation.store.models import Dispatcher as DispatcherRow
+from automation.web.runtime import runtime
 
 if TYPE_CHECKING:
-    from automation.events import Payload
-    from automation.intake import Enqueued
-    from automation.rules import Launch as PlannedLaunch
+    from automation.events.payloads import Payload
+    from automation.rules.load import Launch as PlannedLaunch
+    from automation.store.intake import Enqueued
 
 log = logging.getLogger("automation.metrics")
 bp = Blueprint("metrics", __name__)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
-from automation.events import decode_body
+from automation.events.payloads import decode_body
 
 FIXTURE = Path(__file__).parents[1] / "tests/fixtures/webhooks/status_lead.form"
 SIZES = (50, 500, 5000)

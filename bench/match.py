@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from automation.rules import RULE_EVENT_TYPES, RuleSet, decode_payload, load_rules
+from automation.rules.load import RULE_EVENT_TYPES, RuleSet, decode_payload, load_rules
 
 BODY = Path(__file__).parents[1] / "tests" / "fixtures" / "webhooks" / "status_lead.form"
 TARGET = "lead.status_changed"

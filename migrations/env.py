@@ -12,8 +12,8 @@ from typing import Any, Literal
 from alembic import context
 from sqlalchemy import Connection, text
 
-from automation.database import make_engine
-from automation.models import Base, UTCDateTime
+from automation.store.database import make_engine
+from automation.store.models import Base, UTCDateTime
 
 config = context.config
 if config.config_file_name is not None:

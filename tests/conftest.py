@@ -19,8 +19,8 @@ from sqlalchemy import make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.config import Settings
-from automation.database import make_engine, make_session_factory, upgrade
-from automation.models import Base
+from automation.store.database import make_engine, make_session_factory, upgrade
+from automation.store.models import Base
 
 for _name in list(os.environ):
     if _name.startswith("AMOCRM_") or _name in {

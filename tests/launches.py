@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation.models import Launch, LaunchStatus
+from automation.store.models import Launch, LaunchStatus
 
 
 def launch_values(at: datetime, **overrides: Any) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from urllib3.exceptions import (
 )
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
-from automation.amocrm import MAX_TASKS_PER_CALL, AmoCRMClient, classify_exception
-from automation.amocrm_answers import Outcome, SalesbotTask, TokenSet, bad_indexes, classify_answer
+from automation.amocrm.answers import Outcome, SalesbotTask, TokenSet, bad_indexes, classify_answer
+from automation.amocrm.client import MAX_TASKS_PER_CALL, AmoCRMClient, classify_exception
 from automation.errors import AmoAuthError, AutomationError
 from tests.fake_amocrm import (
     ACCESS_TOKEN,

@@ -12,7 +12,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.config import Settings
-from automation.models import (
+from automation.store.models import (
     ApiCall,
     CallLaunch,
     Delivery,
@@ -505,7 +505,7 @@ def test_unknown_id_gets_404_naming_it(get: Callable[..., Any], path: str, messa
 def test_unreachable_database_answers_503_without_a_traceback(
     api_app: Any, get: Callable[..., Any]
 ) -> None:
-    from automation.database import make_engine
+    from automation.store.database import make_engine
 
     broken = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
     api_app.extensions["automation"].sessions = sessionmaker(broken)

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation import budget
 from automation.config import load_settings
 from automation.errors import ConfigError
-from automation.models import ApiCall
+from automation.store import budget
+from automation.store.models import ApiCall
 
 
 def add_calls(session: Session, *started: datetime) -> int:

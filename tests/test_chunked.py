@@ -22,8 +22,8 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from automation.database import make_engine
-from automation.models import Delivery
+from automation.store.database import make_engine
+from automation.store.models import Delivery
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

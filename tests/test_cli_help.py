@@ -11,7 +11,13 @@ import sys
 
 import pytest
 
-HEAVY = ("sqlalchemy", "alembic", "requests", "automation.models", "automation.database")
+HEAVY = (
+    "sqlalchemy",
+    "alembic",
+    "requests",
+    "automation.store.models",
+    "automation.store.database",
+)
 
 PROBE = """
 import sys

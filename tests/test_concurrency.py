@@ -13,11 +13,11 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from automation.database import make_engine, make_session_factory
-from automation.events import decode_body
-from automation.intake import Inbound, Rows, store
-from automation.models import Delivery, Launch
-from automation.rules import load_rules_file
+from automation.events.payloads import decode_body
+from automation.rules.load import load_rules_file
+from automation.store.database import make_engine, make_session_factory
+from automation.store.intake import Inbound, Rows, store
+from automation.store.models import Delivery, Launch
 from tests.conftest import incoming_message
 
 COPIES = 8

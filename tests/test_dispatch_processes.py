@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation.models import Launch, LaunchStatus
+from automation.store.models import Launch, LaunchStatus
 from tests.fake_amocrm import ACCESS_TOKEN, FakeAmoCRM
 from tests.launches import add_launches
 

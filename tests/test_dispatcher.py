@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation import dispatcher as dispatch
 from automation.config import Settings
-from automation.dispatcher import Dispatcher, NotAlone, retry_decision
-from automation.models import ApiCall, CallLaunch, Launch, LaunchStatus, OAuthToken, RateLimit
+from automation.dispatch import loop as dispatch
+from automation.dispatch.loop import Dispatcher, NotAlone, retry_decision
+from automation.store.models import ApiCall, CallLaunch, Launch, LaunchStatus, OAuthToken, RateLimit
 from tests.fake_amocrm import (
     ACCESS_TOKEN,
     CLIENT_ID,
@@ -454,7 +454,7 @@ def test_claims_of_a_dead_dispatcher_are_recovered(
 ) -> None:
     add_launches(sessions, 4)
     now = datetime.now(UTC)
-    from automation import outbox
+    from automation.store import outbox
 
     with sessions.begin() as session:
         claimed = outbox.claim_due(session, "dead:1", now, limit=2)
@@ -477,7 +477,7 @@ def test_launches_of_an_answered_call_left_sending_go_back_to_pending(
 ) -> None:
     """A dispatcher that died while bisecting a rejected batch: its call was answered
     (400), so nothing was launched and the launches can safely be sent again."""
-    from automation import outbox
+    from automation.store import outbox
 
     add_launches(sessions, 2)
     now = datetime.now(UTC)

@@ -10,8 +10,8 @@ from urllib.parse import urlencode
 import pytest
 
 from automation.errors import PayloadError
-from automation.events import Account, Event, Payload, decode_body
-from automation.form import MAX_FIELDS, parse_form
+from automation.events.form import MAX_FIELDS, parse_form
+from automation.events.payloads import Account, Event, Payload, decode_body
 
 ReadBody = Callable[[str], bytes]
 FORM = "application/x-www-form-urlencoded"

@@ -17,11 +17,11 @@ import pytest
 from sqlalchemy import Connection, Engine, event, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from automation.database import make_engine
-from automation.fastinsert import CompiledInsert
-from automation.intake import INSERT_DELIVERY as DELIVERY
-from automation.intake import INSERT_LAUNCH as LAUNCH
-from automation.models import Delivery, DeliveryStatus, Launch, LaunchStatus
+from automation.store.database import make_engine
+from automation.store.fastinsert import CompiledInsert
+from automation.store.intake import INSERT_DELIVERY as DELIVERY
+from automation.store.intake import INSERT_LAUNCH as LAUNCH
+from automation.store.models import Delivery, DeliveryStatus, Launch, LaunchStatus
 from tests.launches import launch_values
 
 NOW = datetime(2026, 11, 25, 10, 30, 15, 123456, tzinfo=UTC)

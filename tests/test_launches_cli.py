@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation.cli import main
 from automation.cli.launches import LAUNCH_STATUSES
-from automation.models import Launch, LaunchStatus
+from automation.store.models import Launch, LaunchStatus
 from tests.test_launchlog import NOW, fixture_body, send, status_change, store
 
 SCRIPT = Path(sys.executable).parent / "automation"
@@ -419,7 +419,7 @@ def test_console_script_lists_and_cancels_launches(
 def test_a_moment_outside_the_calendar_is_an_option_error_not_a_traceback() -> None:
     from datetime import UTC, datetime
 
-    from automation.launchlog import parse_moment
+    from automation.store.launchlog import parse_moment
 
     with pytest.raises(ValueError, match=r"got '0001-01-01T00:00:00\+05:00'"):
         parse_moment("0001-01-01T00:00:00+05:00", datetime.now(UTC))

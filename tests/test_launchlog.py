@@ -12,12 +12,12 @@ from alembic import command
 from sqlalchemy import inspect, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation import intake, launchlog, outbox
-from automation.database import alembic_config, make_engine, upgrade
-from automation.events import decode_body
-from automation.launchlog import CANCEL, RETRY, LaunchQuery
-from automation.models import Launch, LaunchStatus
-from automation.rules import RuleSet, load_rules
+from automation.events.payloads import decode_body
+from automation.rules.load import RuleSet, load_rules
+from automation.store import intake, launchlog, outbox
+from automation.store.database import alembic_config, make_engine, upgrade
+from automation.store.launchlog import CANCEL, RETRY, LaunchQuery
+from automation.store.models import Launch, LaunchStatus
 from tests.conftest import TEST_RULES, WEBHOOKS
 
 FORM = "application/x-www-form-urlencoded"

@@ -22,9 +22,9 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.serving import make_server
 
 from automation import create_app
-from automation import dispatcher as dispatch
 from automation.config import Settings
-from automation.database import make_engine
+from automation.dispatch import loop as dispatch
+from automation.dispatch.tokens import exchange_code
 from automation.errors import AutomationError
 from automation.logs import (
     TEXT_FORMAT,
@@ -33,8 +33,8 @@ from automation.logs import (
     MaskWebhookSecret,
     configure_logging,
 )
-from automation.models import OAuthToken
-from automation.tokens import exchange_code
+from automation.store.database import make_engine
+from automation.store.models import OAuthToken
 from tests.fake_amocrm import CLIENT_ID, REDIRECT_URI, FakeAmoCRM
 
 FORM = "application/x-www-form-urlencoded"
@@ -238,7 +238,7 @@ def _webhook_flows(hooks: Webhooks, keys: Secrets, monkeypatch: pytest.MonkeyPat
     assert hooks.post(keys.webhook, b"leads%5Badd=1") == 400
     assert hooks.post(keys.webhook, b"<xml/>", "text/xml") == 415
     with monkeypatch.context() as patch:
-        patch.setattr("automation.webhooks.store", _broken_store)
+        patch.setattr("automation.web.webhooks.store", _broken_store)
         assert hooks.post(keys.webhook, lead_moved(2)) == 500  # Flask logs the path
 
 

@@ -21,11 +21,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation import dispatcher as dispatch
-from automation import metrics, serving
+from automation import metrics
 from automation.config import Settings
-from automation.database import make_engine, make_session_factory
-from automation.models import Dispatcher as DispatcherRow
+from automation.dispatch import loop as dispatch
+from automation.store.database import make_engine, make_session_factory
+from automation.store.models import Dispatcher as DispatcherRow
+from automation.web import serving
 from tests.conftest import incoming_message
 from tests.fake_amocrm import ACCESS_TOKEN, FakeAmoCRM
 from tests.launches import add_launches
@@ -132,7 +133,7 @@ def test_each_webhook_answer_is_counted_under_its_outcome(
     assert post(client, b"<xml/>", content_type="text/xml").status_code == 415
     unconfigured = make_app(make_settings(webhook_secret=None)).test_client()
     assert post(unconfigured, webhook_body("status_lead")).status_code == 503
-    monkeypatch.setattr("automation.webhooks.store", _broken_store)
+    monkeypatch.setattr("automation.web.webhooks.store", _broken_store)
     assert post(client, webhook_body("status_lead")).status_code == 500
 
     after = scrape(client)

@@ -7,7 +7,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from automation.database import (
+from automation.store.database import (
     SchemaOutdated,
     alembic_config,
     current_revision,
@@ -16,7 +16,7 @@ from automation.database import (
     make_engine,
     upgrade,
 )
-from automation.models import Base
+from automation.store.models import Base
 
 
 def _differences(url: str) -> list[object]:

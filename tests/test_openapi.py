@@ -20,9 +20,9 @@ from sqlalchemy import insert
 from sqlalchemy.orm import sessionmaker
 
 from automation.config import Settings
-from automation.database import make_engine
-from automation.models import ApiCall, CallLaunch
-from automation.openapi import document
+from automation.store.database import make_engine
+from automation.store.models import ApiCall, CallLaunch
+from automation.web.openapi import document
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

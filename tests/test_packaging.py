@@ -56,7 +56,7 @@ def test_an_installed_wheel_migrates_a_database(wheel: Path, tmp_path: Path) -> 
     )
     database = tmp_path / "installed.db"
     script = (
-        "import automation.database as d\n"
+        "import automation.store.database as d\n"
         f"assert d.__file__.startswith({str(site)!r}), d.__file__\n"
         f"d.upgrade('sqlite:///{database}')\n"
         "print(d.head_revision())\n"

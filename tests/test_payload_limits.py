@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from automation.models import Delivery, Launch
+from automation.store.models import Delivery, Launch
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"

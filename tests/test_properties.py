@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from automation.errors import PayloadError
-from automation.events import Payload, decode_body
-from automation.form import (
+from automation.events.form import (
     INT64_MAX,
     INT64_MIN,
     MAX_DEPTH,
@@ -27,6 +26,7 @@ from automation.form import (
     unquote,
     unquote_all,
 )
+from automation.events.payloads import Payload, decode_body
 from automation.limits import SUBDOMAIN_LENGTH
 
 FORM = "application/x-www-form-urlencoded"

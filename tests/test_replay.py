@@ -12,10 +12,10 @@ from click.testing import CliRunner, Result
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation import replay as replaying
-from automation.models import Delivery, DeliveryStatus, Launch, LaunchStatus
-from automation.replay import Tally
-from automation.rules import load_rules
+from automation.rules.load import load_rules
+from automation.store import replay as replaying
+from automation.store.models import Delivery, DeliveryStatus, Launch, LaunchStatus
+from automation.store.replay import Tally
 from tests.test_launchlog import RULES, fixture_body, status_change, store
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

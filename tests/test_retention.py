@@ -18,12 +18,13 @@ from click.testing import CliRunner
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation import dispatcher as dispatch
-from automation import retention
 from automation.cli import main
 from automation.config import Settings, load_settings
+from automation.dispatch import loop as dispatch
 from automation.errors import ConfigError
-from automation.models import (
+from automation.rules.load import load_rules
+from automation.store import retention
+from automation.store.models import (
     ApiCall,
     CallLaunch,
     Delivery,
@@ -31,7 +32,7 @@ from automation.models import (
     Launch,
     LaunchStatus,
 )
-from automation.retention import (
+from automation.store.retention import (
     BadAge,
     Cutoffs,
     DailyPrune,
@@ -41,7 +42,6 @@ from automation.retention import (
     parse_age,
     prune,
 )
-from automation.rules import load_rules
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DAY = timedelta(days=1)

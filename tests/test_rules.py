@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from automation.errors import RulesError
-from automation.events import Account, Event
-from automation.rules import (
+from automation.events.payloads import Account, Event
+from automation.rules.load import (
     ActiveHours,
     Decision,
     Launch,

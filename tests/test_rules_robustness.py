@@ -19,11 +19,11 @@ from click.testing import CliRunner, Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import automation.rules
+import automation.rules.load
 from automation.cli import main
 from automation.errors import RulesError
-from automation.events import Account, Event
-from automation.rules import RuleSet, RulesLoader, load_rules
+from automation.events.payloads import Account, Event
+from automation.rules.load import RuleSet, RulesLoader, load_rules
 from tests.conftest import TEST_RULES, FakeClock
 
 NOW = datetime(2024, 10, 1, 9, 0, tzinfo=UTC)
@@ -127,13 +127,13 @@ def test_unreadable_file_keeps_the_last_good_rules_and_is_not_read_again(
     loader = RulesLoader(rules_path, clock=clock)
     good = loader.current
     calls: list[str] = []
-    real = automation.rules.load_rules
+    real = automation.rules.load.load_rules
 
     def counting(text: str, filename: str = "rules.yaml") -> RuleSet:
         calls.append(filename)
         return real(text, filename)
 
-    monkeypatch.setattr(automation.rules, "load_rules", counting)
+    monkeypatch.setattr(automation.rules.load, "load_rules", counting)
     rules_path.write_text(text)
     clock.now += 1
     kept = loader.maybe_reload()
@@ -155,7 +155,7 @@ def test_unexpected_failure_while_reading_keeps_the_last_good_rules(
     def broken(text: str, filename: str = "rules.yaml") -> RuleSet:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(automation.rules, "load_rules", broken)
+    monkeypatch.setattr(automation.rules.load, "load_rules", broken)
     rules_path.write_text(GOOD + "\n# changed\n")
     clock.now += 1
 

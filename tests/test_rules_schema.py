@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from jsonschema import Draft7Validator
 from pydantic import BaseModel
 
-from automation import rules
 from automation.cli import main
 from automation.errors import RulesError
-from automation.rules import RULE_EVENT_TYPES, load_rules
-from automation.rules_schema import REGENERATE, _object, rules_schema
+from automation.rules import load as rules
+from automation.rules.load import RULE_EVENT_TYPES, load_rules
+from automation.rules.schema import REGENERATE, _object, rules_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES_FIXTURES = Path(__file__).parent / "fixtures" / "rules"

@@ -15,8 +15,8 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from automation.database import make_engine
-from automation.models import Delivery, Launch
+from automation.store.database import make_engine
+from automation.store.models import Delivery, Launch
 
 ROOT = Path(__file__).resolve().parents[1]
 WEBHOOKS = Path(__file__).parent / "fixtures" / "webhooks"

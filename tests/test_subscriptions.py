@@ -13,12 +13,8 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import insert
 
-from automation.amocrm import AmoCRMClient, WebhooksApiError
-from automation.cli import main
-from automation.database import make_engine
-from automation.events import EVENT_TYPES
-from automation.models import Delivery, DeliveryStatus
-from automation.subscriptions import (
+from automation.amocrm.client import AmoCRMClient, WebhooksApiError
+from automation.amocrm.subscriptions import (
     Webhook,
     WebhookUrlError,
     mask_secret,
@@ -27,6 +23,10 @@ from automation.subscriptions import (
     settings_for,
     webhook_url,
 )
+from automation.cli import main
+from automation.events.payloads import EVENT_TYPES
+from automation.store.database import make_engine
+from automation.store.models import Delivery, DeliveryStatus
 from tests.fake_amocrm import ACCESS_TOKEN, WEBHOOK_SETTINGS, WEBHOOKS_PATH, FakeAmoCRM
 
 SECRET = "s3cret"

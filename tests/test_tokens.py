@@ -12,12 +12,12 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation import budget
-from automation import dispatcher as dispatch
 from automation.cli import main
 from automation.config import Settings
-from automation.models import Launch, LaunchStatus, OAuthToken, RateLimit
-from automation.tokens import NoToken, TokenStore, exchange_code
+from automation.dispatch import loop as dispatch
+from automation.dispatch.tokens import NoToken, TokenStore, exchange_code
+from automation.store import budget
+from automation.store.models import Launch, LaunchStatus, OAuthToken, RateLimit
 from tests.fake_amocrm import (
     ACCESS_TOKEN,
     AUTH_CODE,

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import func, select
 
-from automation.models import Delivery, DeliveryStatus, Launch, LaunchStatus
+from automation.store.models import Delivery, DeliveryStatus, Launch, LaunchStatus
 from tests.conftest import incoming_message
 
 FORM = "application/x-www-form-urlencoded"
@@ -237,7 +237,7 @@ def test_webhook_from_another_subdomain_gets_403(
 def test_unreachable_database_answers_503_without_a_traceback(
     app: Any, client: Any, webhook_body: Callable[[str], bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from automation.database import make_engine
+    from automation.store.database import make_engine
 
     broken = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
     monkeypatch.setattr(app.extensions["automation"], "engine", broken)

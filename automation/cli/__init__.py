@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import click
 
-from automation.cli import auth, config, database, launches, prune, replay, rules, server, webhooks
+from automation.cli import (
+    auth,
+    config,
+    database,
+    launches,
+    prune,
+    replay,
+    rules,
+    server,
+    subscriptions,
+)
 
 
 @click.group()
@@ -26,5 +36,5 @@ main.add_command(config.config_group)
 main.add_command(rules.rules_group)
 main.add_command(launches.launches_group)
 main.add_command(replay.replay_command)
-main.add_command(webhooks.webhooks_group)
+main.add_command(subscriptions.webhooks_group)
 main.add_command(prune.prune_command)

@@ -17,7 +17,7 @@ def auth() -> None:
 @click.argument("code")
 def auth_exchange(code: str) -> None:
     """Turn an authorization CODE into tokens stored in the database."""
-    from automation.tokens import exchange_code
+    from automation.dispatch.tokens import exchange_code
 
     state = command_runtime()
     try:

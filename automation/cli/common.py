@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy.orm import Session, sessionmaker
 
-    from automation.rules import RuleSet
-    from automation.runtime import Runtime
+    from automation.rules.load import RuleSet
+    from automation.web.runtime import Runtime
 
 
 def command_settings() -> Settings:
@@ -41,7 +41,7 @@ def command_runtime() -> Runtime:
     line naming the database (password hidden), not SQLAlchemy's traceback.
     """
     from automation.logs import configure_logging
-    from automation.runtime import Runtime
+    from automation.web.runtime import Runtime
 
     settings = command_settings()
     configure_logging(settings.log_format)
@@ -66,7 +66,7 @@ def database_errors(url: str) -> Iterator[None]:
     errors keep their own words."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from automation.database import SchemaOutdated
+    from automation.store.database import SchemaOutdated
 
     try:
         yield
@@ -90,7 +90,7 @@ def command_sessions() -> sessionmaker[Session]:
     The engine is closed when the command ends (click closes its context), so no
     connection outlives the command, in a process or under CliRunner.
     """
-    from automation.database import ensure_schema, make_engine, make_session_factory
+    from automation.store.database import ensure_schema, make_engine, make_session_factory
 
     settings = command_settings()
     with database_errors(settings.database_url):
@@ -102,7 +102,7 @@ def command_sessions() -> sessionmaker[Session]:
 
 def command_rules(path: Path) -> RuleSet:
     """The rules file loaded, or a clean CLI error with its file and line."""
-    from automation.rules import load_rules_file
+    from automation.rules.load import load_rules_file
 
     try:
         return load_rules_file(path)
@@ -116,7 +116,7 @@ def parse_time_option(
     """Option callback: `2h`, `3d` (that long ago) or an ISO 8601 date or time."""
     from datetime import UTC, datetime
 
-    from automation.launchlog import parse_moment
+    from automation.store.launchlog import parse_moment
 
     if value is None:
         return None

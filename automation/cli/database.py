@@ -18,7 +18,7 @@ def db_upgrade(revision: str) -> None:
     """Bring the database schema up to date (DATABASE_URL)."""
     from alembic.util import CommandError
 
-    from automation.database import upgrade
+    from automation.store.database import upgrade
 
     settings = command_settings()
     with database_errors(settings.database_url):

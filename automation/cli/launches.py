@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
 
-    from automation.launchlog import LogRow, Plan, Transition
-    from automation.models import LaunchStatus
+    from automation.store.launchlog import LogRow, Plan, Transition
+    from automation.store.models import LaunchStatus
 
 #: The `LaunchStatus` values, spelled out so that `--help` imports no database code.
 LAUNCH_STATUSES = (
@@ -80,8 +80,8 @@ def launches_list(
     as_json: bool,
 ) -> None:
     """Launches, newest first, as a table (times in UTC) or JSON."""
-    from automation import launchlog
-    from automation.models import LaunchStatus
+    from automation.store import launchlog
+    from automation.store.models import LaunchStatus
 
     query = launchlog.LaunchQuery(
         tuple(LaunchStatus(status) for status in statuses),
@@ -109,7 +109,7 @@ def launches_list(
 def launches_show(launch_id: int, as_json: bool) -> None:
     """The whole story of launch ID: its webhook, rule, every API call, and why it
     ended where it did."""
-    from automation import launchlog
+    from automation.store import launchlog
 
     sessions = command_sessions()
     with sessions() as session:
@@ -141,8 +141,8 @@ def launches_retry(
     An uncertain launch may have reached amoCRM already; retrying it can message the
     customer twice.
     """
-    from automation.launchlog import RETRY
-    from automation.models import LaunchStatus
+    from automation.store.launchlog import RETRY
+    from automation.store.models import LaunchStatus
 
     chosen = [LaunchStatus.FAILED] if failed else []
     chosen += [LaunchStatus.UNCERTAIN] if uncertain else []
@@ -160,8 +160,8 @@ def launches_retry(
 @click.option("--yes", is_flag=True, help=f"Do not ask, even above {CONFIRM_ABOVE} launches.")
 def launches_cancel(ids: tuple[int, ...], pending: bool, rule: str | None, yes: bool) -> None:
     """Cancel pending launches so they are never sent."""
-    from automation.launchlog import CANCEL
-    from automation.models import LaunchStatus
+    from automation.store.launchlog import CANCEL
+    from automation.store.models import LaunchStatus
 
     if bool(ids) == pending:
         raise click.UsageError("give launch IDs or --pending, one of the two")
@@ -183,7 +183,7 @@ def _change(
     decides: on SQLite it would hold the write lock that webhooks wait for."""
     from datetime import UTC, datetime
 
-    from automation import launchlog
+    from automation.store import launchlog
 
     sessions = command_sessions()
     with sessions.begin() as session:

@@ -42,7 +42,7 @@ def prune_command(older_than: str | None, batch_size: int) -> None:
     """
     from datetime import UTC, datetime
 
-    from automation import retention
+    from automation.store import retention
 
     settings = command_settings()
     age = _retention_age(older_than, settings)
@@ -56,7 +56,7 @@ def prune_command(older_than: str | None, batch_size: int) -> None:
 def _retention_age(older_than: str | None, settings: Settings) -> timedelta:
     from datetime import timedelta
 
-    from automation.retention import parse_age
+    from automation.store.retention import parse_age
 
     if older_than is None:
         if settings.retention_days is None:

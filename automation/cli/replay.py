@@ -41,7 +41,7 @@ def replay_command(since: datetime, until: datetime | None, dry_run: bool) -> No
     """
     from datetime import UTC, datetime
 
-    from automation import replay
+    from automation.store import replay
 
     ruleset = command_rules(Path(command_settings().rules_file))
     now = datetime.now(UTC)

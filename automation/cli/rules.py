@@ -19,7 +19,7 @@ from automation.limits import MAX_ID
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from automation.rules import RuleSet
+    from automation.rules.load import RuleSet
 
 
 @click.group("rules")
@@ -43,7 +43,7 @@ def rules_check(files: tuple[Path, ...]) -> None:
     Prints the rules per event type and conflict warnings (which do not fail the
     check); exits 1 listing every error with file:line:column.
     """
-    from automation.rules import load_rules_file
+    from automation.rules.load import load_rules_file
 
     failed = False
     for path in files or (_rules_path(),):
@@ -74,7 +74,7 @@ def rules_schema() -> None:
     """Print the JSON Schema of rules files, with which editors complete keys and flag
     mistakes. The repository keeps a copy, rules.schema.json; regenerate it with
     `automation rules schema > rules.schema.json`."""
-    from automation.rules_schema import schema_text
+    from automation.rules.schema import schema_text
 
     click.echo(schema_text(), nl=False)
 
@@ -140,8 +140,8 @@ def _stored(ids: tuple[int, ...]) -> list[tuple[str, bytes, datetime]]:
     """The bodies of stored deliveries, to answer "why did my bot not start?"."""
     if not ids:
         return []
-    from automation.hours import as_utc
-    from automation.models import Delivery
+    from automation.rules.hours import as_utc
+    from automation.store.models import Delivery
 
     found = []
     with command_sessions()() as session:
@@ -159,7 +159,7 @@ def _stored(ids: tuple[int, ...]) -> list[tuple[str, bytes, datetime]]:
 def _moment(at: str | None) -> datetime:
     from datetime import UTC, datetime
 
-    from automation.rules import check_moment, parse_instant
+    from automation.rules.load import check_moment, parse_instant
 
     if at is None:
         return datetime.now(UTC)
@@ -172,7 +172,7 @@ def _moment(at: str | None) -> datetime:
 def _show_payload(ruleset: RuleSet, label: str, body: bytes, now: datetime) -> None:
     import json
 
-    from automation.rules import decode_payload, describe_event, describe_launch
+    from automation.rules.load import decode_payload, describe_event, describe_launch
 
     try:
         payload = decode_payload(body)
@@ -193,7 +193,7 @@ def _show_payload(ruleset: RuleSet, label: str, body: bytes, now: datetime) -> N
 
 
 def _run_cases(cases_file: Path, rules_file: Path | None, now: datetime) -> None:
-    from automation.rules import load_cases_file, run_case
+    from automation.rules.load import load_cases_file, run_case
 
     try:
         cases = load_cases_file(cases_file)
@@ -238,7 +238,7 @@ def rules_diff(new_rules: Path, since: datetime, until: datetime | None) -> None
     Launches compare by rule, bot, entity and change, ignoring times; each delivery
     is judged as of when it arrived, and cooldowns are not applied. Needs DATABASE_URL.
     """
-    from automation import replay
+    from automation.store import replay
 
     old, new = command_rules(_rules_path()), command_rules(new_rules)
     diff = replay.diff_rules(command_sessions(), old, new, since, until)

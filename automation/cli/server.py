@@ -35,7 +35,7 @@ class BindAddress(click.ParamType[str]):
 @click.option("--once", is_flag=True, help="Send everything due now, then exit.")
 def dispatch_command(once: bool) -> None:
     """Send stored launches to amoCRM until SIGTERM/SIGINT (or, with --once, until none is due)."""
-    from automation import dispatcher
+    from automation.dispatch import loop as dispatcher
 
     state = command_runtime()
     try:
@@ -88,7 +88,7 @@ def dispatch_command(once: bool) -> None:
 )
 def serve(bind: str, workers: int, dispatcher: bool) -> None:
     """Start the web server (gunicorn) and one dispatcher: the one-command start."""
-    from automation.serving import run_server
+    from automation.web.serving import run_server
 
     state = command_runtime()  # fail here, clearly, before any worker starts
     state.engine.dispose()

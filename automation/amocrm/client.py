@@ -1,0 +1,576 @@
+"""The amoCRM HTTP client: one pooled session, bearer auth, every answer classified.
+
+The dispatcher owns pacing and retries; this module owns the wire. A salesbot call
+sends one request, never retries and never raises for a network or HTTP outcome: it
+returns a `CallResult` whose `Outcome` tells the dispatcher what amoCRM did, and above
+all whether the request certainly did not reach amoCRM (`NOT_SENT`: safe to resend) or
+may have (`UNCERTAIN`: resending could start a bot twice for the same customer).
+
+What an answer means is decided in `automation.amocrm_answers`, which holds no I/O; what
+stays here is sending, timing, logging, and what a transport exception means, which needs
+requests' and urllib3's exception classes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.cookiejar
+import logging
+import math
+import re
+import ssl
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, TypeGuard
+from urllib.parse import urlencode
+
+import requests
+import requests.auth
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+from urllib3.util.retry import Retry
+
+from automation import metrics
+from automation.amocrm.answers import (
+    ERROR_CHARS,
+    CallResult,
+    Outcome,
+    SalesbotTask,
+    TokenSet,
+    body_excerpt,
+    classify_answer,
+    http_error_text,
+    json_or_none,
+    scrub,
+)
+from automation.errors import AmoAuthError, AutomationError
+
+logger = logging.getLogger("automation.amocrm")
+
+SALESBOT_RUN_PATH = "/api/v2/salesbot/run"
+OAUTH_TOKEN_PATH = "/oauth2/access_token"
+#: amoCRM refuses a salesbot call with more tasks than this.
+MAX_TASKS_PER_CALL = 100
+#: The longest token lifetime we accept, in seconds (about 30 years).
+MAX_TOKEN_LIFETIME = 1e9
+DEFAULT_CONNECT_TIMEOUT = 3.05
+DEFAULT_READ_TIMEOUT = 10.0
+_USER_AGENT = "amocrm-automation/0.1"
+
+TokenProvider = Callable[[], str]
+#: A token must be visible ASCII to go in a header (RFC 6750 `b64token` is narrower).
+_SENDABLE_TOKEN = re.compile(r"[\x21-\x7e]*")
+
+
+class _BearerAuth(requests.auth.AuthBase):
+    """Sets the Bearer header per request (an explicit auth also stops .netrc lookups)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+
+@dataclass
+class _Clock:
+    """Wall-clock start for the record, monotonic start for the duration."""
+
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    _start: float = field(default_factory=time.perf_counter)
+
+    def stop(self) -> tuple[datetime, float]:
+        elapsed = time.perf_counter() - self._start
+        return self.started_at + timedelta(seconds=elapsed), round(elapsed * 1000, 3)
+
+
+class AmoCRMClient:
+    """A client for one amoCRM account at `base_url` (e.g. `Settings.amocrm_url`).
+
+    `token_provider` is called before every salesbot call, so a token refreshed by
+    another process (stored in the database) is picked up without rebuilding the
+    client. Threads may share one client: nothing in its session changes per call (no
+    cookies, no redirects); size `pool_size` to their number so none waits for a
+    connection.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token_provider: TokenProvider,
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        pool_size: int = 10,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url: expected an http:// or https:// URL, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._token_provider = token_provider
+        self._timeout = (connect_timeout, read_timeout)
+        self._session = _make_session(pool_size)
+
+    def __enter__(self) -> AmoCRMClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._session.close()
+
+    def run_salesbots(self, tasks: Sequence[SalesbotTask]) -> CallResult:
+        """POST `tasks` to `/api/v2/salesbot/run` once and classify the answer.
+
+        Never raises for what the network or amoCRM does; raises `ValueError` for a
+        batch that is empty or larger than `MAX_TASKS_PER_CALL` (a caller bug), and
+        lets an exception from the token provider through.
+        """
+        _check_batch(tasks)
+        result = self._send_tasks(tasks, self._token_provider())
+        _log_call(
+            SALESBOT_RUN_PATH,
+            f"tasks={len(tasks)}",
+            result.status_code,
+            result.outcome.value,
+            result.duration_ms,
+            result.error or "",
+        )
+        return result
+
+    def _send_tasks(self, tasks: Sequence[SalesbotTask], token: str) -> CallResult:
+        clock = _Clock()
+        if not _SENDABLE_TOKEN.fullmatch(token):
+            return _unsendable_token(clock)
+        try:
+            response = self._session.post(
+                self.base_url + SALESBOT_RUN_PATH,
+                json=[task.as_json() for task in tasks],
+                auth=_BearerAuth(token),
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            return _failed_call(exc, clock, secrets=(token,))
+        return _answered_call(response, len(tasks), clock)
+
+    def exchange_code(
+        self, client_id: str, client_secret: str, code: str, redirect_uri: str
+    ) -> TokenSet:
+        """Trade an authorization code (valid ~20 minutes, single-use) for tokens.
+
+        Raises `AmoAuthError` with amoCRM's title and detail when refused or unreachable.
+        """
+        body = {
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri,
+        }
+        return self._request_tokens(body, secrets=(client_secret, code))
+
+    def refresh_tokens(
+        self, client_id: str, client_secret: str, refresh_token: str, redirect_uri: str
+    ) -> TokenSet:
+        """Trade a refresh token for a new pair; the old refresh token is then spent.
+
+        Raises `AmoAuthError` when refused or unreachable. After an answer lost in
+        transit the old token may already be spent: say so, and let the operator know
+        that a failing next refresh means authorizing again.
+        """
+        body = {
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "redirect_uri": redirect_uri,
+        }
+        return self._request_tokens(body, secrets=(client_secret, refresh_token))
+
+    def _request_tokens(self, body: dict[str, str], secrets: Sequence[str]) -> TokenSet:
+        grant = body["grant_type"]
+        clock = _Clock()
+        try:
+            response = self._session.post(
+                self.base_url + OAUTH_TOKEN_PATH,
+                json=body,
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            result = _failed_call(exc, clock, secrets=secrets)
+            facts, outcome = f"grant_type={grant}", result.outcome.value
+            _log_call(
+                OAUTH_TOKEN_PATH, facts, None, outcome, result.duration_ms, result.error or ""
+            )
+            raise _unreachable_error(grant, result) from exc
+        status, (_, duration_ms) = response.status_code, clock.stop()
+        outcome = "ok" if status == 200 else "refused"
+        _log_call(OAUTH_TOKEN_PATH, f"grant_type={grant}", status, outcome, duration_ms)
+        if status != 200:
+            raise _refused_error(grant, response, secrets)
+        return _parse_tokens(response)
+
+    # --- webhook subscriptions (`/api/v4/webhooks`) -----------------------------------
+
+    def list_webhooks(self, destination: str | None = None) -> list[dict[str, Any]]:
+        """`GET /api/v4/webhooks`: the account's webhooks, only `destination`'s if given.
+
+        Needs an account administrator's token. A 204 (no webhooks) is an empty list.
+        Raises `WebhooksApiError` for any other answer, or none; never quotes the token.
+        """
+        params = {"filter[destination]": destination} if destination else None
+        return _embedded_webhooks(self._call_webhooks("GET", params=params))
+
+    def subscribe_webhook(
+        self, destination: str, settings: Sequence[str], sort: int | None = None
+    ) -> dict[str, Any]:
+        """`POST /api/v4/webhooks`: subscribe `destination` to exactly `settings`.
+
+        amoCRM replaces the settings of a destination it already knows; the answer is
+        its webhook model. Raises `WebhooksApiError` when refused or unanswered.
+        """
+        body: dict[str, Any] = {"destination": destination, "settings": list(settings)}
+        if sort is not None:
+            body["sort"] = sort
+        document = self._call_webhooks("POST", body=body)
+        return document if isinstance(document, dict) else {}
+
+    def unsubscribe_webhook(self, destination: str) -> None:
+        """`DELETE /api/v4/webhooks`: amoCRM stops sending anything to `destination`."""
+        self._call_webhooks("DELETE", body={"destination": destination})
+
+    def _call_webhooks(
+        self, method: str, *, params: dict[str, str] | None = None, body: Any = None
+    ) -> Any:
+        """One logged call; its JSON answer, or None for an empty 2xx.
+
+        Unlike a salesbot call, every outcome but success raises: these calls are made
+        by an operator at a terminal, who needs the reason, not a classification. The
+        destination holds the webhook secret, so it is masked in errors too.
+        """
+        token = self._token_provider()
+        if not _SENDABLE_TOKEN.fullmatch(token):
+            raise WebhooksApiError("the token provider returned a token with spaces or non-ASCII")
+        secrets = [token, urlencode(params or {}), *(params or {}).values()]
+        secrets += [value for value in (body or {}).values() if isinstance(value, str)]
+        clock = _Clock()
+        try:
+            response = self._session.request(
+                method,
+                self.base_url + WEBHOOKS_PATH,
+                params=params,
+                json=body,
+                auth=_BearerAuth(token),
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            result = _failed_call(exc, clock, secrets=secrets)
+            _log_webhooks_call(method, None, result.duration_ms, result.error or "")
+            where = f"{method} {WEBHOOKS_PATH} at {self.base_url}"
+            raise WebhooksApiError(f"{where}: no answer from amoCRM: {result.error}") from exc
+        _log_webhooks_call(method, response.status_code, clock.stop()[1])
+        return _webhooks_answer(method, response, secrets)
+
+
+def _make_session(pool_size: int) -> requests.Session:
+    """A session with one connection pool, no retries, no redirects and no cookies.
+
+    Retries belong to the dispatcher (urllib3 would resend a POST after a reset, the
+    double launch we must avoid); cookies would make calls depend on each other.
+    """
+    adapter = HTTPAdapter(
+        pool_connections=1,
+        pool_maxsize=pool_size,
+        max_retries=Retry(total=0, read=False, redirect=False),
+    )
+    session = requests.Session()
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.headers["User-Agent"] = _USER_AGENT
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return session
+
+
+def _check_batch(tasks: Sequence[SalesbotTask]) -> None:
+    if not tasks:
+        raise ValueError("run_salesbots: expected at least one task, got none")
+    if len(tasks) > MAX_TASKS_PER_CALL:
+        raise ValueError(
+            f"run_salesbots: expected at most {MAX_TASKS_PER_CALL} tasks, got {len(tasks)}"
+        )
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """Seconds a `Retry-After` header asks for (delay-seconds or an HTTP date), if any."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _answered_call(response: requests.Response, task_count: int, clock: _Clock) -> CallResult:
+    finished_at, duration_ms = clock.stop()
+    outcome, indexes, error = classify_answer(response.status_code, response.content, task_count)
+    return CallResult(
+        outcome=outcome,
+        status_code=response.status_code,
+        body_excerpt=body_excerpt(response.content),
+        error=error,
+        bad_indexes=indexes,
+        started_at=clock.started_at,
+        finished_at=finished_at,
+        duration_ms=duration_ms,
+        retry_after=_retry_after(response) if outcome is Outcome.RATE_LIMITED else None,
+    )
+
+
+# --- transport failures ------------------------------------------------------------
+
+#: Causes meaning the request (or part of it) was written before things broke.
+_UNCERTAIN_CAUSES: tuple[type[BaseException], ...] = (
+    ReadTimeoutError,
+    ProtocolError,
+    http.client.HTTPException,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
+#: Causes raised while connecting, before any byte of the request was written.
+#: (NameResolutionError is a NewConnectionError; both subclass ConnectTimeoutError.)
+_NOT_SENT_CAUSES: tuple[type[BaseException], ...] = (
+    NewConnectionError,
+    ConnectTimeoutError,
+    ssl.SSLCertVerificationError,
+)
+#: requests raises these while preparing the request, before opening a connection.
+_UNSENDABLE = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.InvalidJSONError,
+)
+
+
+def classify_exception(exc: BaseException) -> Outcome:
+    """NOT_SENT when the request certainly never left, UNCERTAIN otherwise.
+
+    requests wraps urllib3's errors, so the whole cause chain is inspected. When in
+    doubt the answer is UNCERTAIN: a launch wrongly held back costs an operator a look,
+    a launch wrongly resent costs a customer a duplicate conversation.
+    """
+    if isinstance(exc, (requests.ConnectTimeout, *_UNSENDABLE)):
+        return Outcome.NOT_SENT
+    if isinstance(exc, (requests.ReadTimeout, requests.exceptions.ChunkedEncodingError)):
+        return Outcome.UNCERTAIN
+    causes = list(_causes(exc))
+    if any(isinstance(cause, _UNCERTAIN_CAUSES) for cause in causes):
+        return Outcome.UNCERTAIN
+    if any(isinstance(cause, _NOT_SENT_CAUSES) for cause in causes):
+        return Outcome.NOT_SENT
+    return Outcome.UNCERTAIN
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and everything it wraps: args, urllib3's `reason`, `__cause__`, `__context__`."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending and len(seen) < 50:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [*current.args, getattr(current, "reason", None)]
+        linked += [current.__cause__, current.__context__]
+        pending += [item for item in linked if isinstance(item, BaseException)]
+
+
+def _unsendable_token(clock: _Clock) -> CallResult:
+    """NOT_SENT: http.client would raise a bare ValueError quoting the token."""
+    error = "the token provider returned a token with spaces, line breaks or non-ASCII"
+    return _unanswered(Outcome.NOT_SENT, error, clock)
+
+
+def _failed_call(exc: BaseException, clock: _Clock, secrets: Sequence[str]) -> CallResult:
+    error = scrub(f"{type(exc).__name__}: {exc}", secrets)
+    return _unanswered(classify_exception(exc), error[:ERROR_CHARS], clock)
+
+
+def _unanswered(outcome: Outcome, error: str, clock: _Clock) -> CallResult:
+    finished_at, duration_ms = clock.stop()
+    return CallResult(
+        outcome=outcome,
+        status_code=None,
+        body_excerpt="",
+        error=error,
+        bad_indexes=(),
+        started_at=clock.started_at,
+        finished_at=finished_at,
+        duration_ms=duration_ms,
+    )
+
+
+# --- OAuth -------------------------------------------------------------------------
+
+
+def _unreachable_error(grant: str, result: CallResult) -> AmoAuthError:
+    message = f"token request ({grant}) did not get an answer: {result.error}"
+    if result.outcome is Outcome.UNCERTAIN and grant == "refresh_token":
+        message += (
+            "; the request may have reached amoCRM and spent the refresh token: if the"
+            " next refresh is refused, authorize again with `automation auth exchange CODE`"
+        )
+    return AmoAuthError(message)
+
+
+def _refused_error(grant: str, response: requests.Response, secrets: Sequence[str]) -> AmoAuthError:
+    """An error naming amoCRM's title, detail and hint, with every secret masked."""
+    document = json_or_none(response.content)
+    problem = document if isinstance(document, dict) else {}
+    title = scrub(str(problem.get("title") or response.reason or ""), secrets)
+    detail = scrub(str(problem.get("detail") or ""), secrets)
+    hint = scrub(str(problem.get("hint") or ""), secrets)
+    message = f"amoCRM refused the token request ({grant}): HTTP {response.status_code}"
+    message += "".join(f": {part}" for part in (title, detail) if part)
+    message += f" (hint: {hint})" if hint else ""
+    return AmoAuthError(
+        message[:ERROR_CHARS], status_code=response.status_code, title=title, detail=detail
+    )
+
+
+def _parse_tokens(response: requests.Response) -> TokenSet:
+    document = json_or_none(response.content)
+    answer = document if isinstance(document, dict) else {}
+    access, refresh = answer.get("access_token"), answer.get("refresh_token")
+    expires_in = answer.get("expires_in")
+    if not (isinstance(access, str) and access and isinstance(refresh, str) and refresh):
+        raise AmoAuthError("amoCRM answered the token request without access_token/refresh_token")
+    if not _is_token_lifetime(expires_in):
+        raise AmoAuthError(f"amoCRM answered the token request with expires_in={expires_in!r}")
+    # expires_in is relative: count it from our clock, not amoCRM's server_time.
+    expires_at = datetime.now(UTC) + timedelta(seconds=float(expires_in))
+    return TokenSet(access_token=access, refresh_token=refresh, expires_at=expires_at)
+
+
+def _is_token_lifetime(value: Any) -> TypeGuard[int | float]:
+    """A positive, finite number of seconds that a datetime can add (JSON allows
+    `Infinity`, and `timedelta` overflows long before it)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and 0 < value < MAX_TOKEN_LIFETIME
+
+
+# --- logging -----------------------------------------------------------------------
+
+
+def _log_call(
+    path: str, facts: str, status: int | None, outcome: str, duration_ms: float, error: str = ""
+) -> None:
+    """One line per call, `key=value` after method and path; never a token or a secret."""
+    level = logging.INFO if outcome in (Outcome.ACCEPTED.value, "ok") else logging.WARNING
+    logger.log(
+        level,
+        "POST %s %s status=%s outcome=%s duration_ms=%.1f%s",
+        path,
+        facts,
+        status if status is not None else "-",
+        outcome,
+        duration_ms,
+        f" error={error!r}" if error else "",
+        extra={"path": path, "status": status, "outcome": outcome, "duration_ms": duration_ms},
+    )
+    metrics.amocrm_call(path, status, outcome, duration_ms)
+
+
+# --- webhook subscriptions -----------------------------------------------------------
+
+WEBHOOKS_PATH = "/api/v4/webhooks"
+
+#: What an operator can do about a refusal of the webhooks API.
+_WEBHOOKS_HINTS = {
+    401: "the access token is expired or revoked: set AMOCRM_ACCESS_TOKEN or run "
+    "`automation auth exchange CODE`",
+    403: "managing webhooks needs the token of an account administrator (or the account's "
+    "API access is blocked)",
+}
+
+
+class WebhooksApiError(AutomationError):
+    """amoCRM's webhooks API refused the request or did not answer."""
+
+    def __init__(self, message: str | None = None, *, status_code: int | None = None) -> None:
+        self.status_code = status_code
+        super().__init__(message)
+
+
+def _webhooks_answer(method: str, response: requests.Response, secrets: Sequence[str]) -> Any:
+    """The JSON of a 2xx answer (None when empty); a `WebhooksApiError` for the rest.
+
+    amoCRM's error details may quote what we sent, and the destination holds the
+    webhook secret: every secret of the call is masked, not only the token.
+    """
+    status = response.status_code
+    document = json_or_none(response.content)
+    if not 200 <= status < 300:
+        text = scrub(http_error_text(status, document), secrets)
+        hint = _WEBHOOKS_HINTS.get(status)
+        message = f"amoCRM refused {method} {WEBHOOKS_PATH}: {text}" + (f"; {hint}" if hint else "")
+        raise WebhooksApiError(message, status_code=status)
+    if response.content.strip() and not isinstance(document, dict):
+        excerpt = scrub(body_excerpt(response.content), secrets)[:200]
+        raise WebhooksApiError(
+            f"amoCRM answered {method} {WEBHOOKS_PATH} with HTTP {status} and a body that is "
+            f"not a JSON object: {excerpt!r}",
+            status_code=status,
+        )
+    return document
+
+
+def _embedded_webhooks(document: Any) -> list[dict[str, Any]]:
+    """`_embedded.webhooks` of a list answer; nothing for an empty answer."""
+    embedded = document.get("_embedded") if isinstance(document, dict) else None
+    items = embedded.get("webhooks") if isinstance(embedded, dict) else None
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+def _log_webhooks_call(
+    method: str, status: int | None, duration_ms: float, error: str = ""
+) -> None:
+    """One line per call, at INFO even when it failed: the caller raises, and an operator
+    sees the error once. The destination is not logged: it carries the webhook secret."""
+    logger.info(
+        "%s %s status=%s duration_ms=%.1f%s",
+        method,
+        WEBHOOKS_PATH,
+        status if status is not None else "-",
+        duration_ms,
+        f" error={error!r}" if error else "",
+        extra={"path": WEBHOOKS_PATH, "status": status, "duration_ms": duration_ms},
+    )

@@ -1,0 +1,387 @@
+"""Rules: which amoCRM events start which Salesbot, on which entity, and when.
+
+Kept in three layers, as Alertmanager keeps its routing tree:
+
+1. **Reading** (`load_rules`): the YAML is composed into nodes that remember their
+   line and column (`yamlfile.py`), turned into plain data, checked node by node by
+   strict pydantic models (`rulefile.py`, `extra="forbid"`), then cross-checked here
+   (duplicate names, an entity the event type never carries). Every problem of a file
+   is reported at once, each as `file:line:col: rules[i] (name="…"): path: message`.
+2. **Compiling**: conditions become small closures that return `None` when an event
+   passes and a reason when it does not (`conditions.py`); rules are indexed by
+   concrete event type, so an event only meets the rules that listen to its type.
+3. **Matching** (`RuleSet.match`, `RuleSet.explain` in `ruleset.py`): pure functions
+   of (event, now), with active hours from `hours.py`.
+
+`RulesLoader` swaps in a changed file and keeps the last good rules when it is broken.
+This module is the public face: what other modules use of the rules engine is
+imported from here. The `rules test --cases` machinery lives in `rulecases.py`.
+Pure: no Flask, SQLAlchemy or requests here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from automation.errors import RulesError
+from automation.events.payloads import ENTITY_TYPE_CODES
+from automation.rules.cases import (
+    Case,
+    CaseFile,
+    CaseResult,
+    decode_payload,
+    describe_event,
+    describe_launch,
+    load_cases_file,
+    run_case,
+)
+from automation.rules.conditions import Condition, compile_condition
+from automation.rules.hours import (
+    ActiveHours,
+    Window,
+    as_utc,
+    format_duration,
+    parse_duration,
+    parse_instant,
+)
+from automation.rules.ruleset import Decision, Launch, Rule, RuleSet, check_moment
+from automation.rules.spec import (
+    RULE_EVENT_TYPES,
+    DefaultsSpec,
+    FileSpec,
+    LaunchSpec,
+    RuleSpec,
+    WindowSpec,
+    expand_pattern,
+    validate,
+)
+from automation.rules.yamlfile import (
+    Converter,
+    Loc,
+    Problem,
+    YamlLoader,
+    compose,
+    read_text,
+    render,
+    show,
+)
+
+__all__ = [
+    "RULE_EVENT_TYPES",
+    "ActiveHours",
+    "Case",
+    "CaseFile",
+    "CaseResult",
+    "Condition",
+    "Decision",
+    "DefaultsSpec",
+    "FileSpec",
+    "Launch",
+    "LaunchSpec",
+    "Rule",
+    "RuleSet",
+    "RuleSpec",
+    "RulesLoader",
+    "Window",
+    "WindowSpec",
+    "as_utc",
+    "check_moment",
+    "decode_payload",
+    "describe_event",
+    "describe_launch",
+    "expand_pattern",
+    "format_duration",
+    "load_cases_file",
+    "load_rules",
+    "load_rules_file",
+    "parse_duration",
+    "parse_instant",
+    "run_case",
+]
+
+logger = logging.getLogger("automation.rules")
+
+#: The YAML 1.2 loader rules files are read with (`rules._Loader`, for tests that
+#: read YAML exactly as the rules engine does).
+_Loader = YamlLoader
+#: Which entity ids each event family can carry (see `events.entity_ids`).
+_CARRIED: Mapping[str, frozenset[str]] = {
+    "lead": frozenset({"lead"}),
+    "contact": frozenset({"contact"}),
+    "company": frozenset({"company"}),
+    "customer": frozenset({"customer"}),
+    "task": frozenset(ENTITY_TYPE_CODES),
+    "talk": frozenset({"lead", "contact"}),
+    "message": frozenset({"lead", "contact"}),
+    "outgoing_message": frozenset({"lead", "contact"}),
+    "unsorted": frozenset({"lead", "contact"}),
+}
+
+
+# ------------------------------------------------------------------------- loading
+
+
+def load_rules(text: str, filename: str = "rules.yaml") -> RuleSet:
+    """Parse, validate and compile a rules file.
+
+    Raises `RulesError` listing every problem of the file at once, each line as
+    `file:line:col: rules[i] (name="…"): path: message`.
+    """
+    root = compose(text, filename)
+    if root is None:
+        message = f"{filename}:1:1: the file is empty; expected version: 1 and rules"
+        raise RulesError([message], filename)
+    problems: list[Problem] = []
+    converter = Converter(problems)
+    data = converter.convert(root, ())
+    rules = _build(data, problems)
+    if problems:
+        shown = converter.without_echoes(problems)
+        raise RulesError(render(shown, root, data, filename), filename)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return RuleSet(rules, content_hash=digest, filename=filename)
+
+
+def load_rules_file(path: str | Path) -> RuleSet:
+    """`load_rules` on a file; an unreadable file is a `RulesError` too."""
+    return load_rules(read_text(Path(path)), str(path))
+
+
+def _build(data: Any, problems: list[Problem]) -> list[Rule]:
+    if not isinstance(data, dict):
+        problems.append(Problem((), f"must be a mapping with version and rules, got {show(data)}"))
+        return []
+    validate(FileSpec, data, (), problems)
+    defaults = DefaultsSpec()
+    if "defaults" in data:
+        defaults = validate(DefaultsSpec, data["defaults"], ("defaults",), problems) or defaults
+    raw_rules: list[Any] = data["rules"] if isinstance(data.get("rules"), list) else []
+    built = [_build_rule(i, raw, defaults, problems) for i, raw in enumerate(raw_rules)]
+    _check_unique_names(raw_rules, problems)
+    return [rule for rule in built if rule is not None]
+
+
+def _build_rule(
+    index: int, raw: Any, defaults: DefaultsSpec, problems: list[Problem]
+) -> Rule | None:
+    loc = ("rules", index)
+    spec = validate(RuleSpec, raw, loc, problems)
+    when = raw.get("when", {}) if isinstance(raw, dict) else None
+    condition = (
+        compile_condition(when, (*loc, "when"), problems) if isinstance(when, dict) else None
+    )
+    if spec is None or condition is None:
+        return None
+    _check_entity(spec, loc, problems)
+    windows = spec.active_hours if spec.active_hours is not None else defaults.active_hours
+    if spec.outside_hours is not None and not windows:
+        message = "has no effect without active_hours (on the rule or in defaults)"
+        problems.append(Problem((*loc, "outside_hours"), message))
+    return _compile_rule(spec, defaults, condition, windows)
+
+
+def _compile_rule(
+    spec: RuleSpec,
+    defaults: DefaultsSpec,
+    condition: Condition,
+    windows: tuple[WindowSpec, ...] | None,
+) -> Rule:
+    cooldown = spec.cooldown if spec.cooldown is not None else defaults.cooldown
+    delay = spec.delay if spec.delay is not None else defaults.delay
+    return Rule(
+        name=spec.name,
+        on=spec.on,
+        event_types=frozenset(t for pattern in spec.on for t in expand_pattern(pattern)),
+        bot_id=spec.launch.bot_id,
+        entity=spec.launch.entity,
+        condition=condition,
+        cooldown=cooldown or None,
+        delay=delay or timedelta(0),
+        active_hours=_active_hours(windows),
+        outside_hours=spec.outside_hours or defaults.outside_hours or "schedule",
+        enabled=spec.enabled,
+        stop=spec.stop,
+    )
+
+
+def _check_entity(spec: RuleSpec, loc: Loc, problems: list[Problem]) -> None:
+    """A rule whose events can never carry its entity would never launch anything."""
+    entity = spec.launch.entity
+    for pattern in spec.on:
+        families = {name.split(".", 1)[0] for name in expand_pattern(pattern)}
+        carried = set[str]().union(*(_CARRIED[family] for family in families))
+        if entity not in carried:
+            message = (
+                f"{pattern} events never carry a {entity} id "
+                f"(they carry: {', '.join(sorted(carried))})"
+            )
+            problems.append(Problem((*loc, "launch", "entity"), message))
+
+
+def _check_unique_names(raw_rules: list[Any], problems: list[Problem]) -> None:
+    first_seen: dict[str, int] = {}
+    for index, raw in enumerate(raw_rules):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first_seen:
+            message = f"duplicate rule name {name!r}, already used by rules[{first_seen[name]}]"
+            problems.append(Problem(("rules", index, "name"), message))
+        else:
+            first_seen[name] = index
+
+
+def _active_hours(windows: tuple[WindowSpec, ...] | None) -> ActiveHours | None:
+    if not windows:
+        return None
+    return ActiveHours(tuple(Window(ZoneInfo(w.timezone), w.days, w.start, w.end) for w in windows))
+
+
+# -------------------------------------------------------------------------- reload
+
+
+@dataclass(frozen=True)
+class _LoaderState:
+    """Everything a reader may look at, swapped as one reference."""
+
+    current: RuleSet | None = None
+    error: str | None = None
+    loaded_at: datetime | None = None
+    stamp: tuple[int, int] | None = None  # (mtime_ns, size) of the last file read
+    digest: str | None = None  # sha256 of the last file read, good or broken
+
+
+class RulesLoader:
+    """The current rules of a file that may change while the server runs.
+
+    `maybe_reload()` looks at the file at most once per `interval` seconds: a changed
+    mtime or size makes it read the file, a changed content hash makes it parse it.
+    Good rules are swapped in atomically; broken ones are logged and exposed in
+    `error` while the last good rules stay in use. Safe to call from many threads.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = _LoaderState()
+        self._checked_at = clock()
+        #: Called with True when a file loads and False when it is found broken
+        #: (`metrics.rules_reloaded`); set by the server, None elsewhere.
+        self.on_reload: Callable[[bool], None] | None = None
+        with self._lock:
+            self._refresh()
+
+    @property
+    def current(self) -> RuleSet | None:
+        """The rules in use: the last file that loaded, or None if none ever did."""
+        return self._state.current
+
+    @property
+    def error(self) -> str | None:
+        """Why the file on disk is not in use, or None when it is."""
+        return self._state.error
+
+    @property
+    def loaded_at(self) -> datetime | None:
+        """When `current` was loaded (UTC)."""
+        return self._state.loaded_at
+
+    @property
+    def rule_count(self) -> int:
+        return len(self._state.current or ())
+
+    @property
+    def content_hash(self) -> str | None:
+        current = self._state.current
+        return current.content_hash if current else None
+
+    def maybe_reload(self) -> RuleSet | None:
+        """The current rules, re-read first if the file changed and `interval` passed."""
+        now = self._clock()
+        if now - self._checked_at < self.interval:
+            return self._state.current
+        with self._lock:
+            if now - self._checked_at >= self.interval:  # another thread may have been first
+                self._checked_at = now
+                self._refresh()
+        return self._state.current
+
+    def reload(self) -> RuleSet | None:
+        """Look at the file now, ignoring the interval (e.g. on SIGHUP)."""
+        with self._lock:
+            self._checked_at = self._clock()
+            self._refresh()
+        return self._state.current
+
+    def _refresh(self) -> None:
+        state = self._state
+        try:
+            stat = os.stat(self.path)
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp == state.stamp:
+                return
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            self._fail(RulesError([f"{self.path}: cannot read: {exc.strerror}"], str(self.path)))
+            return
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest == state.digest:
+            self._state = replace(state, stamp=stamp)
+            return
+        self._parse(raw, stamp, digest)
+
+    def _parse(self, raw: bytes, stamp: tuple[int, int], digest: str) -> None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            message = f"{self.path}: not UTF-8 text (byte {exc.start})"
+            self._fail(RulesError([message], str(self.path)), stamp, digest)
+            return
+        try:
+            rules = load_rules(text, str(self.path))
+        except RulesError as exc:
+            self._fail(exc, stamp, digest)
+            return
+        except Exception as exc:  # a bug in reading must not take the webhooks down
+            logger.exception("rules file %s could not be read", self.path)
+            message = f"{self.path}: could not be read ({type(exc).__name__}: {exc})"
+            self._fail(RulesError([message], str(self.path)), stamp, digest)
+            return
+        self._state = _LoaderState(rules, None, datetime.now(UTC), stamp, digest)
+        logger.info("rules loaded file=%s rules=%d hash=%s", self.path, len(rules), digest[:12])
+        if self.on_reload is not None:
+            self.on_reload(True)
+
+    def _fail(
+        self, exc: RulesError, stamp: tuple[int, int] | None = None, digest: str | None = None
+    ) -> None:
+        message = str(exc)
+        if message != self._state.error:
+            kept = "kept previous rules" if self._state.current else "no rules loaded"
+            logger.error(
+                "rules reload failed file=%s error=%s (%s)",
+                self.path,
+                "; ".join(exc.problems),
+                kept,
+            )
+            if self.on_reload is not None:
+                self.on_reload(False)
+        self._state = replace(self._state, error=message, stamp=stamp, digest=digest)

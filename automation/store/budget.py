@@ -1,0 +1,145 @@
+"""The request budget to amoCRM, shared by every dispatcher through the database.
+
+amoCRM allows about 7 requests a second per integration, answers 429 beyond that, and
+blocks the account (403 for everything) when an integration keeps pushing. So the
+budget is counted where all dispatchers see it: a slot is the `api_calls` row itself,
+taken while holding the one `rate_limits` row, so N dispatchers together never start
+more than `max_rps` calls in any window of one second plus a margin. A 429 or 403 seen
+by one dispatcher puts a hold on the row that stops them all.
+
+The margin is there because our clock reads when the call row is written and amoCRM's
+when the request arrives, later by a varying delay: `max_rps` requests are spaced a
+second plus the margin apart, so amoCRM's second holds no more as long as the delay
+varies by less than the margin (AMOCRM_RATE_MARGIN_MS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from automation.store.database import for_update, insert_ignoring
+from automation.store.models import ApiCall, RateLimit
+
+NAME = "amocrm"
+SECOND = timedelta(seconds=1)
+#: The default margin: enough on loopback and a quiet host (AMOCRM_RATE_MARGIN_MS).
+MARGIN = timedelta(milliseconds=30)
+#: Longest back-off after repeated 429s.
+MAX_BACKOFF = timedelta(seconds=60)
+#: The longest `Retry-After` a 429 can impose.
+MAX_RETRY_AFTER = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether a request may start now, and if not, for how long to wait and why."""
+
+    wait: float
+    #: The clock read after the budget row was locked: the call's start time.
+    now: datetime
+    reason: str | None = None
+
+    @property
+    def go(self) -> bool:
+        return self.wait <= 0
+
+
+def take(session: Session, max_rps: float, call_id: int, margin: timedelta = MARGIN) -> Verdict:
+    """Take a request slot for call `call_id`, inserted earlier in this transaction;
+    on success the caller stamps the call with `Verdict.now` and commits.
+
+    Locks the budget row first (PostgreSQL `FOR UPDATE`; SQLite holds its write lock
+    from BEGIN), so that the count and the caller's stamp are one atomic step. The
+    clock is read only once the lock is held: a time read before waiting for the lock
+    would be stale, and a stale start time lets the next dispatcher go early.
+    """
+    state = _locked_row(session, datetime.now(UTC))
+    return _verdict(session, state, max_rps, SECOND + margin, datetime.now(UTC), call_id)
+
+
+def peek(session: Session, max_rps: float, margin: timedelta = MARGIN) -> Verdict:
+    """How long until a slot frees, without locking: a cheap look before claiming work
+    that a refusal would only roll back."""
+    state = session.get(RateLimit, NAME)
+    return _verdict(session, state, max_rps, SECOND + margin, datetime.now(UTC), None)
+
+
+def _verdict(
+    session: Session,
+    state: RateLimit | None,
+    max_rps: float,
+    window: timedelta,
+    now: datetime,
+    exclude: int | None,
+) -> Verdict:
+    if state is not None and state.hold_until is not None and state.hold_until > now:
+        return Verdict((state.hold_until - now).total_seconds(), now, state.hold_reason)
+    limit = max(1, int(max_rps))
+    query = (
+        select(ApiCall.started_at)
+        .where(ApiCall.started_at > now - window, ApiCall.outcome.is_distinct_from("dry_run"))
+        .order_by(ApiCall.started_at.desc())
+        .limit(limit)
+    )
+    if exclude is not None:
+        query = query.where(ApiCall.id != exclude)
+    starts = list(session.execute(query).scalars())
+    if len(starts) < limit:
+        return Verdict(0.0, now)
+    wait = (starts[-1] + window - now).total_seconds()
+    return Verdict(max(wait, 0.001), now, "rate limit")
+
+
+def hold(session: Session, until: datetime, reason: str, now: datetime) -> None:
+    """Stop every dispatcher from sending until `until` (a 403, a lost token)."""
+    state = _locked_row(session, now)
+    if state.hold_until is None or state.hold_until < until:
+        state.hold_until = until
+        state.hold_reason = reason
+    state.updated_at = now
+
+
+def rate_limited(session: Session, now: datetime, retry_after: float | None = None) -> timedelta:
+    """Record a 429: every dispatcher backs off, longer with each 429 in a row, and at
+    least as long as the answer's `Retry-After` asked (up to an hour: a bogus header
+    must not stop sending for good)."""
+    state = _locked_row(session, now)
+    state.consecutive_429 += 1
+    backoff = min(timedelta(seconds=2 ** (state.consecutive_429 - 1)), MAX_BACKOFF)
+    if retry_after is not None:
+        backoff = max(backoff, min(timedelta(seconds=retry_after), MAX_RETRY_AFTER))
+    hold(session, now + backoff, f"rate limited by amoCRM (429 #{state.consecutive_429})", now)
+    return backoff
+
+
+def succeeded(session: Session, now: datetime) -> None:
+    """A request went through: forget the 429 streak (holds run out by themselves)."""
+    state = _locked_row(session, now)
+    if state.consecutive_429:
+        state.consecutive_429 = 0
+        state.updated_at = now
+
+
+def current_hold(session: Session, now: datetime) -> RateLimit | None:
+    """The active hold, if any, for `/healthz`."""
+    state = session.get(RateLimit, NAME)
+    if state is None or state.hold_until is None or state.hold_until <= now:
+        return None
+    return state
+
+
+def _locked_row(session: Session, now: datetime) -> RateLimit:
+    query = for_update(session, select(RateLimit).where(RateLimit.name == NAME))
+    state = session.execute(query).scalar_one_or_none()
+    if state is None:  # first use: two dispatchers may both get here, one insert wins
+        session.execute(
+            insert_ignoring(session, RateLimit)
+            .values(name=NAME, consecutive_429=0, updated_at=now)
+            .on_conflict_do_nothing()
+        )
+        state = session.execute(query).scalar_one()
+    return state

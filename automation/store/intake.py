@@ -1,0 +1,222 @@
+"""Storing a webhook: its delivery row and its launches, in the caller's transaction.
+
+De-duplication is the database's job (a unique `dedupe_key`, `INSERT … ON CONFLICT DO
+NOTHING`), never read-then-write: two copies of one webhook arriving at the same instant
+on two workers still produce one launch.
+
+This is the webhook's hot path, and on SQLite its transaction holds the database's only
+write lock. So the rows are built first (`Rows.of`, pure: no database), and the
+transaction only runs the INSERTs (`store`), through `CompiledInsert`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, insert, select, text, update
+
+from automation.events.payloads import Payload
+from automation.rules.hours import format_duration
+from automation.store.database import dialect_insert
+from automation.store.fastinsert import CompiledInsert
+from automation.store.models import Delivery, DeliveryStatus, Launch, LaunchStatus
+
+if TYPE_CHECKING:
+    from automation.rules.load import Launch as PlannedLaunch
+
+#: Launches that count for a cooldown: the bot ran, or is about to.
+COOLDOWN_STATUSES = (
+    LaunchStatus.PENDING,
+    LaunchStatus.SENDING,
+    LaunchStatus.SENT,
+    LaunchStatus.UNCERTAIN,
+    LaunchStatus.DRY_RUN,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A webhook as received: what we store in `deliveries` before answering."""
+
+    body: bytes
+    content_type: str
+    remote_addr: str | None
+    received_at: datetime
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What `store` stored: the answer the webhook gives amoCRM."""
+
+    delivery_id: int
+    events: int
+    launches: int
+    skipped: int
+    duplicates: int
+    status: DeliveryStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """A webhook's rows, built before the transaction that stores them."""
+
+    delivery: dict[str, Any]
+    launches: list[tuple[PlannedLaunch, dict[str, Any]]]
+
+    @classmethod
+    def of(cls, inbound: Inbound, planned: Sequence[PlannedLaunch]) -> Rows:
+        payload = inbound.payload
+        status = DeliveryStatus.ACCEPTED if payload.recognized else DeliveryStatus.UNRECOGNIZED
+        delivery = {
+            "received_at": inbound.received_at,
+            "remote_addr": inbound.remote_addr,
+            "content_type": inbound.content_type[:200],
+            "body": inbound.body,
+            "account_id": payload.account.id,
+            "account_subdomain": payload.account.subdomain,
+            "event_count": len(payload.events),
+            # Counted optimistically (every launch new): the common case needs no UPDATE.
+            "launch_count": len(planned),
+            "duplicate_count": 0,
+            "status": status,
+        }
+        launches = [(launch, launch_row(launch, inbound.received_at)) for launch in planned]
+        return cls(delivery, launches)
+
+
+def store(connection: Connection, rows: Rows) -> Enqueued:
+    """Insert a webhook's rows in the connection's transaction; the caller commits.
+
+    A launch whose dedupe key exists already is not stored again and counts as a
+    duplicate. A launch inside its rule's cooldown is stored as `skipped` with the
+    reason, so "why did my bot not start?" has an answer in the log.
+    """
+    inserted = INSERT_DELIVERY.execute(connection, rows.delivery)
+    assert inserted is not None, "a delivery insert has no conflict clause"
+    delivery_id = int(inserted[0])
+    outcomes = [_store_launch(connection, delivery_id, *launch) for launch in rows.launches]
+    added = outcomes.count(LaunchStatus.PENDING)
+    skipped = outcomes.count(LaunchStatus.SKIPPED)
+    duplicates = outcomes.count(None)
+    if added != len(outcomes):
+        connection.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery_id)
+            .values(launch_count=added, duplicate_count=duplicates)
+        )
+    delivery = rows.delivery
+    events, status = delivery["event_count"], delivery["status"]
+    return Enqueued(delivery_id, events, added, skipped, duplicates, status)
+
+
+def enqueue_launches(
+    connection: Connection, delivery_id: int, planned: Sequence[PlannedLaunch], now: datetime
+) -> list[LaunchStatus | None]:
+    """Store launches for an already stored delivery (a webhook, or a replay of one).
+
+    Returns, per planned launch, the status it was stored with (`pending`, or
+    `skipped` inside its cooldown) or None when its dedupe key existed already, so a
+    replay adds only what no earlier delivery or replay added.
+    """
+    return [
+        _store_launch(connection, delivery_id, launch, launch_row(launch, now))
+        for launch in planned
+    ]
+
+
+def launch_row(launch: PlannedLaunch, now: datetime) -> dict[str, Any]:
+    """A `pending` launch row without its delivery (`_store_launch` adds it)."""
+    return {
+        "delivery_id": None,
+        "rule": launch.rule,
+        "event_type": launch.event.type,
+        "event_group": launch.event.group[:100],
+        "event_index": launch.event.index,
+        "bot_id": launch.bot_id,
+        "entity_type": launch.entity_type,
+        "entity_id": launch.entity_id,
+        "change_key": launch.event.change[:300],
+        "dedupe_key": dedupe_digest(launch),
+        "status": LaunchStatus.PENDING,
+        "reason": None,
+        "not_before": launch.not_before,
+        "attempts": 0,
+        "retries": 0,
+        "created_at": now,
+        "updated_at": now,
+        "settled_at": None,
+    }
+
+
+def dedupe_digest(launch: PlannedLaunch) -> str:
+    """The stored form of a launch's dedupe key: fixed length, whatever the rule name."""
+    return hashlib.sha256(launch.dedupe_key.encode()).hexdigest()
+
+
+def _store_launch(
+    connection: Connection, delivery_id: int, launch: PlannedLaunch, row: dict[str, Any]
+) -> LaunchStatus | None:
+    """Insert unless the dedupe key exists; the status stored, or None if not stored."""
+    row = {**row, "delivery_id": delivery_id}
+    reason = _cooldown_reason(connection, launch, row["created_at"])
+    if reason is not None:
+        row |= {"status": LaunchStatus.SKIPPED, "reason": reason, "settled_at": row["created_at"]}
+    if INSERT_LAUNCH.execute(connection, row) is None:
+        return None
+    return LaunchStatus(row["status"])
+
+
+def _cooldown_reason(connection: Connection, launch: PlannedLaunch, now: datetime) -> str | None:
+    """Why the launch is skipped: the same bot ran on the same entity inside the
+    rule's cooldown. None when it is not (or the rule has no cooldown)."""
+    if not launch.cooldown:
+        return None
+    _lock_target(connection, launch)
+    earlier = connection.execute(
+        select(Launch.id, Launch.created_at)
+        .where(
+            Launch.entity_id == launch.entity_id,
+            Launch.entity_type == launch.entity_type,
+            Launch.bot_id == launch.bot_id,
+            Launch.created_at > now - launch.cooldown,
+            Launch.status.in_(COOLDOWN_STATUSES),
+        )
+        .order_by(Launch.created_at.desc())
+        .limit(1)
+    ).first()
+    if earlier is None:
+        return None
+    return (
+        f"cooldown: launch #{earlier.id} of bot {launch.bot_id} on this entity at "
+        f"{earlier.created_at:%Y-%m-%d %H:%M:%S}Z is inside the "
+        f"{format_duration(launch.cooldown)} cooldown"
+    )
+
+
+def _lock_target(connection: Connection, launch: PlannedLaunch) -> None:
+    """Serialise cooldown checks of one bot on one entity until this transaction ends.
+
+    The check is a read, so two different changes of the same lead stored at the same
+    instant by two workers could both see "no earlier launch". SQLite already runs one
+    writer at a time; PostgreSQL takes a transaction-scoped advisory lock on the target.
+    """
+    if connection.dialect.name != "postgresql":
+        return
+    target = f"{launch.bot_id}:{launch.entity_type}:{launch.entity_id}".encode()
+    key = int.from_bytes(hashlib.blake2b(target, digest_size=8).digest(), "big", signed=True)
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+INSERT_DELIVERY = CompiledInsert(lambda _dialect: insert(Delivery).returning(Delivery.id))
+INSERT_LAUNCH = CompiledInsert(
+    lambda dialect: (
+        dialect_insert(dialect)(Launch)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(Launch.id)
+    )
+)

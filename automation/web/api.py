@@ -1,0 +1,434 @@
+"""The read API: the launch log as JSON, behind `Authorization: Bearer $ADMIN_TOKEN`.
+
+`GET /api/launches` lists launches newest first with the launch-log filters,
+`GET /api/launches/<id>` shows one with its delivery and the API calls it rode in,
+`GET /api/deliveries/<id>` shows a stored webhook with its body and launches, and
+`GET /api/openapi.json` describes the whole HTTP surface. Without `ADMIN_TOKEN` the
+read endpoints answer 404, as if they did not exist: an API nobody secured stays shut.
+
+The response shapes are pydantic models so that `automation.openapi` can publish
+their JSON Schemas: the document and the answers come from the same definitions.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from flask import Blueprint, Response, abort, jsonify, request
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, defer
+from werkzeug.datastructures import MultiDict
+
+from automation.events.payloads import ENTITY_KINDS
+from automation.limits import MAX_ID
+from automation.store.launchlog import LaunchQuery, launch_filters
+from automation.store.models import (
+    ApiCall,
+    CallLaunch,
+    Delivery,
+    DeliveryStatus,
+    Launch,
+    LaunchStatus,
+)
+from automation.web.runtime import runtime
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+#: `since=2h`: a duration ago, in the rules file's syntax; at most 4 digits a unit, so
+#: the moment stays inside the calendar.
+RELATIVE_PATTERN = r"^(?:([0-9]{1,4})d)?(?:([0-9]{1,4})h)?(?:([0-9]{1,4})m)?(?:([0-9]{1,4})s)?$"
+#: RFC 3339, the `date-time` of JSON Schema: an offset is required.
+_DATE_TIME_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+#: The cursor is opaque to clients; today it is the last id of the page.
+CURSOR_PATTERN = r"^[0-9]{1,30}$"
+#: PostgreSQL text cannot hold NUL, and an empty name is a forgotten variable.
+RULE_PATTERN = r"^[^\u0000]+$"
+QUERY_PARAMETERS = ("status", "rule", "bot_id", "entity_id", "since", "until", "limit", "cursor")
+
+_RELATIVE = re.compile(RELATIVE_PATTERN)
+_DATE_TIME = re.compile(_DATE_TIME_PATTERN)
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_CURSOR = re.compile(CURSOR_PATTERN)
+_RULE = re.compile(RULE_PATTERN)
+_DIGITS = re.compile(r"^[0-9]{1,30}$")
+_UTC_MIN = datetime.min.replace(tzinfo=UTC)
+_UTC_MAX = datetime.max.replace(tzinfo=UTC)
+
+
+# ------------------------------------------------------------------------- responses
+
+
+class _Out(BaseModel):
+    """A response shape: strict, so its JSON Schema says `additionalProperties: false`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Error(_Out):
+    """Every error answer: one message that names what was wrong."""
+
+    error: str
+
+
+class LaunchOut(_Out):
+    """One launch-log entry: a bot to start on an entity, and where it got to."""
+
+    id: int
+    delivery_id: int | None
+    rule: str
+    event_type: str
+    event_group: str
+    event_index: int
+    bot_id: int
+    entity_type: int
+    #: `lead`, `contact`, `company` or `customer`; None for a code we do not know.
+    entity: str | None
+    entity_id: int
+    change_key: str
+    status: LaunchStatus
+    reason: str | None
+    not_before: datetime
+    attempts: int
+    retries: int
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    sending_at: datetime | None
+    settled_at: datetime | None
+    claimed_by: str | None
+    call_id: int | None
+
+
+class LaunchPage(_Out):
+    """A page of launches, newest first; `next_cursor` is None on the last page."""
+
+    launches: list[LaunchOut]
+    next_cursor: str | None
+
+
+class DeliveryOut(_Out):
+    """A stored webhook without its body."""
+
+    id: int
+    received_at: datetime
+    remote_addr: str | None
+    content_type: str
+    account_id: int | None
+    account_subdomain: str | None
+    event_count: int
+    launch_count: int
+    duplicate_count: int
+    status: DeliveryStatus
+
+
+class CallOut(_Out):
+    """One request to amoCRM that carried the launch, at `position` in its body."""
+
+    id: int
+    position: int
+    dispatcher: str
+    endpoint: str
+    launch_count: int
+    started_at: datetime
+    finished_at: datetime | None
+    status_code: int | None
+    outcome: str | None
+    error: str | None
+    response_excerpt: str | None
+
+
+class LaunchDetail(_Out):
+    """A launch, the delivery that caused it and every call it rode in, oldest first."""
+
+    launch: LaunchOut
+    delivery: DeliveryOut | None
+    calls: list[CallOut]
+
+
+class DeliveryDetail(_Out):
+    """A stored webhook, its body as text (UTF-8, bad bytes replaced) and its launches."""
+
+    delivery: DeliveryOut
+    body: str
+    launches: list[LaunchOut]
+
+
+def _from_row(model: type[M], row: object, **extra: Any) -> M:
+    """Build a response model from an ORM row: each field read from the row, or `extra`."""
+    names = model.model_fields.keys() - extra.keys()
+    return model.model_validate({name: getattr(row, name) for name in names} | extra)
+
+
+def _launch_out(launch: Launch) -> LaunchOut:
+    return _from_row(LaunchOut, launch, entity=ENTITY_KINDS.get(launch.entity_type))
+
+
+# --------------------------------------------------------------------------- filters
+
+
+class BadParameter(ValueError):
+    """A query parameter we cannot use; the message names it and what it accepts."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+
+
+def parse_launch_query(args: MultiDict[str, str], now: datetime) -> LaunchQuery:
+    """Read the query string strictly; raise `BadParameter` naming the first bad one.
+
+    Unknown and repeated parameters are errors too: a misspelt filter that silently
+    lists every launch is worse than a 400.
+    """
+    for name in args:
+        if name not in QUERY_PARAMETERS:
+            expected = _listed(QUERY_PARAMETERS)
+            raise BadParameter(name, f"unknown parameter; expected one of {expected}")
+    limit = _one(args, "limit", _limit)
+    return LaunchQuery(
+        statuses=_statuses(args.getlist("status")),
+        rule=_one(args, "rule", _rule),
+        bot_id=_one(args, "bot_id", _positive_id),
+        entity_id=_one(args, "entity_id", _positive_id),
+        since=_one(args, "since", lambda text: _moment(text, now)),
+        until=_one(args, "until", lambda text: _moment(text, now)),
+        before_id=_one(args, "cursor", _cursor),
+        limit=DEFAULT_LIMIT if limit is None else limit,
+    )
+
+
+def _one(args: MultiDict[str, str], name: str, parse: Callable[[str], T]) -> T | None:
+    """The parameter parsed, None when absent; `parse` raises ValueError with the why."""
+    values = args.getlist(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadParameter(name, f"given {len(values)} times, expected once")
+    try:
+        return parse(values[0])
+    except ValueError as exc:
+        raise BadParameter(name, str(exc)) from exc
+
+
+def _statuses(values: Sequence[str]) -> tuple[LaunchStatus, ...]:
+    """`status=sent&status=failed` and `status=sent,failed` alike."""
+    known = {status.value: status for status in LaunchStatus}
+    found: list[LaunchStatus] = []
+    for item in (part for value in values for part in value.split(",")):
+        if item not in known:
+            raise BadParameter("status", f"expected one of {_listed(known)}, got {item!r}")
+        found.append(known[item])
+    return tuple(dict.fromkeys(found))
+
+
+def _rule(text: str) -> str:
+    if not _RULE.fullmatch(text):
+        raise ValueError(f"expected a rule name, got {text!r}")
+    return text
+
+
+def _positive_id(text: str) -> int:
+    if not _DIGITS.fullmatch(text) or not 1 <= int(text) <= MAX_ID:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _limit(text: str) -> int:
+    if not _DIGITS.fullmatch(text) or not 1 <= int(text) <= MAX_LIMIT:
+        raise ValueError(f"expected an integer from 1 to {MAX_LIMIT}, got {text!r}")
+    return int(text)
+
+
+def _cursor(text: str) -> int | None:
+    """The id to continue below; one past every id means "from the top"."""
+    if not _CURSOR.fullmatch(text):
+        raise ValueError(f"expected the next_cursor of a previous page, got {text!r}")
+    before = int(text)
+    return before if before <= MAX_ID else None
+
+
+def _moment(text: str, now: datetime) -> datetime:
+    """RFC 3339 time, a date (midnight UTC) or a duration ago (`2h`, `3d`, `1h30m`)."""
+    relative = _RELATIVE.fullmatch(text) if text else None
+    if relative is not None:
+        days, hours, minutes, seconds = (int(part or 0) for part in relative.groups())
+        return now - timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if _DATE_TIME.fullmatch(text) or _DATE.fullmatch(text):
+        try:
+            return _as_utc(datetime.fromisoformat(text.upper()))
+        except ValueError:
+            pass
+    raise ValueError(
+        "expected a time with its offset such as 2024-10-01T09:00:00+03:00, a date such "
+        f"as 2024-10-01 or a duration ago such as 30m, 2h or 3d, got {text!r}"
+    )
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """Aware UTC (a date alone is midnight UTC); clamped at the calendar's ends, where
+    `0001-01-01T00:00:00+05:00` would otherwise overflow."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return _UTC_MIN if moment.year == 1 else _UTC_MAX
+
+
+def _listed(names: Iterable[str]) -> str:
+    return ", ".join(names)
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def launch_page(session: Session, query: LaunchQuery) -> LaunchPage:
+    """One page, newest first; keyset paging by id so pages stay stable under inserts."""
+    statement = (
+        select(Launch)
+        .where(*launch_filters(Launch.__table__.c, query))
+        .order_by(Launch.id.desc())
+        .limit(query.limit + 1)
+    )
+    rows = list(session.scalars(statement))
+    page = rows[: query.limit]
+    more = len(rows) > query.limit
+    return LaunchPage(
+        launches=[_launch_out(launch) for launch in page],
+        next_cursor=str(page[-1].id) if more else None,
+    )
+
+
+def launch_detail(session: Session, launch_id: int) -> LaunchDetail | None:
+    """The launch with its delivery (body left out) and its calls in the order made."""
+    launch = session.get(Launch, launch_id) if launch_id <= MAX_ID else None
+    if launch is None:
+        return None
+    delivery = None
+    if launch.delivery_id is not None:
+        delivery = session.get(Delivery, launch.delivery_id, options=[defer(Delivery.body)])
+    calls = session.execute(
+        select(ApiCall, CallLaunch.position)
+        .join(CallLaunch, CallLaunch.call_id == ApiCall.id)
+        .where(CallLaunch.launch_id == launch_id)
+        .order_by(ApiCall.id)
+    )
+    return LaunchDetail(
+        launch=_launch_out(launch),
+        delivery=_from_row(DeliveryOut, delivery) if delivery else None,
+        calls=[_from_row(CallOut, call, position=position) for call, position in calls],
+    )
+
+
+def delivery_detail(session: Session, delivery_id: int) -> DeliveryDetail | None:
+    """The delivery, its body decoded for reading, and the launches it caused by id."""
+    delivery = session.get(Delivery, delivery_id) if delivery_id <= MAX_ID else None
+    if delivery is None:
+        return None
+    launches = session.scalars(
+        select(Launch).where(Launch.delivery_id == delivery_id).order_by(Launch.id)
+    )
+    return DeliveryDetail(
+        delivery=_from_row(DeliveryOut, delivery),
+        body=bytes(delivery.body).decode("utf-8", errors="replace"),
+        launches=[_launch_out(launch) for launch in launches],
+    )
+
+
+# ---------------------------------------------------------------------------- routes
+
+
+@bp.before_request
+def _authorize() -> Response | None:
+    """Bearer ADMIN_TOKEN on every read endpoint; the document itself is public.
+
+    Without ADMIN_TOKEN the endpoints answer the same 404 as an unknown URL.
+    """
+    if request.endpoint == "api.openapi_document":
+        return None
+    expected = runtime().settings.admin_token
+    if expected is None:
+        abort(404)
+    if not _bearer_matches(request.headers.get("Authorization", ""), expected.get_secret_value()):
+        response = _json(
+            Error(error="missing or wrong bearer token: send Authorization: Bearer <ADMIN_TOKEN>"),
+            401,
+        )
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+    return None
+
+
+def _bearer_matches(header: str, expected: str) -> bool:
+    """Constant-time, so the answer time tells nothing about how much of a guess was right.
+
+    WSGI hands headers over as latin-1 text; encoding back gives the bytes sent.
+    """
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(token.strip().encode("latin-1"), expected.encode())
+
+
+@bp.errorhandler(BadParameter)
+def _bad_parameter(exc: BadParameter) -> Response:
+    return _json(Error(error=str(exc)), 400)
+
+
+@bp.errorhandler(SQLAlchemyError)
+def _database_unavailable(exc: SQLAlchemyError) -> Response:
+    """A database outage is a 503 to retry, not a traceback."""
+    return _json(Error(error="database unavailable, retry later"), 503)
+
+
+@bp.get("/launches")
+def list_launches() -> Response:
+    """Launches newest first, filtered and paged as `parse_launch_query` reads them."""
+    query = parse_launch_query(request.args, datetime.now(UTC))
+    with runtime().sessions() as session:
+        return _json(launch_page(session, query))
+
+
+@bp.get("/launches/<int:launch_id>")
+def show_launch(launch_id: int) -> Response:
+    """One launch with its delivery and calls, or 404."""
+    with runtime().sessions() as session:
+        detail = launch_detail(session, launch_id)
+    if detail is None:
+        abort(404, f"no launch with id {launch_id}")
+    return _json(detail)
+
+
+@bp.get("/deliveries/<int:delivery_id>")
+def show_delivery(delivery_id: int) -> Response:
+    """One stored webhook with its body and launches, or 404."""
+    with runtime().sessions() as session:
+        detail = delivery_detail(session, delivery_id)
+    if detail is None:
+        abort(404, f"no delivery with id {delivery_id}")
+    return _json(detail)
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Response:
+    """The OpenAPI 3.1 document of the whole HTTP surface; needs no token."""
+    from automation.web.openapi import document
+
+    return jsonify(document())
+
+
+def _json(model: BaseModel, status: int = 200) -> Response:
+    return Response(model.model_dump_json(), status=status, mimetype="application/json")

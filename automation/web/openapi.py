@@ -1,0 +1,380 @@
+"""The OpenAPI 3.1 document of the whole HTTP surface, served at `/api/openapi.json`.
+
+Response schemas come from the pydantic models the handlers answer with (the read
+API's in `automation.api`, the webhook's and `/healthz`'s described here), and the
+query parameters from the same constants the parser checks against, so the document
+cannot drift from the code unnoticed. `tests/test_openapi.py` holds it to the running
+app: every route documented and nothing else, every answer valid against it.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.json_schema import models_json_schema
+
+from automation.limits import MAX_ID
+from automation.store.models import LaunchStatus
+from automation.web.api import (
+    CURSOR_PATTERN,
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    RELATIVE_PATTERN,
+    RULE_PATTERN,
+    DeliveryDetail,
+    Error,
+    LaunchDetail,
+    LaunchPage,
+)
+
+JSON = dict[str, Any]
+_REF = "#/components/schemas/{model}"
+
+
+class _Doc(BaseModel):
+    """A shape another module answers with as a plain dict; described here for the document."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class WebhookAccepted(_Doc):
+    """The webhook was stored (with its launches) before this answer."""
+
+    delivery_id: int
+    events: int
+    launches: int
+
+
+class HealthDatabase(_Doc):
+    """The database answered; `schema_current` says whether it is at the code's revision."""
+
+    reachable: Literal[True]
+    schema_revision: str | None
+    schema_current: bool
+    last_webhook_at: datetime | None
+
+
+class HealthDatabaseDown(_Doc):
+    """The database did not answer; `error` is the exception's class name."""
+
+    reachable: Literal[False]
+    error: str
+    schema_current: Literal[False]
+
+
+class HealthRules(_Doc):
+    """The rules in use; `last_error` is a reload that failed while the old rules ran on."""
+
+    file: str
+    loaded: bool
+    loaded_at: datetime | None
+    rule_count: int
+    content_hash: str | None
+    last_error: str | None
+
+
+class HealthWebhook(_Doc):
+    """Whether WEBHOOK_SECRET is set; without it every webhook gets 503."""
+
+    configured: bool
+    error: str | None = None
+
+
+class HealthDispatch(_Doc):
+    """Sending: dry run or not, the last dispatcher heartbeat, and a shared pause if any."""
+
+    dry_run: bool
+    last_heartbeat_at: datetime | None
+    paused_until: datetime | None
+    pause_reason: str | None
+
+
+class HealthDispatchError(_Doc):
+    """The dispatch state could not be read; `error` is the exception's class name."""
+
+    error: str
+
+
+class HealthDispatchUnknown(_Doc):
+    """Empty: not asked, because the database is unreachable."""
+
+
+class Health(_Doc):
+    """`ok` and `degraded` (sending paused) answer 200; `unhealthy` answers 503."""
+
+    status: Literal["ok", "degraded", "unhealthy"]
+    database: HealthDatabase | HealthDatabaseDown
+    rules: HealthRules
+    webhook: HealthWebhook
+    dispatch: HealthDispatch | HealthDispatchError | HealthDispatchUnknown
+
+
+_MODELS: tuple[type[BaseModel], ...] = (
+    Error,
+    WebhookAccepted,
+    Health,
+    LaunchPage,
+    LaunchDetail,
+    DeliveryDetail,
+)
+
+
+def document() -> JSON:
+    """The document as a fresh dict (callers may change it; the built one stays intact)."""
+    return copy.deepcopy(_document())
+
+
+@cache
+def _document() -> JSON:
+    """Built once per process: it depends only on the code."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "amoCRM automation server",
+            "version": _version(),
+            "description": (
+                "amoCRM webhooks in, Salesbot launches out. The read API (`/api/launches`, "
+                "`/api/deliveries`) needs `Authorization: Bearer $ADMIN_TOKEN` and answers "
+                '404 when ADMIN_TOKEN is not set. Every error is JSON: `{"error": message}`.'
+            ),
+        },
+        "paths": {
+            "/webhooks/amocrm/{secret}": {"post": _webhook()},
+            "/healthz": {"get": _healthz()},
+            "/metrics": {"get": _metrics()},
+            "/api/launches": {"get": _list_launches()},
+            "/api/launches/{launch_id}": {"get": _show("launch", "LaunchDetail")},
+            "/api/deliveries/{delivery_id}": {"get": _show("delivery", "DeliveryDetail")},
+            "/api/openapi.json": {"get": _openapi()},
+        },
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The ADMIN_TOKEN setting.",
+                }
+            },
+        },
+    }
+
+
+def _version() -> str:
+    try:
+        return version("amocrm-automation")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0.0.0"
+
+
+def _schemas() -> JSON:
+    """Every model's JSON Schema, and the enums and models they refer to, by name."""
+    mode: Literal["serialization"] = "serialization"
+    pairs = [(model, mode) for model in _MODELS]
+    _, schemas = models_json_schema(pairs, ref_template=_REF)
+    defs: JSON = schemas["$defs"]
+    return defs
+
+
+# ------------------------------------------------------------------------ operations
+
+
+def _webhook() -> JSON:
+    return {
+        "operationId": "receiveWebhook",
+        "summary": "Receive an amoCRM webhook",
+        "description": (
+            "Stores the body and the launches its events start in one transaction, then "
+            "answers 200. A payload problem is a 4xx naming it, never a 5xx; 503 means "
+            "the delivery was not stored and amoCRM should retry."
+        ),
+        "parameters": [
+            {
+                "name": "secret",
+                "in": "path",
+                "required": True,
+                "description": "WEBHOOK_SECRET; a wrong one answers 404.",
+                "schema": {"type": "string", "minLength": 1},
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "example": {
+                        "account[id]": "30112233",
+                        "account[subdomain]": "mybrand",
+                        "leads[status][0][id]": "27754599",
+                        "leads[status][0][status_id]": "59936202",
+                        "leads[status][0][pipeline_id]": "7173574",
+                    },
+                },
+                "application/json": {
+                    "schema": {"type": "object"},
+                    "example": {
+                        "account": {"id": "30112233"},
+                        "talk": {"add": [{"talk_id": "7", "contact_id": "5"}]},
+                    },
+                },
+            },
+        },
+        "responses": {
+            "200": _json("Stored; counts of events and of new launches.", "WebhookAccepted"),
+            "400": _error("The body is not an amoCRM webhook we can decode."),
+            "403": _error("From another account than AMOCRM_ACCOUNT_ID / AMOCRM_SUBDOMAIN."),
+            "404": _error("Wrong secret."),
+            "413": _error("The body is larger than MAX_BODY_BYTES."),
+            "415": _error("Neither form-encoded nor JSON."),
+            "503": _error("WEBHOOK_SECRET is not set, or the database is unavailable."),
+        },
+    }
+
+
+def _healthz() -> JSON:
+    return {
+        "operationId": "health",
+        "summary": "Can this server accept and store webhooks now?",
+        "responses": {
+            "200": _json("Healthy (`ok`) or sending paused (`degraded`).", "Health"),
+            "503": _json(
+                "Database unreachable or behind, no rules loaded, or no WEBHOOK_SECRET.", "Health"
+            ),
+        },
+    }
+
+
+def _metrics() -> JSON:
+    return {
+        "operationId": "metrics",
+        "summary": "Prometheus metrics",
+        "responses": {
+            "200": {
+                "description": "The Prometheus text exposition format.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+
+
+def _openapi() -> JSON:
+    return {
+        "operationId": "openapi",
+        "summary": "This document",
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "The OpenAPI 3.1 document.",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    }
+
+
+def _list_launches() -> JSON:
+    return {
+        "operationId": "listLaunches",
+        "summary": "The launch log, newest first",
+        "description": (
+            "Filters combine with AND. Page with `limit` and the `next_cursor` of the "
+            "previous page; pages stay stable while new launches arrive. Unknown or "
+            "repeated parameters are a 400, like bad values."
+        ),
+        "security": [{"adminToken": []}],
+        "parameters": _launch_filters(),
+        "responses": {
+            "200": _json("A page of launches.", "LaunchPage"),
+            "400": _error("A parameter is unknown or has a bad value; the message names it."),
+            **_read_errors(),
+        },
+    }
+
+
+def _show(noun: str, schema: str) -> JSON:
+    return {
+        "operationId": f"show{noun.capitalize()}",
+        "summary": f"One {noun} with what belongs to it",
+        "security": [{"adminToken": []}],
+        "parameters": [
+            {
+                "name": f"{noun}_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+            }
+        ],
+        "responses": {"200": _json(f"The {noun}.", schema), **_read_errors()},
+    }
+
+
+def _launch_filters() -> list[JSON]:
+    moment = {
+        "anyOf": [
+            {"type": "string", "format": "date-time"},
+            {"type": "string", "format": "date"},
+            {"type": "string", "minLength": 2, "pattern": RELATIVE_PATTERN},
+        ]
+    }
+    positive = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+    return [
+        _query(
+            "status",
+            {"type": "array", "items": {"$ref": _REF.format(model=LaunchStatus.__name__)}},
+            "Any of these statuses; repeat the parameter or separate with commas.",
+            explode=True,
+        ),
+        _query("rule", {"type": "string", "pattern": RULE_PATTERN}, "The rule's exact name."),
+        _query("bot_id", positive, "The Salesbot's id."),
+        _query("entity_id", positive, "The lead's, contact's, … id."),
+        _query("since", moment, "Created at or after: RFC 3339, a date, or ago (`2h`, `3d`)."),
+        _query("until", moment, "Created before; the same forms as `since`."),
+        _query(
+            "limit",
+            {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+            "Launches per page.",
+        ),
+        _query(
+            "cursor",
+            {"type": "string", "pattern": CURSOR_PATTERN},
+            "`next_cursor` of the previous page, unchanged; its form may change.",
+        ),
+    ]
+
+
+def _query(name: str, schema: JSON, description: str, *, explode: bool = False) -> JSON:
+    parameter: JSON = {"name": name, "in": "query", "description": description, "schema": schema}
+    if explode:
+        parameter |= {"style": "form", "explode": True}
+    return parameter
+
+
+def _read_errors() -> JSON:
+    return {
+        "401": {
+            **_error("No bearer token, or the wrong one."),
+            "headers": {
+                "WWW-Authenticate": {
+                    "description": "`Bearer`",
+                    "schema": {"type": "string", "const": "Bearer"},
+                }
+            },
+        },
+        "404": _error("No such id, or ADMIN_TOKEN is not set (the read API is off)."),
+        "503": _error("The database is unavailable; retry later."),
+    }
+
+
+def _json(description: str, schema: str) -> JSON:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(model=schema)}}},
+    }
+
+
+def _error(description: str) -> JSON:
+    return _json(description, "Error")
