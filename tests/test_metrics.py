@@ -30,7 +30,7 @@ from automation.web import serving
 from tests.conftest import incoming_message
 from tests.fake_amocrm import ACCESS_TOKEN, FakeAmoCRM
 from tests.launches import add_launches
-from tests.test_serving import BIN, ROOT, free_port, server_env, wait_healthy
+from tests.web.test_serving import BIN, ROOT, free_port, server_env, wait_healthy
 
 FORM = "application/x-www-form-urlencoded"
 SALESBOT = "/api/v2/salesbot/run"

@@ -12,7 +12,7 @@ Hand-written rather than `parse_qsl` plus a walk over every key, because a bulk 
 500 leads is one body of about 10,000 fields and amoCRM waits at most 2 s for the reply:
 one split of the whole text, one percent-decoder call for all values and a memo of the
 group each still-encoded key prefix names make it several times faster on such bodies.
-Faster must not mean different: `tests/test_properties.py` checks `parse_form` against
+Faster must not mean different: `tests/events/test_properties.py` checks `parse_form` against
 the plain `parse_qsl` implementation, and `unquote` against `urllib.parse.unquote`, on
 arbitrary input.
 
@@ -93,7 +93,7 @@ def parse_form(body: bytes, charset: str | None = None) -> dict[str, Any]:
     Dense `0..n-1` maps become lists; id-keyed maps (`linked_leads_id[27754620]`)
     stay maps. A later duplicate key replaces an earlier one, as in PHP. The result is
     what `parse_qsl(text.strip(), keep_blank_values=True)` plus the bracket rebuild
-    give; `tests/test_properties.py` checks that against the plain implementation.
+    give; `tests/events/test_properties.py` checks that against the plain implementation.
     A key or value holding a NUL character is an error naming the field. `charset` is
     the one the request declared, if any; it only words the error of a non-UTF-8 body.
     """

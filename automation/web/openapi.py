@@ -3,7 +3,7 @@
 Response schemas come from the pydantic models the handlers answer with (the read
 API's in `automation.api`, the webhook's and `/healthz`'s described here), and the
 query parameters from the same constants the parser checks against, so the document
-cannot drift from the code unnoticed. `tests/test_openapi.py` holds it to the running
+cannot drift from the code unnoticed. `tests/web/test_openapi.py` holds it to the running
 app: every route documented and nothing else, every answer valid against it.
 """
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from automation.cli import main
 from automation.cli.launches import LAUNCH_STATUSES
 from automation.store.models import Launch, LaunchStatus
-from tests.test_launchlog import NOW, fixture_body, send, status_change, store
+from tests.store.test_launchlog import NOW, fixture_body, send, status_change, store
 
 SCRIPT = Path(sys.executable).parent / "automation"
 

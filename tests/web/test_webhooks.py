@@ -251,7 +251,7 @@ def test_every_fixture_is_accepted_and_counted(
     app: Any, client: Any, webhook_body: Callable[[str], bytes]
 ) -> None:
     names = sorted(
-        path.stem for path in (Path(__file__).parent / "fixtures/webhooks").glob("*.form")
+        path.stem for path in (Path(__file__).parents[1] / "fixtures/webhooks").glob("*.form")
     )
     for name in names:
         assert post(client, webhook_body(name)).status_code == 200, name

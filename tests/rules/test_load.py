@@ -32,8 +32,8 @@ from automation.rules.load import (
 )
 from tests.conftest import FakeClock
 
-FIXTURES = Path(__file__).parent / "fixtures"
-REPO = Path(__file__).parents[1]
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+REPO = Path(__file__).parents[2]
 #: Tuesday 2024-10-01, 12:00 in Moscow.
 NOW = datetime(2024, 10, 1, 9, 0, tzinfo=UTC)
 LEAD = 27754599  # the lead of status_lead.form

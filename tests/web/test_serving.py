@@ -18,8 +18,8 @@ from sqlalchemy import select
 from automation.store.database import make_engine
 from automation.store.models import Delivery, Launch
 
-ROOT = Path(__file__).resolve().parents[1]
-WEBHOOKS = Path(__file__).parent / "fixtures" / "webhooks"
+ROOT = Path(__file__).resolve().parents[2]
+WEBHOOKS = Path(__file__).parents[1] / "fixtures" / "webhooks"
 BIN = Path(sys.executable).parent
 
 

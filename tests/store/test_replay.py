@@ -16,7 +16,7 @@ from automation.rules.load import load_rules
 from automation.store import replay as replaying
 from automation.store.models import Delivery, DeliveryStatus, Launch, LaunchStatus
 from automation.store.replay import Tally
-from tests.test_launchlog import RULES, fixture_body, status_change, store
+from tests.store.test_launchlog import RULES, fixture_body, status_change, store
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 #: When the deliveries of these tests arrived: three days before the replay.

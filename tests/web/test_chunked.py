@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from automation.store.database import make_engine
 from automation.store.models import Delivery
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LIMIT = 2000
 FORM = "application/x-www-form-urlencoded"

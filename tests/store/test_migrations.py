@@ -104,7 +104,7 @@ def test_plain_alembic_upgrade_head_works_from_the_repository(tmp_path: object) 
     from pathlib import Path
 
     url = f"sqlite:///{tmp_path}/alembic.db"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     alembic = str(Path(sys.executable).parent / "alembic")
     env = {**os.environ, "DATABASE_URL": url}
     subprocess.run([alembic, "upgrade", "head"], cwd=root, env=env, check=True, capture_output=True)

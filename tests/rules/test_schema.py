@@ -18,8 +18,8 @@ from automation.rules import load as rules
 from automation.rules.load import RULE_EVENT_TYPES, load_rules
 from automation.rules.schema import REGENERATE, _object, rules_schema
 
-ROOT = Path(__file__).resolve().parents[1]
-RULES_FIXTURES = Path(__file__).parent / "fixtures" / "rules"
+ROOT = Path(__file__).resolve().parents[2]
+RULES_FIXTURES = Path(__file__).parents[1] / "fixtures" / "rules"
 
 #: Error fixtures the schema cannot catch, and why: `rules check` remains the judge.
 CHECKED_ONLY_BY_THE_LOADER = {

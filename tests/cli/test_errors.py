@@ -91,7 +91,7 @@ def test_postgresql_without_psycopg_says_which_extra_to_install(
 
 
 def test_the_missing_driver_message_names_the_distribution() -> None:
-    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
 
     assert 'name = "amocrm-automation"' in pyproject
     assert 'postgres = ["psycopg' in pyproject

@@ -18,7 +18,7 @@ from automation.store.models import Launch, LaunchStatus
 from tests.fake_amocrm import ACCESS_TOKEN, FakeAmoCRM
 from tests.launches import add_launches
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 AUTOMATION = str(Path(sys.executable).parent / "automation")
 
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from automation.cli import main
 
-REPO = Path(__file__).parents[1]
+REPO = Path(__file__).parents[2]
 WEBHOOKS = "tests/fixtures/webhooks"
 CASES = "tests/fixtures/cases"
 #: Tuesday 2024-10-01, 12:00 in Moscow: office hours.
