@@ -21,7 +21,6 @@ import os
 import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING
@@ -31,17 +30,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation.store.models import Delivery, Launch, LaunchStatus
-from automation.store.models import Dispatcher as DispatcherRow
+from automation.store.models import LaunchStatus
+from automation.store.vitals import Vitals, read_vitals
 from automation.web.runtime import runtime
 
 if TYPE_CHECKING:
     from automation.events.payloads import Payload
-    from automation.rules.load import Launch as PlannedLaunch
+    from automation.rules.load import PlannedLaunch
     from automation.store.intake import Enqueued
 
 log = logging.getLogger("automation.metrics")
@@ -229,30 +227,6 @@ def webhook_outcome(status_code: int) -> str:
 # ------------------------------------------------------------- database gauges
 
 
-@dataclass(frozen=True, slots=True)
-class DatabaseFacts:
-    """What a scrape reads from the database."""
-
-    due: int
-    oldest_due: datetime | None
-    last_heartbeat: datetime | None
-    last_webhook: datetime | None
-
-
-def read_facts(session: Session, now: datetime) -> DatabaseFacts:
-    """One round trip: COUNT and MIN over `ix_launches_due`, MAX over two indexed columns."""
-    due = (Launch.status == LaunchStatus.PENDING, Launch.not_before <= now)
-    row = session.execute(
-        select(
-            select(func.count()).select_from(Launch).where(*due).scalar_subquery(),
-            select(func.min(Launch.not_before)).where(*due).scalar_subquery(),
-            select(func.max(DispatcherRow.heartbeat_at)).scalar_subquery(),
-            select(func.max(Delivery.received_at)).scalar_subquery(),
-        )
-    ).one()
-    return DatabaseFacts(int(row[0] or 0), row[1], row[2], row[3])
-
-
 class DatabaseCollector(Collector):
     """Gauges computed at scrape time from the database, so that they hold for every
     web host and dispatcher at once; a database that does not answer shows as
@@ -265,7 +239,7 @@ class DatabaseCollector(Collector):
         now = datetime.now(UTC)
         try:
             with self.sessions() as session:
-                facts = read_facts(session, now)
+                facts = read_vitals(session, now)
         except SQLAlchemyError as exc:
             log.warning("metrics: database not readable error=%s", type(exc).__name__)
             yield _gauge("automation_database_up", "1 when the database answered", 0)
@@ -274,7 +248,7 @@ class DatabaseCollector(Collector):
         yield from _facts_gauges(facts, now)
 
 
-def _facts_gauges(facts: DatabaseFacts, now: datetime) -> Iterator[Metric]:
+def _facts_gauges(facts: Vitals, now: datetime) -> Iterator[Metric]:
     oldest_age = (now - facts.oldest_due).total_seconds() if facts.oldest_due else 0.0
     yield _gauge(
         "automation_launches_due",

@@ -63,8 +63,7 @@ from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 from automation.config import Settings  # noqa: E402
 from automation.store.database import make_engine, make_session_factory, upgrade  # noqa: E402
-from automation.store.models import Dispatcher as DispatcherRow  # noqa: E402
-from automation.store.models import Launch  # noqa: E402
+from automation.store.models import DispatcherRow, Launch  # noqa: E402
 from tests.fake_amocrm import ACCESS_TOKEN, FakeAmoCRM, RecordedCall  # noqa: E402
 from tests.launches import add_launches  # noqa: E402
 

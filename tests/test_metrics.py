@@ -25,7 +25,7 @@ from automation import metrics
 from automation.config import Settings
 from automation.dispatch import loop as dispatch
 from automation.store.database import make_engine, make_session_factory
-from automation.store.models import Dispatcher as DispatcherRow
+from automation.store.models import DispatcherRow
 from automation.web import serving
 from tests.conftest import incoming_message
 from tests.fake_amocrm import ACCESS_TOKEN, FakeAmoCRM

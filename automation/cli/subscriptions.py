@@ -191,12 +191,10 @@ def _last_webhook_text(sessions: sessionmaker[Session]) -> str:
     """When the newest stored delivery arrived, and how long ago: a silent webhook shows."""
     from datetime import UTC, datetime
 
-    from sqlalchemy import func, select
-
-    from automation.store.models import Delivery
+    from automation.store.vitals import last_webhook_at
 
     with sessions() as session:
-        last = session.execute(select(func.max(Delivery.received_at))).scalar()
+        last = last_webhook_at(session)
     if last is None:
         return "none yet"
     return f"{_when(last)} ({_age(datetime.now(UTC) - last)} ago)"

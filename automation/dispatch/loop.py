@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
-from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import wait_exponential, wait_random_exponential
@@ -31,8 +30,7 @@ from automation.amocrm.client import MAX_TASKS_PER_CALL, SALESBOT_RUN_PATH, AmoC
 from automation.config import Settings
 from automation.dispatch.tokens import TokenStore
 from automation.errors import AutomationError, ConfigError
-from automation.store import budget, outbox, retention
-from automation.store.models import Dispatcher as DispatcherRow
+from automation.store import budget, dispatchers, outbox, retention
 from automation.store.models import LaunchStatus
 from automation.store.outbox import Claimed
 
@@ -161,19 +159,12 @@ class Dispatcher:
             with self.sessions.begin() as session:
                 other = self._live_other(session, now) if self._sqlite else None
                 if other is None:
-                    session.add(
-                        DispatcherRow(
-                            id=self.id,
-                            host=socket.gethostname(),
-                            pid=os.getpid(),
-                            started_at=now,
-                            heartbeat_at=now,
-                        )
-                    )
+                    host, pid = socket.gethostname(), os.getpid()
+                    dispatchers.register(session, self.id, host, pid, now)
                     self._recover(session, now)
                     break
             message = (
-                f"another dispatcher ({other.id}) runs on this SQLite database; only one "
+                f"another dispatcher ({other}) runs on this SQLite database; only one "
                 "may. Use PostgreSQL to run several."
             )
             if not wait:
@@ -185,16 +176,8 @@ class Dispatcher:
                 raise NotAlone(message)
         log.info("dispatcher started id=%s dry_run=%s", self.id, self.dry_run)
 
-    def _live_other(self, session: Session, now: datetime) -> DispatcherRow | None:
-        return session.execute(
-            select(DispatcherRow)
-            .where(
-                DispatcherRow.stopped_at.is_(None),
-                DispatcherRow.heartbeat_at > now - self.dead_after,
-                DispatcherRow.id != self.id,
-            )
-            .limit(1)
-        ).scalar_one_or_none()
+    def _live_other(self, session: Session, now: datetime) -> str | None:
+        return dispatchers.live_other(session, self.id, now, self.dead_after)
 
     def _beat_interval(self) -> float:
         return min(HEARTBEAT_EVERY, self.dead_after.total_seconds() / 4)
@@ -210,11 +193,7 @@ class Dispatcher:
         while not self._stopping.wait(self._beat_interval()):
             try:
                 with self.sessions.begin() as session:
-                    session.execute(
-                        update(DispatcherRow)
-                        .where(DispatcherRow.id == self.id)
-                        .values(heartbeat_at=utcnow())
-                    )
+                    dispatchers.beat(session, self.id, utcnow())
             except SQLAlchemyError as exc:
                 log.error("heartbeat failed error=%s", type(exc).__name__)
 
@@ -228,32 +207,18 @@ class Dispatcher:
 
     def _recover(self, session: Session, now: datetime) -> None:
         """Settle what dead dispatchers left `sending`."""
-        live = session.execute(
-            select(DispatcherRow.id).where(
-                DispatcherRow.stopped_at.is_(None),
-                DispatcherRow.heartbeat_at > now - self.dead_after,
-            )
-        ).scalars()
+        live = dispatchers.live_ids(session, now, self.dead_after)
         pending, uncertain = outbox.recover_orphans(session, [*live, self.id], now)
         if pending or uncertain:
             log.warning("recovered orphaned launches pending=%s uncertain=%s", pending, uncertain)
             metrics.launches_settled(LaunchStatus.UNCERTAIN, uncertain)
-        session.execute(
-            update(DispatcherRow)
-            .where(
-                DispatcherRow.stopped_at.is_(None),
-                DispatcherRow.heartbeat_at <= now - self.dead_after,
-            )
-            .values(stopped_at=now)
-        )
+        dispatchers.bury_dead(session, now, self.dead_after)
 
     def _unregister(self) -> None:
         now = utcnow()
         with self.sessions.begin() as session:
             outbox.release_claims(session, self.id, now)
-            session.execute(
-                update(DispatcherRow).where(DispatcherRow.id == self.id).values(stopped_at=now)
-            )
+            dispatchers.unregister(session, self.id, now)
         log.info(
             "dispatcher stopped id=%s calls=%s sent=%s", self.id, self.stats.calls, self.stats.sent
         )

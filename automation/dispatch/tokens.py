@@ -14,15 +14,14 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.amocrm.answers import TokenSet
 from automation.amocrm.client import AmoCRMClient
 from automation.config import Settings
 from automation.errors import AutomationError
-from automation.store.database import for_update
-from automation.store.models import OAuthToken
+from automation.store import oauth
+from automation.store.oauth import StoredTokens
 
 log = logging.getLogger("automation.tokens")
 
@@ -30,7 +29,6 @@ log = logging.getLogger("automation.tokens")
 REFRESH_MARGIN = timedelta(minutes=5)
 #: Re-read the stored token at most this often (another process may have refreshed).
 CACHE_SECONDS = 30.0
-TOKEN_ROW = 1
 
 
 class NoToken(AutomationError):
@@ -44,16 +42,11 @@ def is_oauth(settings: Settings) -> bool:
     )
 
 
-def store_tokens(session: Session, tokens: TokenSet, now: datetime) -> None:
+def store_tokens(session: Session, tokens: TokenSet, now: datetime) -> StoredTokens:
     """Replace the stored pair (call inside the transaction that holds the row lock)."""
-    row = session.get(OAuthToken, TOKEN_ROW)
-    if row is None:
-        row = OAuthToken(id=TOKEN_ROW, access_token="", updated_at=now)
-        session.add(row)
-    row.access_token = tokens.access_token
-    row.refresh_token = tokens.refresh_token
-    row.expires_at = tokens.expires_at
-    row.updated_at = now
+    stored = StoredTokens(tokens.access_token, tokens.refresh_token, tokens.expires_at)
+    oauth.save(session, stored, now)
+    return stored
 
 
 class TokenStore:
@@ -105,13 +98,13 @@ class TokenStore:
 
     def _load(self) -> None:
         with self._sessions() as session:
-            row = session.get(OAuthToken, TOKEN_ROW)
+            row = oauth.read(session)
             if row is None:
                 row = self._seed(session)
             self._token, self._expires_at = row.access_token, row.expires_at
         self._read_at = time.monotonic()
 
-    def _seed(self, session: Session) -> OAuthToken:
+    def _seed(self, session: Session) -> StoredTokens:
         """First start with OAuth: take the pair from the environment, if given."""
         settings = self._settings
         if settings.amocrm_refresh_token is None and settings.amocrm_access_token is None:
@@ -119,15 +112,13 @@ class TokenStore:
         now = datetime.now(UTC)
         access = settings.amocrm_access_token
         refresh = settings.amocrm_refresh_token
-        row = OAuthToken(
-            id=TOKEN_ROW,
+        row = StoredTokens(
             access_token=access.get_secret_value() if access else "",
             refresh_token=refresh.get_secret_value() if refresh else None,
             # Unknown expiry of an env token without refresh token: use it until a 401.
             expires_at=None if access else now,
-            updated_at=now,
         )
-        session.add(row)
+        oauth.save(session, row, now)
         session.commit()
         return row
 
@@ -135,19 +126,19 @@ class TokenStore:
         """Refresh under the row lock, unless another process already did."""
         now = datetime.now(UTC)
         with self._sessions.begin() as session:
-            row = _locked_row(session)
+            row = oauth.locked(session)
             if row is None:
                 raise NoToken()
             fresh = row.expires_at is None or row.expires_at - now >= REFRESH_MARGIN
             if row.access_token != rejected and fresh:
                 log.info("token refreshed by another process; using it")
             else:
-                store_tokens(session, self._call_refresh(row), now)
+                row = store_tokens(session, self._call_refresh(row), now)
                 log.info("token refreshed expires_at=%s", row.expires_at)
             self._token, self._expires_at = row.access_token, row.expires_at
         self._read_at = time.monotonic()
 
-    def _call_refresh(self, row: OAuthToken) -> TokenSet:
+    def _call_refresh(self, row: StoredTokens) -> TokenSet:
         settings = self._settings
         if not row.refresh_token:
             raise NoToken("no refresh token stored: run `automation auth exchange CODE`")
@@ -160,11 +151,6 @@ class TokenStore:
                 row.refresh_token,
                 settings.amocrm_redirect_uri,
             )
-
-
-def _locked_row(session: Session) -> OAuthToken | None:
-    query = for_update(session, select(OAuthToken).where(OAuthToken.id == TOKEN_ROW))
-    return session.execute(query).scalar_one_or_none()
 
 
 def exchange_code(settings: Settings, sessions: sessionmaker[Session], code: str) -> TokenSet:
@@ -184,6 +170,6 @@ def exchange_code(settings: Settings, sessions: sessionmaker[Session], code: str
             settings.amocrm_redirect_uri,
         )
     with sessions.begin() as session:
-        _locked_row(session)
+        oauth.locked(session)
         store_tokens(session, tokens, datetime.now(UTC))
     return tokens

@@ -21,7 +21,7 @@ from pydantic import PlainValidator, model_validator
 from automation.errors import PayloadError, RulesError
 from automation.events.payloads import Event, Payload, decode_body
 from automation.rules.hours import as_utc, format_duration, format_instant, parse_instant
-from automation.rules.ruleset import Launch, RuleSet, check_moment
+from automation.rules.ruleset import PlannedLaunch, RuleSet, check_moment
 from automation.rules.spec import BotId, Entity, Instant, Spec, Text, validate
 from automation.rules.yamlfile import Converter, Loc, Problem, compose, read_text, render, show
 
@@ -38,7 +38,7 @@ def describe_event(event: Event) -> str:
     return f"{event.type} ({event.group}[{event.index}]) {entities or 'no entities'}".rstrip()
 
 
-def describe_launch(launch: Launch) -> str:
+def describe_launch(launch: PlannedLaunch) -> str:
     """One line: rule, bot, entity, earliest start and cooldown of a launch."""
     cooldown = format_duration(launch.cooldown) if launch.cooldown else "none"
     return (
@@ -170,7 +170,7 @@ def run_case(rules: RuleSet, case: Case, now: datetime) -> CaseResult:
     return CaseResult(case.name, all(line.startswith(" ") for line in diff), tuple(diff))
 
 
-def _diff(expected: Sequence[ExpectSpec], actual: Sequence[Launch]) -> list[str]:
+def _diff(expected: Sequence[ExpectSpec], actual: Sequence[PlannedLaunch]) -> list[str]:
     unmatched = list(actual)
     lines = []
     for item in expected:
@@ -184,7 +184,7 @@ def _diff(expected: Sequence[ExpectSpec], actual: Sequence[Launch]) -> list[str]
     return lines
 
 
-def _fits(item: ExpectSpec, launch: Launch) -> bool:
+def _fits(item: ExpectSpec, launch: PlannedLaunch) -> bool:
     same = (item.rule, item.bot_id, item.entity, item.entity_id) == (
         launch.rule,
         launch.bot_id,
@@ -200,7 +200,7 @@ def _expect_text(item: ExpectSpec) -> str:
     return text + (f", not_before: {format_instant(item.not_before)}}}" if item.not_before else "}")
 
 
-def _launch_text(launch: Launch) -> str:
+def _launch_text(launch: PlannedLaunch) -> str:
     return (
         f"{{rule: {launch.rule}, bot_id: {launch.bot_id}, entity: {launch.entity}, "
         f"entity_id: {launch.entity_id}, not_before: {format_instant(launch.not_before)}}}"

@@ -54,7 +54,7 @@ from automation.rules.hours import (
     parse_duration,
     parse_instant,
 )
-from automation.rules.ruleset import Decision, Launch, Rule, RuleSet, check_moment
+from automation.rules.ruleset import Decision, PlannedLaunch, Rule, RuleSet, check_moment
 from automation.rules.spec import (
     RULE_EVENT_TYPES,
     DefaultsSpec,
@@ -86,8 +86,8 @@ __all__ = [
     "Decision",
     "DefaultsSpec",
     "FileSpec",
-    "Launch",
     "LaunchSpec",
+    "PlannedLaunch",
     "Rule",
     "RuleSet",
     "RuleSpec",

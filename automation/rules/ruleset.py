@@ -42,7 +42,7 @@ def check_moment(moment: datetime) -> datetime:
 
 
 @dataclass(frozen=True)
-class Launch:
+class PlannedLaunch:
     """One bot to start on one entity, not before a moment (UTC)."""
 
     rule: str
@@ -72,7 +72,7 @@ class Decision:
     rule: str
     matched: bool
     reason: str
-    launch: Launch | None
+    launch: PlannedLaunch | None
 
 
 def _is_echo(event: Event) -> bool:
@@ -139,7 +139,7 @@ class Rule:
                 f"matched, but {format_instant(due)} is outside active hours (outside_hours: skip)"
             )
             return Decision(self.name, True, reason, None)
-        launch = Launch(
+        launch = PlannedLaunch(
             self.name,
             self.bot_id,
             self.entity,
@@ -184,7 +184,7 @@ class RuleSet:
     def __len__(self) -> int:
         return len(self.rules)
 
-    def match(self, event: Event, now: datetime) -> list[Launch]:
+    def match(self, event: Event, now: datetime) -> list[PlannedLaunch]:
         """Launches for one event at `now` (naive means UTC), in rule order."""
         return [d.launch for d in self.explain(event, now) if d.launch is not None]
 

@@ -26,7 +26,7 @@ from automation.store.fastinsert import CompiledInsert
 from automation.store.models import Delivery, DeliveryStatus, Launch, LaunchStatus
 
 if TYPE_CHECKING:
-    from automation.rules.load import Launch as PlannedLaunch
+    from automation.rules.load import PlannedLaunch
 
 #: Launches that count for a cooldown: the bot ran, or is about to.
 COOLDOWN_STATUSES = (

@@ -239,7 +239,7 @@ class RateLimit(Base):
     updated_at: Mapped[datetime]
 
 
-class Dispatcher(Base):
+class DispatcherRow(Base):
     """A running (or dead) dispatcher process and its heartbeat."""
 
     __tablename__ = "dispatchers"

@@ -20,8 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation.errors import PayloadError
 from automation.events.payloads import ENTITY_KINDS, Payload, decode_body
-from automation.rules.load import Launch as PlannedLaunch
-from automation.rules.load import RuleSet
+from automation.rules.load import PlannedLaunch, RuleSet
 from automation.store import intake
 from automation.store.models import Delivery, LaunchStatus
 

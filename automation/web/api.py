@@ -16,26 +16,18 @@ import hmac
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from flask import Blueprint, Response, abort, jsonify, request
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
-from automation.events.payloads import ENTITY_KINDS
 from automation.limits import MAX_ID
-from automation.store.launchlog import LaunchQuery, launch_filters
-from automation.store.models import (
-    ApiCall,
-    CallLaunch,
-    Delivery,
-    DeliveryStatus,
-    Launch,
-    LaunchStatus,
-)
+from automation.store import story
+from automation.store.launchlog import LaunchQuery
+from automation.store.models import DeliveryStatus, LaunchStatus
 from automation.web.runtime import runtime
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -167,14 +159,9 @@ class DeliveryDetail(_Out):
     launches: list[LaunchOut]
 
 
-def _from_row(model: type[M], row: object, **extra: Any) -> M:
-    """Build a response model from an ORM row: each field read from the row, or `extra`."""
-    names = model.model_fields.keys() - extra.keys()
-    return model.model_validate({name: getattr(row, name) for name in names} | extra)
-
-
-def _launch_out(launch: Launch) -> LaunchOut:
-    return _from_row(LaunchOut, launch, entity=ENTITY_KINDS.get(launch.entity_type))
+def _from_record(model: type[M], record: object) -> M:
+    """Build a response model from one of the store's records, field by field."""
+    return model.model_validate({name: getattr(record, name) for name in model.model_fields})
 
 
 # --------------------------------------------------------------------------- filters
@@ -292,59 +279,40 @@ def _listed(names: Iterable[str]) -> str:
     return ", ".join(names)
 
 
-# --------------------------------------------------------------------------- queries
+# --------------------------------------------------------------------------- answers
 
 
 def launch_page(session: Session, query: LaunchQuery) -> LaunchPage:
-    """One page, newest first; keyset paging by id so pages stay stable under inserts."""
-    statement = (
-        select(Launch)
-        .where(*launch_filters(Launch.__table__.c, query))
-        .order_by(Launch.id.desc())
-        .limit(query.limit + 1)
-    )
-    rows = list(session.scalars(statement))
-    page = rows[: query.limit]
-    more = len(rows) > query.limit
+    """One page of launches, newest first (see `story.launch_page`)."""
+    page = story.launch_page(session, query)
     return LaunchPage(
-        launches=[_launch_out(launch) for launch in page],
-        next_cursor=str(page[-1].id) if more else None,
+        launches=[_from_record(LaunchOut, launch) for launch in page.launches],
+        next_cursor=page.next_cursor,
     )
 
 
 def launch_detail(session: Session, launch_id: int) -> LaunchDetail | None:
     """The launch with its delivery (body left out) and its calls in the order made."""
-    launch = session.get(Launch, launch_id) if launch_id <= MAX_ID else None
-    if launch is None:
+    told = story.launch_story(session, launch_id)
+    if told is None:
         return None
-    delivery = None
-    if launch.delivery_id is not None:
-        delivery = session.get(Delivery, launch.delivery_id, options=[defer(Delivery.body)])
-    calls = session.execute(
-        select(ApiCall, CallLaunch.position)
-        .join(CallLaunch, CallLaunch.call_id == ApiCall.id)
-        .where(CallLaunch.launch_id == launch_id)
-        .order_by(ApiCall.id)
-    )
+    delivery = told.delivery
     return LaunchDetail(
-        launch=_launch_out(launch),
-        delivery=_from_row(DeliveryOut, delivery) if delivery else None,
-        calls=[_from_row(CallOut, call, position=position) for call, position in calls],
+        launch=_from_record(LaunchOut, told.launch),
+        delivery=_from_record(DeliveryOut, delivery) if delivery else None,
+        calls=[_from_record(CallOut, call) for call in told.calls],
     )
 
 
 def delivery_detail(session: Session, delivery_id: int) -> DeliveryDetail | None:
     """The delivery, its body decoded for reading, and the launches it caused by id."""
-    delivery = session.get(Delivery, delivery_id) if delivery_id <= MAX_ID else None
-    if delivery is None:
+    told = story.delivery_story(session, delivery_id)
+    if told is None:
         return None
-    launches = session.scalars(
-        select(Launch).where(Launch.delivery_id == delivery_id).order_by(Launch.id)
-    )
     return DeliveryDetail(
-        delivery=_from_row(DeliveryOut, delivery),
-        body=bytes(delivery.body).decode("utf-8", errors="replace"),
-        launches=[_launch_out(launch) for launch in launches],
+        delivery=_from_record(DeliveryOut, told.delivery),
+        body=told.body.decode("utf-8", errors="replace"),
+        launches=[_from_record(LaunchOut, launch) for launch in told.launches],
     )
 
 

@@ -6,12 +6,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
-from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from automation.store import budget
+from automation.store import budget, dispatchers, vitals
 from automation.store.database import current_revision
-from automation.store.models import Delivery, Dispatcher
 from automation.web.runtime import Runtime, runtime
 
 bp = Blueprint("health", __name__)
@@ -60,7 +58,7 @@ def _database(state: Runtime) -> dict[str, Any]:
     try:
         revision = current_revision(state.engine)
         with state.sessions() as session:
-            last = session.execute(select(func.max(Delivery.received_at))).scalar()
+            last = vitals.last_webhook_at(session)
     except SQLAlchemyError as exc:
         return {"reachable": False, "error": type(exc).__name__, "schema_current": False}
     return {
@@ -77,7 +75,7 @@ def _dispatch(state: Runtime) -> dict[str, Any]:
     try:
         with state.sessions() as session:
             hold = budget.current_hold(session, now)
-            beat = session.execute(select(func.max(Dispatcher.heartbeat_at))).scalar()
+            beat = dispatchers.last_heartbeat(session)
     except SQLAlchemyError as exc:
         return {"error": type(exc).__name__}
     return {

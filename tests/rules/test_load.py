@@ -20,7 +20,7 @@ from automation.events.payloads import Account, Event
 from automation.rules.load import (
     ActiveHours,
     Decision,
-    Launch,
+    PlannedLaunch,
     RuleSet,
     RulesLoader,
     Window,
@@ -443,7 +443,7 @@ def test_stage_change_rule_launches_its_bot_on_the_lead(webhook_body: Body) -> N
     launches = compile_rules(STAGE_RULE).match(event, NOW)
 
     assert launches == [
-        Launch("welcome", 101, "lead", 2, LEAD, event, not_before=NOW, cooldown=None)
+        PlannedLaunch("welcome", 101, "lead", 2, LEAD, event, not_before=NOW, cooldown=None)
     ]
 
 
