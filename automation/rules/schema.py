@@ -66,8 +66,8 @@ def rules_schema() -> Schema:
         "title": "amoCRM automation rules",
         **_object(FileSpec, _file_keys()),
         "description": "Which amoCRM events start which Salesbot, on which lead or contact, "
-        "and when. Check a file with `automation rules check`; the full reference is in "
-        "README.md, 'Rules reference'.",
+        "and when. Check a file with `automation rules check`; the full reference is "
+        "docs/rules.md.",
         "definitions": _definitions(),
     }
 

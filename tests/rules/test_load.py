@@ -369,12 +369,12 @@ def test_anchors_and_merge_keys_share_settings_between_rules() -> None:
     ]
 
 
-def test_rules_file_example_in_the_readme_validates() -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Rules reference") :]
+def test_rules_file_example_in_the_rules_reference_validates() -> None:
+    reference = (REPO / "docs" / "rules.md").read_text(encoding="utf-8")
+    section = reference[reference.index("## The file") :]
     example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
 
-    rules = load_rules(example, "README.md")
+    rules = load_rules(example, "docs/rules.md")
 
     assert [(r.name, r.cooldown, r.delay) for r in rules.rules] == [
         ("qualified-lead-welcome", timedelta(hours=24), timedelta(minutes=1))
