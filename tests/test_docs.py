@@ -14,6 +14,7 @@ import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -21,7 +22,7 @@ from pydantic import BaseModel
 
 from automation.cli import main
 from automation.config import Settings
-from automation.rules import spec
+from automation.rules import conditions, spec
 from automation.rules.load import load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -298,6 +299,80 @@ def test_a_rules_key_missing_from_the_reference_is_reported() -> None:
     text = RULES.read_text(encoding="utf-8").replace("`outside_hours`", "outside hours")
 
     assert undocumented_rules_keys(text) == ["outside_hours"]
+
+
+def undocumented_operators(text: str) -> list[str]:
+    """Condition operators not shown in `text`, in an example (`{gte: …}`) or in code
+    (`` `gte` ``)."""
+    return [op for op in conditions.OPERATORS if not re.search(rf"[{{,]\s*{op}:|`{op}`", text)]
+
+
+def test_every_condition_operator_is_in_the_rules_reference() -> None:
+    assert undocumented_operators(RULES.read_text(encoding="utf-8")) == []
+
+
+def test_a_condition_operator_missing_from_the_reference_is_reported() -> None:
+    text = RULES.read_text(encoding="utf-8").replace("{eq: 59936202}", "59936202")
+
+    assert undocumented_operators(text) == ["eq"]
+
+
+# ------------------------------------------------------------ metrics and URLs
+
+METRICS = DOCS / "metrics-and-logs.md"
+
+
+def scraped_metrics(client: Any) -> list[str]:
+    """Every metric `/metrics` names, without prometheus-client's `_created` series."""
+    page = client.get("/metrics").get_data(as_text=True)
+    names = re.findall(r"^# TYPE (\S+) ", page, re.MULTILINE)
+    return [name for name in names if not name.endswith("_created")]
+
+
+def undocumented_metrics(names: list[str], text: str) -> list[str]:
+    """Metrics without a row of their own (first cell `` `name` ``) in `text`."""
+    rows = {row[0] for row in table_rows(text)}
+    return [name for name in names if f"`{name}`" not in rows]
+
+
+def test_every_scraped_metric_has_a_row_in_the_metrics_reference(client: Any) -> None:
+    names = scraped_metrics(client)
+
+    assert "automation_webhooks_total" in names
+    assert "automation_launches_due" in names  # a database gauge
+    assert undocumented_metrics(names, METRICS.read_text(encoding="utf-8")) == []
+
+
+def test_a_metric_missing_from_the_reference_is_reported() -> None:
+    text = METRICS.read_text(encoding="utf-8")
+
+    assert undocumented_metrics(["automation_nothing_total"], text) == ["automation_nothing_total"]
+
+
+def route_pattern(rule: str) -> re.Pattern[str]:
+    """A Flask rule as the documents spell it: `<int:launch_id>` may read `<id>`, and the
+    path must end there (`/api/launches` is not found inside `/api/launches/<id>`)."""
+    parts = re.split(r"<[^>]+>", rule.rstrip("/"))
+    body = r"<[^>`]+>".join(re.escape(part) for part in parts)
+    return re.compile(rf"{body}/?(?![\w/<.-])")
+
+
+def undocumented_routes(rules: list[str], text: str) -> list[str]:
+    return [rule for rule in rules if not route_pattern(rule).search(text)]
+
+
+def test_every_url_the_server_answers_is_documented(app: Any) -> None:
+    rules = [rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"]
+
+    assert "/healthz" in rules
+    assert undocumented_routes(rules, all_docs_text()) == []
+
+
+def test_an_undocumented_url_is_reported() -> None:
+    rules = ["/api/launches", "/api/launches/<int:launch_id>", "/api/launches/<int:id>/calls"]
+    text = "`GET /api/launches/<id>` and `/api/launches?status=failed`"
+
+    assert undocumented_routes(rules, text) == ["/api/launches/<int:id>/calls"]
 
 
 # ------------------------------------------------------- the two quickstart commands
