@@ -1,18 +1,20 @@
 """amoCRM automation server: webhooks in, Salesbot launches out.
 
 Importing this package has no side effects: nothing connects, reads `rules.yaml` or
-configures logging until `create_app()` is called.
+configures logging until `create_app()` is called. Nor does it import Flask: the
+dispatcher and the amoCRM client import `automation.*` modules without the web layer.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
+from typing import TYPE_CHECKING, Any
 
 from automation.config import SECRET_MIN_LENGTH, Settings, load_settings
+
+if TYPE_CHECKING:
+    from flask import Flask, Response
+    from werkzeug.exceptions import HTTPException
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -21,10 +23,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     Raises `ConfigError`, `SchemaOutdated` or `RulesError` with a message that says
     what to fix, so that a misconfigured server refuses to start.
     """
-    from automation import metrics
+    from flask import Flask
+    from werkzeug.exceptions import HTTPException
+
     from automation.cli import main as cli
     from automation.logs import configure_logging
-    from automation.web import health, webhooks
+    from automation.web import health, metrics, webhooks
     from automation.web.api import bp as api_bp
     from automation.web.runtime import Runtime
 
@@ -73,6 +77,8 @@ def _warn_if_guessable(settings: Settings) -> None:
 
 def _json_error(exc: HTTPException) -> tuple[Response, int]:
     """Every HTTP error as JSON with a message, never an HTML page or a traceback."""
+    from flask import jsonify
+
     body: dict[str, Any] = {"error": exc.description or exc.name}
     response = jsonify(body)
     for name, value in exc.get_headers():  # e.g. `Allow` on a 405

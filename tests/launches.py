@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation.store.models import Launch, LaunchStatus
+from automation.store.models import Launch
+from automation.store.states import LaunchStatus
 
 
 def launch_values(at: datetime, **overrides: Any) -> dict[str, Any]:

@@ -11,25 +11,16 @@ import click
 
 from automation.cli.common import command_sessions, parse_time_option
 from automation.limits import MAX_ID
+from automation.store.states import LaunchStatus
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
 
     from automation.store.launchlog import LogRow, Plan, Transition
-    from automation.store.models import LaunchStatus
 
-#: The `LaunchStatus` values, spelled out so that `--help` imports no database code.
-LAUNCH_STATUSES = (
-    "pending",
-    "sending",
-    "sent",
-    "failed",
-    "uncertain",
-    "dry_run",
-    "cancelled",
-    "skipped",
-)
+#: The `LaunchStatus` values (`states` imports no database code, so `--help` stays quick).
+LAUNCH_STATUSES = tuple(status.value for status in LaunchStatus)
 #: Above this many launches, `retry` and `cancel` ask before changing anything.
 CONFIRM_ABOVE = 10
 #: Ids are 64-bit (SQLite cannot even bind a larger number): a larger one is an option
@@ -81,7 +72,6 @@ def launches_list(
 ) -> None:
     """Launches, newest first, as a table (times in UTC) or JSON."""
     from automation.store import launchlog
-    from automation.store.models import LaunchStatus
 
     query = launchlog.LaunchQuery(
         tuple(LaunchStatus(status) for status in statuses),
@@ -142,7 +132,6 @@ def launches_retry(
     customer twice.
     """
     from automation.store.launchlog import RETRY
-    from automation.store.models import LaunchStatus
 
     chosen = [LaunchStatus.FAILED] if failed else []
     chosen += [LaunchStatus.UNCERTAIN] if uncertain else []
@@ -161,7 +150,6 @@ def launches_retry(
 def launches_cancel(ids: tuple[int, ...], pending: bool, rule: str | None, yes: bool) -> None:
     """Cancel pending launches so they are never sent."""
     from automation.store.launchlog import CANCEL
-    from automation.store.models import LaunchStatus
 
     if bool(ids) == pending:
         raise click.UsageError("give launch IDs or --pending, one of the two")

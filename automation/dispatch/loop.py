@@ -31,8 +31,8 @@ from automation.config import Settings
 from automation.dispatch.tokens import TokenStore
 from automation.errors import AutomationError, ConfigError
 from automation.store import budget, dispatchers, outbox, retention
-from automation.store.models import LaunchStatus
 from automation.store.outbox import Claimed
+from automation.store.states import LaunchStatus
 
 log = logging.getLogger("automation.dispatcher")
 

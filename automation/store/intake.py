@@ -21,21 +21,14 @@ from sqlalchemy import Connection, insert, select, text, update
 
 from automation.events.payloads import Payload
 from automation.rules.hours import format_duration
+from automation.store import states
 from automation.store.database import dialect_insert
 from automation.store.fastinsert import CompiledInsert
-from automation.store.models import Delivery, DeliveryStatus, Launch, LaunchStatus
+from automation.store.models import Delivery, Launch
+from automation.store.states import DeliveryStatus, LaunchStatus
 
 if TYPE_CHECKING:
     from automation.rules.load import PlannedLaunch
-
-#: Launches that count for a cooldown: the bot ran, or is about to.
-COOLDOWN_STATUSES = (
-    LaunchStatus.PENDING,
-    LaunchStatus.SENDING,
-    LaunchStatus.SENT,
-    LaunchStatus.UNCERTAIN,
-    LaunchStatus.DRY_RUN,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +177,7 @@ def _cooldown_reason(connection: Connection, launch: PlannedLaunch, now: datetim
             Launch.entity_type == launch.entity_type,
             Launch.bot_id == launch.bot_id,
             Launch.created_at > now - launch.cooldown,
-            Launch.status.in_(COOLDOWN_STATUSES),
+            Launch.status.in_(states.COOLDOWN),
         )
         .order_by(Launch.created_at.desc())
         .limit(1)

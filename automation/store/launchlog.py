@@ -32,8 +32,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from automation.rules.load import parse_instant
-from automation.store import outbox
-from automation.store.models import ApiCall, CallLaunch, Delivery, Launch, LaunchStatus, UTCDateTime
+from automation.store import outbox, states
+from automation.store.models import ApiCall, CallLaunch, Delivery, Launch, UTCDateTime
+from automation.store.states import LaunchStatus
 
 #: Longest reason shown in a table row.
 REASON_WIDTH = 60
@@ -433,9 +434,9 @@ class Transition:
     apply: Callable[[Session, Sequence[int], datetime], list[int]]
 
 
-RETRY = Transition("retry", "retried", outbox.RETRYABLE, LaunchStatus.PENDING, outbox.retry)
+RETRY = Transition("retry", "retried", states.RETRYABLE, LaunchStatus.PENDING, outbox.retry)
 CANCEL = Transition(
-    "cancel", "cancelled", outbox.CANCELLABLE, LaunchStatus.CANCELLED, outbox.cancel
+    "cancel", "cancelled", states.CANCELLABLE, LaunchStatus.CANCELLED, outbox.cancel
 )
 
 

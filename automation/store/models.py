@@ -29,6 +29,7 @@ from sqlalchemy import Enum as SAEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from automation.limits import RULE_NAME_LENGTH, SUBDOMAIN_LENGTH
+from automation.store.states import DeliveryStatus, LaunchStatus
 
 #: Stable constraint names on SQLite and PostgreSQL alike, so migrations can name them.
 NAMING_CONVENTION = {
@@ -67,36 +68,6 @@ class UTCDateTime(TypeDecorator[datetime]):
             value = datetime.fromisoformat(value)
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC)
-
-
-class LaunchStatus(enum.StrEnum):
-    """Where a launch is in its life (the interface contract of design.md)."""
-
-    #: Stored, waiting for `not_before` and a free request slot.
-    PENDING = "pending"
-    #: Claimed by a dispatcher; its API call is being made.
-    SENDING = "sending"
-    #: amoCRM accepted the batch it was in.
-    SENT = "sent"
-    #: Gave up: amoCRM rejected it, or the retry budget ran out.
-    FAILED = "failed"
-    #: The request may have reached amoCRM but no answer came; not resent by default.
-    UNCERTAIN = "uncertain"
-    #: Recorded as if sent, because the server runs in dry-run mode.
-    DRY_RUN = "dry_run"
-    #: Cancelled by an operator before it was sent.
-    CANCELLED = "cancelled"
-    #: Never sent, by design: a rule's cooldown suppressed it (see `reason`).
-    SKIPPED = "skipped"
-
-
-class DeliveryStatus(enum.StrEnum):
-    """Whether we understood a stored webhook."""
-
-    #: At least one event of a known type.
-    ACCEPTED = "accepted"
-    #: Only unknown groups: stored so it can be replayed once we understand it.
-    UNRECOGNIZED = "unrecognized"
 
 
 def _enum(cls: type[enum.Enum]) -> SAEnum:

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import BindParameter, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from automation.store import states
 from automation.store.database import rowcount
-from automation.store.models import ApiCall, CallLaunch, Launch, LaunchStatus
+from automation.store.models import ApiCall, CallLaunch, Launch
+from automation.store.states import LaunchStatus
 
 if TYPE_CHECKING:
     pass
@@ -245,11 +247,6 @@ def release_claims(session: Session, dispatcher: str, now: datetime) -> None:
 
 # ------------------------------------------------------------------ the operator's side
 
-#: Settled launches that never reached a customer for sure: an operator may resend them.
-RETRYABLE = (LaunchStatus.FAILED, LaunchStatus.UNCERTAIN, LaunchStatus.CANCELLED)
-#: Launches no dispatcher holds yet: an operator may still cancel them.
-CANCELLABLE = (LaunchStatus.PENDING,)
-
 
 def retry(
     session: Session, ids: Sequence[int], now: datetime, reason: str = "retried by operator"
@@ -262,7 +259,7 @@ def retry(
     """
     values = {"status": LaunchStatus.PENDING, "not_before": now, "settled_at": None}
     values |= {"retries": 0, "reason": reason, "claimed_by": None, "updated_at": now}
-    return _transition(session, ids, RETRYABLE, values)
+    return _transition(session, ids, states.RETRYABLE, values)
 
 
 def cancel(
@@ -272,7 +269,7 @@ def cancel(
     not touched. Returns the ids that changed."""
     values = {"status": LaunchStatus.CANCELLED, "settled_at": now, "reason": reason}
     values |= {"claimed_by": None, "updated_at": now}
-    return _transition(session, ids, CANCELLABLE, values)
+    return _transition(session, ids, states.CANCELLABLE, values)
 
 
 def _transition(

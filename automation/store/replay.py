@@ -22,7 +22,8 @@ from automation.errors import PayloadError
 from automation.events.payloads import ENTITY_KINDS, Payload, decode_body
 from automation.rules.load import PlannedLaunch, RuleSet
 from automation.store import intake
-from automation.store.models import Delivery, LaunchStatus
+from automation.store.models import Delivery
+from automation.store.states import LaunchStatus
 
 #: Deliveries read per transaction by replays and diffs: short transactions, because on
 #: SQLite every transaction holds the write lock that webhooks wait for.

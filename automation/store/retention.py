@@ -41,8 +41,9 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from automation.config import Settings
 from automation.errors import AutomationError
 from automation.rules.load import RuleSet, load_rules_file
+from automation.store import states
 from automation.store.database import for_update, rowcount
-from automation.store.models import ApiCall, CallLaunch, Delivery, Launch, LaunchStatus
+from automation.store.models import ApiCall, CallLaunch, Delivery, Launch
 
 log = logging.getLogger("automation.retention")
 
@@ -51,12 +52,8 @@ BATCH_SIZE = 500
 #: How often a dispatcher applies RETENTION_DAYS.
 PRUNE_EVERY = 24 * 3600.0
 
-#: Settled launches that no cooldown looks at: they go once older than the cut-off.
-UNCOUNTED = (LaunchStatus.FAILED, LaunchStatus.CANCELLED, LaunchStatus.SKIPPED)
-#: Settled launches a cooldown counts (see `intake.COOLDOWN_STATUSES`).
-COUNTED = (LaunchStatus.SENT, LaunchStatus.DRY_RUN)
-#: Never pruned: still on their way, or waiting for an operator's decision.
-KEPT = (LaunchStatus.PENDING, LaunchStatus.SENDING, LaunchStatus.UNCERTAIN)
+#: The statuses retention treats alike (defined in `states`).
+UNCOUNTED, COUNTED, KEPT = states.UNCOUNTED, states.COUNTED, states.KEPT
 
 _AGE = re.compile(r"(?P<count>\d+)(?P<unit>[dh])")
 

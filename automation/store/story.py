@@ -18,14 +18,8 @@ from sqlalchemy.orm import Session
 from automation.events.payloads import ENTITY_KINDS
 from automation.limits import MAX_ID
 from automation.store.launchlog import LaunchQuery, launch_filters
-from automation.store.models import (
-    ApiCall,
-    CallLaunch,
-    Delivery,
-    DeliveryStatus,
-    Launch,
-    LaunchStatus,
-)
+from automation.store.models import ApiCall, CallLaunch, Delivery, Launch
+from automation.store.states import DeliveryStatus, LaunchStatus
 
 
 def _columns(cls: type[Any], table: type[Any]) -> list[Any]:

@@ -14,7 +14,8 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from automation.store.models import Delivery, DispatcherRow, Launch, LaunchStatus
+from automation.store.models import Delivery, DispatcherRow, Launch
+from automation.store.states import LaunchStatus
 
 
 @dataclass(frozen=True, slots=True)

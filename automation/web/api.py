@@ -27,7 +27,7 @@ from werkzeug.datastructures import MultiDict
 from automation.limits import MAX_ID
 from automation.store import story
 from automation.store.launchlog import LaunchQuery
-from automation.store.models import DeliveryStatus, LaunchStatus
+from automation.store.states import DeliveryStatus, LaunchStatus
 from automation.web.runtime import runtime
 
 bp = Blueprint("api", __name__, url_prefix="/api")

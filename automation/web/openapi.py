@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
 from automation.limits import MAX_ID
-from automation.store.models import LaunchStatus
+from automation.store.states import LaunchStatus
 from automation.web.api import (
     CURSOR_PATTERN,
     DEFAULT_LIMIT,

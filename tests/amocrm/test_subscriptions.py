@@ -26,7 +26,8 @@ from automation.amocrm.subscriptions import (
 from automation.cli import main
 from automation.events.payloads import EVENT_TYPES
 from automation.store.database import make_engine
-from automation.store.models import Delivery, DeliveryStatus
+from automation.store.models import Delivery
+from automation.store.states import DeliveryStatus
 from tests.fake_amocrm import ACCESS_TOKEN, WEBHOOK_SETTINGS, WEBHOOKS_PATH, FakeAmoCRM
 
 SECRET = "s3cret"

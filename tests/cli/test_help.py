@@ -1,7 +1,7 @@
 """`automation --help` stays quick: it loads no database, app or HTTP code.
 
-That is why the CLI spells out the launch states instead of importing them from
-`models` (a test in test_launches_cli.py keeps the two lists equal).
+That is why the CLI takes the launch states from `store.states` (plain enums) instead of
+`models` (a test in tests/cli/test_launches.py keeps the two lists equal).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation.cli import main
 from automation.cli.launches import LAUNCH_STATUSES
-from automation.store.models import Launch, LaunchStatus
+from automation.store.models import Launch
+from automation.store.states import LaunchStatus
 from tests.store.test_launchlog import NOW, fixture_body, send, status_change, store
 
 SCRIPT = Path(sys.executable).parent / "automation"

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from automation.config import Settings
 from automation.dispatch import loop as dispatch
 from automation.dispatch.loop import Dispatcher, NotAlone, retry_decision
-from automation.store.models import ApiCall, CallLaunch, Launch, LaunchStatus, OAuthToken, RateLimit
+from automation.store.models import ApiCall, CallLaunch, Launch, OAuthToken, RateLimit
+from automation.store.states import LaunchStatus
 from tests.fake_amocrm import (
     ACCESS_TOKEN,
     CLIENT_ID,

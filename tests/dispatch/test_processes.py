@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation.store.models import Launch, LaunchStatus
+from automation.store.models import Launch
+from automation.store.states import LaunchStatus
 from tests.fake_amocrm import ACCESS_TOKEN, FakeAmoCRM
 from tests.launches import add_launches
 

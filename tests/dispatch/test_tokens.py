@@ -17,7 +17,8 @@ from automation.config import Settings
 from automation.dispatch import loop as dispatch
 from automation.dispatch.tokens import NoToken, TokenStore, exchange_code
 from automation.store import budget
-from automation.store.models import Launch, LaunchStatus, OAuthToken, RateLimit
+from automation.store.models import Launch, OAuthToken, RateLimit
+from automation.store.states import LaunchStatus
 from tests.fake_amocrm import (
     ACCESS_TOKEN,
     AUTH_CODE,

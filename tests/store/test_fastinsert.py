@@ -21,7 +21,8 @@ from automation.store.database import make_engine
 from automation.store.fastinsert import CompiledInsert
 from automation.store.intake import INSERT_DELIVERY as DELIVERY
 from automation.store.intake import INSERT_LAUNCH as LAUNCH
-from automation.store.models import Delivery, DeliveryStatus, Launch, LaunchStatus
+from automation.store.models import Delivery, Launch
+from automation.store.states import DeliveryStatus, LaunchStatus
 from tests.launches import launch_values
 
 NOW = datetime(2026, 11, 25, 10, 30, 15, 123456, tzinfo=UTC)

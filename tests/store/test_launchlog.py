@@ -17,7 +17,8 @@ from automation.rules.load import RuleSet, load_rules
 from automation.store import intake, launchlog, outbox
 from automation.store.database import alembic_config, make_engine, upgrade
 from automation.store.launchlog import CANCEL, RETRY, LaunchQuery
-from automation.store.models import Launch, LaunchStatus
+from automation.store.models import Launch
+from automation.store.states import LaunchStatus
 from tests.conftest import TEST_RULES, WEBHOOKS
 
 FORM = "application/x-www-form-urlencoded"

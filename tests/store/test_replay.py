@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation.rules.load import load_rules
 from automation.store import replay as replaying
-from automation.store.models import Delivery, DeliveryStatus, Launch, LaunchStatus
+from automation.store.models import Delivery, Launch
 from automation.store.replay import Tally
+from automation.store.states import DeliveryStatus, LaunchStatus
 from tests.store.test_launchlog import RULES, fixture_body, status_change, store
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

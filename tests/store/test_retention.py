@@ -24,14 +24,7 @@ from automation.dispatch import loop as dispatch
 from automation.errors import ConfigError
 from automation.rules.load import load_rules
 from automation.store import retention
-from automation.store.models import (
-    ApiCall,
-    CallLaunch,
-    Delivery,
-    DeliveryStatus,
-    Launch,
-    LaunchStatus,
-)
+from automation.store.models import ApiCall, CallLaunch, Delivery, Launch
 from automation.store.retention import (
     BadAge,
     Cutoffs,
@@ -42,6 +35,7 @@ from automation.store.retention import (
     parse_age,
     prune,
 )
+from automation.store.states import DeliveryStatus, LaunchStatus
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DAY = timedelta(days=1)

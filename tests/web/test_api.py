@@ -12,14 +12,8 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.config import Settings
-from automation.store.models import (
-    ApiCall,
-    CallLaunch,
-    Delivery,
-    DeliveryStatus,
-    Launch,
-    LaunchStatus,
-)
+from automation.store.models import ApiCall, CallLaunch, Delivery, Launch
+from automation.store.states import DeliveryStatus, LaunchStatus
 from tests.launches import add_launches, launch_values
 
 TOKEN = "t0ken-for-tests"

@@ -10,7 +10,8 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import func, select
 
-from automation.store.models import Delivery, DeliveryStatus, Launch, LaunchStatus
+from automation.store.models import Delivery, Launch
+from automation.store.states import DeliveryStatus, LaunchStatus
 from tests.conftest import incoming_message
 
 FORM = "application/x-www-form-urlencoded"
