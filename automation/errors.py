@@ -52,3 +52,7 @@ class AmoAuthError(AutomationError):
         self.title = title
         self.detail = detail
         super().__init__(message)
+
+
+class NoDatabase(AutomationError):
+    """no database at that path: run from the directory that holds it or set DATABASE_URL"""

@@ -84,19 +84,29 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(cause).__name__
 
 
-def command_sessions() -> sessionmaker[Session]:
-    """Sessions on DATABASE_URL, its schema checked as the server checks it.
+def command_sessions(*, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions on an existing database at DATABASE_URL, its schema checked.
 
-    The engine is closed when the command ends (click closes its context), so no
-    connection outlives the command, in a process or under CliRunner.
+    No command but `serve`, `dispatch` and `db upgrade` creates a database: run from
+    the wrong directory, one would leave an empty `automation.db` there and answer
+    "no launches match". A `read_only` command does not migrate either: on an old
+    schema it says to run `automation db upgrade`. The engine is closed when the
+    command ends (click closes its context), so no connection outlives the command.
     """
-    from automation.store.database import ensure_schema, make_engine, make_session_factory
+    from automation.store.database import (
+        check_schema,
+        ensure_schema,
+        make_engine,
+        make_session_factory,
+        require_existing,
+    )
 
     settings = command_settings()
     with database_errors(settings.database_url):
+        require_existing(settings.database_url)
         engine = make_engine(settings.database_url)
         click.get_current_context().call_on_close(engine.dispose)
-        ensure_schema(engine)
+        (check_schema if read_only else ensure_schema)(engine)
     return make_session_factory(engine)
 
 

@@ -14,6 +14,14 @@ def config_group() -> None:
 
 @config_group.command("show")
 def config_show() -> None:
-    """Print the settings read from the environment and .env, secrets masked."""
-    for name, value in command_settings().masked().items():
+    """Print the settings read from the environment and .env, secrets masked, and the
+    database file a relative DATABASE_URL resolves to from here."""
+    from automation.store.database import sqlite_path
+
+    settings = command_settings()
+    for name, value in settings.masked().items():
         click.echo(f"{name}={'' if value is None else value}")
+    path = sqlite_path(settings.database_url)
+    if path is not None:
+        state = "exists" if path.is_file() else "not there"
+        click.echo(f"# database file: {path} ({state})")

@@ -82,7 +82,7 @@ def launches_list(
         until,
         limit,
     )
-    sessions = command_sessions()
+    sessions = command_sessions(read_only=True)
     with sessions() as session:
         rows = launchlog.list_launches(session, query)
     if as_json:
@@ -101,7 +101,7 @@ def launches_show(launch_id: int, as_json: bool) -> None:
     ended where it did."""
     from automation.store import launchlog
 
-    sessions = command_sessions()
+    sessions = command_sessions(read_only=True)
     with sessions() as session:
         story = launchlog.show_launch(session, launch_id)
     if story is None:

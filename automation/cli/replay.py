@@ -45,5 +45,7 @@ def replay_command(since: datetime, until: datetime | None, dry_run: bool) -> No
 
     ruleset = command_rules(Path(command_settings().rules_file))
     now = datetime.now(UTC)
-    report = replay.replay(command_sessions(), ruleset, since, until, now, dry_run=dry_run)
+    report = replay.replay(
+        command_sessions(read_only=dry_run), ruleset, since, until, now, dry_run=dry_run
+    )
     click.echo("\n".join(replay.describe_replay(report, dry_run)))

@@ -144,7 +144,7 @@ def _stored(ids: tuple[int, ...]) -> list[tuple[str, bytes, datetime]]:
     from automation.store.models import Delivery
 
     found = []
-    with command_sessions()() as session:
+    with command_sessions(read_only=True)() as session:
         for delivery_id in ids:
             delivery = session.get(Delivery, delivery_id)
             if delivery is None:
@@ -241,5 +241,5 @@ def rules_diff(new_rules: Path, since: datetime, until: datetime | None) -> None
     from automation.store import replay
 
     old, new = command_rules(_rules_path()), command_rules(new_rules)
-    diff = replay.diff_rules(command_sessions(), old, new, since, until)
+    diff = replay.diff_rules(command_sessions(read_only=True), old, new, since, until)
     click.echo("\n".join(replay.describe_diff(diff, old.filename, new.filename)))

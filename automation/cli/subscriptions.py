@@ -131,7 +131,7 @@ def webhooks_status(url: str | None) -> None:
         raise click.UsageError("give the webhook URL, or set WEBHOOK_SECRET to find it")
     with _operator_errors():
         target = subscriptions.webhook_url(url, secret).url if url is not None else None
-    sessions = command_sessions()
+    sessions = command_sessions(read_only=True)
     with _operator_errors(), _webhooks_client(settings, sessions) as client:
         if target is not None:
             found = subscriptions.find_webhook(client, target)

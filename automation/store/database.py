@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation.errors import AutomationError
+from automation.errors import AutomationError, NoDatabase
 
 
 def _migrations_directory() -> Path:
@@ -236,6 +236,32 @@ def upgrade(url: str, revision: str = "head") -> None:
         command.upgrade(alembic_config(url), revision)
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The absolute path of a SQLite file URL, None for PostgreSQL and `:memory:`."""
+    url = normalise_url(url)
+    if not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return None
+    return Path(database).resolve()
+
+
+def require_existing(url: str) -> None:
+    """Refuse a SQLite file that is not there, instead of creating an empty database.
+
+    Commands run from the wrong directory would otherwise create `automation.db`
+    there and report "no launches match": an operator then believes the launches
+    are gone.
+    """
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise NoDatabase(
+            f"no database at {path} (DATABASE_URL={url}); "
+            "run from the directory that holds it or set DATABASE_URL"
+        )
+
+
 def ensure_schema(engine: Engine) -> str:
     """Bring SQLite up to date; check PostgreSQL and refuse an old schema.
 
@@ -247,6 +273,13 @@ def ensure_schema(engine: Engine) -> str:
         if current_revision(engine) != head:
             upgrade(url)
         return head
+    return check_schema(engine)
+
+
+def check_schema(engine: Engine) -> str:
+    """Refuse a database whose schema is not the code's, on any backend: what read-only
+    commands use, since they must not migrate (or create) anything."""
+    head = head_revision()
     current = current_revision(engine)
     if current != head:
         raise SchemaOutdated(
