@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from automation.config import SECRET_MIN_LENGTH, Settings, load_settings
+from automation.config import SECRET_MIN_LENGTH, UNMASKABLE_LENGTH, Settings, load_settings
 
 if TYPE_CHECKING:
     from flask import Flask, Response
@@ -57,6 +57,13 @@ def create_app(settings: Settings | None = None) -> Flask:
 def _warn_if_guessable(settings: Settings) -> None:
     """No WEBHOOK_SECRET means every webhook gets 503; a short one works, but whoever
     guesses it can start bots: say so at start, not at the first webhook."""
+    for name in settings.unmaskable():
+        logging.getLogger("automation").warning(
+            "%s is shorter than %d characters: too short to mask safely in logs and "
+            "error messages; amoCRM's own credentials are much longer, check the value",
+            name,
+            UNMASKABLE_LENGTH,
+        )
     secret = settings.webhook_secret
     if secret is None:
         logging.getLogger("automation").warning(

@@ -174,6 +174,15 @@ class Settings(BaseSettings):
             return f"https://{self.amocrm_subdomain}.{self.amocrm_domain}"
         return None
 
+    def unmaskable(self) -> list[str]:
+        """The environment names of amoCRM credentials too short to mask safely."""
+        return [
+            name.upper()
+            for name in AMOCRM_CREDENTIALS
+            if (value := getattr(self, name)) is not None
+            and len(value.get_secret_value()) < UNMASKABLE_LENGTH
+        ]
+
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with every secret replaced by `***`."""
         shown: dict[str, Any] = {}
@@ -192,6 +201,11 @@ _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^@]*@")
 #: Shorter secrets are accepted with a warning at start: they can be guessed.
 SECRET_MIN_LENGTH = 16
+#: amoCRM credentials shorter than this are warned about at start: masking them in
+#: logs would either miss them or hide ordinary words (amoCRM's own are 40+ long).
+UNMASKABLE_LENGTH = 8
+#: The amoCRM credentials that error messages and logs mask.
+AMOCRM_CREDENTIALS = ("amocrm_access_token", "amocrm_client_secret", "amocrm_refresh_token")
 _SECRETS = {
     "webhook_secret",
     "amocrm_access_token",

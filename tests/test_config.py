@@ -190,3 +190,28 @@ def test_a_bare_subdomain_makes_the_api_url() -> None:
     settings = load_settings({"AMOCRM_SUBDOMAIN": "my-brand2"})
 
     assert settings.amocrm_url == "https://my-brand2.amocrm.ru"
+
+
+@pytest.mark.parametrize(("secret", "warned"), [("y", True), ("x" * 40, False)])
+def test_an_amocrm_secret_too_short_to_mask_is_warned_about_at_start(
+    make_settings: Callable[..., Settings],
+    make_app: Callable[[Settings], Any],
+    secret: str,
+    warned: bool,
+) -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("automation")
+    logger.addHandler(handler)
+    try:
+        make_app(make_settings(amocrm_client_id="id", amocrm_client_secret=secret))
+    finally:
+        logger.removeHandler(handler)
+
+    warnings = [r.getMessage() for r in records if "AMOCRM_CLIENT_SECRET" in r.getMessage()]
+    assert bool(warnings) is warned
+    if warned:
+        assert warnings[0].startswith(
+            "AMOCRM_CLIENT_SECRET is shorter than 8 characters: too short to mask safely"
+        )

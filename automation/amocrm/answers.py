@@ -14,6 +14,7 @@ import contextlib
 import enum
 import http
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -206,9 +207,21 @@ def body_excerpt(body: bytes) -> str:
 # --- secrets -----------------------------------------------------------------------
 
 
+#: Characters that continue a token: a secret counts only where none stands beside it.
+_TOKEN_CHAR = r"[A-Za-z0-9_\-]"
+
+
 def scrub(text: str, secrets: Sequence[str]) -> str:
-    """`text` with every secret masked, so an error quoting a request can be shown and logged."""
+    """`text` with every whole occurrence of a secret masked, so an error quoting a
+    request can be shown and logged.
+
+    Only whole occurrences: a one-letter client secret `y` must not turn the host
+    `mybrand.amocrm.ru` into `m***brand.amocrm.ru` (the text would lie, and the mask
+    would give the secret away). Secrets too short to mask safely are warned about at
+    start (`automation.config.UNMASKABLE_LENGTH`).
+    """
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
+            whole = rf"(?<!{_TOKEN_CHAR}){re.escape(secret)}(?!{_TOKEN_CHAR})"
+            text = re.sub(whole, "***", text)
     return text
