@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from automation.cli.common import command_runtime
+from automation.cli.common import command_sessions, command_settings
 from automation.errors import AutomationError
 
 
@@ -19,9 +19,10 @@ def auth_exchange(code: str) -> None:
     """Turn an authorization CODE into tokens stored in the database."""
     from automation.dispatch.tokens import exchange_code
 
-    state = command_runtime()
+    # No rules here: an exchange needs the database and amoCRM only.
+    settings = command_settings()
     try:
-        tokens = exchange_code(state.settings, state.sessions, code)
+        tokens = exchange_code(settings, command_sessions(create=True), code)
     except AutomationError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"tokens stored; the access token expires at {tokens.expires_at:%Y-%m-%d %H:%M}Z")

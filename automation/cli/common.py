@@ -84,11 +84,12 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(cause).__name__
 
 
-def command_sessions(*, read_only: bool = False) -> sessionmaker[Session]:
+def command_sessions(*, read_only: bool = False, create: bool = False) -> sessionmaker[Session]:
     """Sessions on an existing database at DATABASE_URL, its schema checked.
 
-    No command but `serve`, `dispatch` and `db upgrade` creates a database: run from
-    the wrong directory, one would leave an empty `automation.db` there and answer
+    No command but `serve`, `dispatch`, `db upgrade` and `create` ones (set-up such as
+    `auth exchange`, which may come before the first `serve`) creates a database: run
+    from the wrong directory, one would leave an empty `automation.db` there and answer
     "no launches match". A `read_only` command does not migrate either: on an old
     schema it says to run `automation db upgrade`. The engine is closed when the
     command ends (click closes its context), so no connection outlives the command.
@@ -103,7 +104,8 @@ def command_sessions(*, read_only: bool = False) -> sessionmaker[Session]:
 
     settings = command_settings()
     with database_errors(settings.database_url):
-        require_existing(settings.database_url)
+        if not create:
+            require_existing(settings.database_url)
         engine = make_engine(settings.database_url)
         click.get_current_context().call_on_close(engine.dispose)
         (check_schema if read_only else ensure_schema)(engine)

@@ -42,6 +42,17 @@ def is_oauth(settings: Settings) -> bool:
     )
 
 
+def missing_oauth_settings(settings: Settings) -> list[str]:
+    """The variables an authorization-code exchange still needs, by their env names."""
+    needed = {
+        "AMOCRM_CLIENT_ID": settings.amocrm_client_id,
+        "AMOCRM_CLIENT_SECRET": settings.amocrm_client_secret,
+        "AMOCRM_REDIRECT_URI": settings.amocrm_redirect_uri,
+        "AMOCRM_SUBDOMAIN (or AMOCRM_BASE_URL)": settings.amocrm_url,
+    }
+    return [name for name, value in needed.items() if not value]
+
+
 def store_tokens(session: Session, tokens: TokenSet, now: datetime) -> StoredTokens:
     """Replace the stored pair (call inside the transaction that holds the row lock)."""
     stored = StoredTokens(tokens.access_token, tokens.refresh_token, tokens.expires_at)
@@ -155,10 +166,10 @@ class TokenStore:
 
 def exchange_code(settings: Settings, sessions: sessionmaker[Session], code: str) -> TokenSet:
     """`automation auth exchange CODE`: turn an authorization code into stored tokens."""
-    if not is_oauth(settings) or not settings.amocrm_url:
+    missing = missing_oauth_settings(settings)
+    if missing:
         raise NoToken(
-            "OAuth needs AMOCRM_CLIENT_ID, AMOCRM_CLIENT_SECRET, AMOCRM_REDIRECT_URI and "
-            "AMOCRM_SUBDOMAIN (or AMOCRM_BASE_URL)"
+            f"OAuth needs {' and '.join(missing)}: set {'them' if len(missing) > 1 else 'it'}"
         )
     assert settings.amocrm_client_id and settings.amocrm_client_secret
     assert settings.amocrm_redirect_uri

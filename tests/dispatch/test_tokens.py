@@ -183,3 +183,45 @@ def test_an_oauth_integration_without_tokens_yet_holds_the_launches_and_says_why
         hold = session.get(RateLimit, budget.NAME)
         assert hold is not None and hold.hold_until is not None
         assert "no amoCRM token" in (hold.hold_reason or "")
+
+
+@pytest.mark.parametrize(
+    ("unset", "named"),
+    [
+        ("AMOCRM_REDIRECT_URI", "AMOCRM_REDIRECT_URI"),
+        ("AMOCRM_CLIENT_ID", "AMOCRM_CLIENT_ID"),
+        ("AMOCRM_BASE_URL", "AMOCRM_SUBDOMAIN (or AMOCRM_BASE_URL)"),
+    ],
+)
+def test_auth_exchange_names_only_the_oauth_variable_that_is_missing(
+    database_url: str, rules_file: Path, fake: FakeAmoCRM, unset: str, named: str
+) -> None:
+    env = {
+        "DATABASE_URL": database_url,
+        "RULES_FILE": str(rules_file),
+        "AMOCRM_BASE_URL": fake.url,
+        "AMOCRM_CLIENT_ID": CLIENT_ID,
+        "AMOCRM_CLIENT_SECRET": CLIENT_SECRET,
+        "AMOCRM_REDIRECT_URI": REDIRECT_URI,
+    }
+    del env[unset]
+
+    result = CliRunner().invoke(main, ["auth", "exchange", AUTH_CODE], env=env)
+
+    assert result.exit_code == 1
+    assert result.output == f"Error: OAuth needs {named}: set it\n"
+
+
+def test_auth_exchange_loads_no_rules(database_url: str, tmp_path: Path, fake: FakeAmoCRM) -> None:
+    env = {
+        "DATABASE_URL": database_url,
+        "RULES_FILE": str(tmp_path / "absent.yaml"),
+        "AMOCRM_BASE_URL": fake.url,
+        "AMOCRM_CLIENT_ID": CLIENT_ID,
+        "AMOCRM_CLIENT_SECRET": CLIENT_SECRET,
+        "AMOCRM_REDIRECT_URI": REDIRECT_URI,
+    }
+    result = CliRunner().invoke(main, ["auth", "exchange", AUTH_CODE], env=env)
+
+    assert result.exit_code == 0, result.output
+    assert "rules" not in result.output
