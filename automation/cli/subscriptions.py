@@ -77,6 +77,9 @@ def webhooks_sync(url: str, dry_run: bool) -> None:
     with _operator_errors():
         target = subscriptions.webhook_url(url, _secret(settings))
     ruleset = command_rules(Path(settings.rules_file))
+    if dry_run and (settings.amocrm_url is None or not settings.has_credentials):
+        _echo_offline_plan(subscriptions.plan_sync(target.url, ruleset.event_types(), None), target)
+        return
     with _operator_errors(), _webhooks_client(settings, command_sessions()) as client:
         current = subscriptions.find_webhook(client, target.url)
         plan = subscriptions.plan_sync(target.url, ruleset.event_types(), current)
@@ -103,6 +106,24 @@ def _echo_sync_plan(plan: SyncPlan, target: WebhookUrl) -> None:
             "warning: amoCRM has disabled this webhook; see `automation webhooks status`",
             err=True,
         )
+
+
+def _echo_offline_plan(plan: SyncPlan, target: WebhookUrl) -> None:
+    """A dry run with no way to ask amoCRM: what the rules need is still worth knowing
+    before the token exists (it is the set-up order the docs give)."""
+    built = " (built from the base URL and WEBHOOK_SECRET)" if target.built else ""
+    click.echo(f"webhook URL: {target.shown}{built}")
+    click.echo(f"rules need: {_names(plan.wanted)}")
+    click.echo(
+        "subscribed now: unknown (asking amoCRM needs AMOCRM_SUBDOMAIN or AMOCRM_BASE_URL "
+        "and an admin's token: AMOCRM_ACCESS_TOKEN or `automation auth exchange`)"
+    )
+    for event_type in plan.unmapped:
+        click.echo(
+            f"warning: amoCRM has no webhook for {event_type}; rules on it never fire",
+            err=True,
+        )
+    click.echo("dry run: nothing changed")
 
 
 def _sync_outcome(plan: SyncPlan, dry_run: bool) -> str:

@@ -544,6 +544,22 @@ def test_sync_when_amocrm_is_unreachable_exits_1_without_token_or_secret(
     assert SECRET not in result.output
 
 
+def test_sync_dry_run_without_a_token_still_shows_what_the_rules_need(
+    env: dict[str, str], fake: FakeAmoCRM
+) -> None:
+    result = cli({**env, "AMOCRM_ACCESS_TOKEN": ""}, "sync", BASE, "--dry-run")
+
+    assert (result.exit_code, result.output) == (
+        0,
+        f"webhook URL: {SHOWN} (built from the base URL and WEBHOOK_SECRET)\n"
+        "rules need: add_message, add_talk, status_lead\n"
+        "subscribed now: unknown (asking amoCRM needs AMOCRM_SUBDOMAIN or AMOCRM_BASE_URL "
+        "and an admin's token: AMOCRM_ACCESS_TOKEN or `automation auth exchange`)\n"
+        "dry run: nothing changed\n",
+    )
+    assert fake.calls == []
+
+
 def test_sync_without_an_amocrm_address_says_which_variable_is_missing(
     env: dict[str, str],
 ) -> None:
