@@ -24,7 +24,11 @@ if TYPE_CHECKING:
 
 @click.group("rules")
 def rules_group() -> None:
-    """Check rules files and try them on saved webhooks (no database needed)."""
+    """Check rules files and try them on saved webhooks.
+
+    `check`, `schema` and `test` on files need no database; `diff` and
+    `test --delivery` read stored deliveries from DATABASE_URL.
+    """
 
 
 def _rules_path(given: Path | None = None) -> Path:
@@ -237,9 +241,12 @@ def rules_diff(new_rules: Path, since: datetime, until: datetime | None) -> None
 
     Launches compare by rule, bot, entity and change, ignoring times; each delivery
     is judged as of when it arrived, and cooldowns are not applied. Needs DATABASE_URL.
+    Exits 0 when the launches are the same, 1 when they differ (like diff).
     """
     from automation.store import replay
 
     old, new = command_rules(_rules_path()), command_rules(new_rules)
     diff = replay.diff_rules(command_sessions(read_only=True), old, new, since, until)
     click.echo("\n".join(replay.describe_diff(diff, old.filename, new.filename)))
+    if diff.added or diff.dropped:
+        raise SystemExit(1)  # like diff(1): 0 the same, 1 different, 2 trouble

@@ -329,6 +329,22 @@ def cli(database_url: str, rules_file: Path, *args: str) -> Result:
     return CliRunner().invoke(main, list(args), env=env)
 
 
+def test_rules_diff_exits_1_when_the_launches_differ_and_0_when_they_do_not(
+    sessions: sessionmaker[Session], database_url: str, tmp_path: Path
+) -> None:
+    store(sessions, fixture_body("status_lead"), THEN, CHATS_ONLY)
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(CHATS_ONLY)
+    new.write_text(RULES)
+    since = (THEN - timedelta(hours=1)).isoformat()
+
+    differ = cli(database_url, old, "rules", "diff", str(new), "--since", since)
+    same = cli(database_url, old, "rules", "diff", str(old), "--since", since)
+
+    assert (differ.exit_code, same.exit_code) == (1, 0), differ.output + same.output
+    assert same.output.splitlines()[-1] == "no differences"
+
+
 def test_replay_command_prints_per_rule_counts_and_a_second_run_adds_nothing(
     sessions: sessionmaker[Session], database_url: str, rules_file: Path
 ) -> None:
@@ -397,7 +413,7 @@ def test_rules_diff_command_compares_the_rules_in_use_with_a_new_file(
     )
 
     assert (result.exit_code, result.output) == (
-        0,
+        1,  # the files differ, like diff(1)
         f"{rules_file} → {new}: 1 stored deliveries compared\n"
         "  new-chat: 0 kept, 1 added, 1 dropped\n"
         "+ new-chat: bot 909 on contact 93589657 (talk:106564:add)\n"
