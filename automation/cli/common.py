@@ -112,6 +112,17 @@ def command_sessions(*, read_only: bool = False, create: bool = False) -> sessio
     return make_session_factory(engine)
 
 
+def rules_path(given: Path | None = None) -> Path:
+    """`given`, else RULES_FILE from the environment or `.env` (as the server reads it)."""
+    import os
+    from pathlib import Path
+
+    from dotenv import dotenv_values
+
+    found = os.environ.get("RULES_FILE") or dotenv_values(".env").get("RULES_FILE")
+    return given or Path(found or "rules.yaml")
+
+
 def command_rules(path: Path) -> RuleSet:
     """The rules file loaded, or a clean CLI error with its file and line."""
     from automation.rules.load import load_rules_file

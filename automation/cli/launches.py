@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from automation.cli.common import command_sessions, parse_time_option
+from automation.cli.common import command_sessions, parse_time_option, rules_path
 from automation.limits import MAX_ID
 from automation.store.states import LaunchStatus
 
@@ -88,9 +88,33 @@ def launches_list(
     if as_json:
         click.echo(launchlog.to_json(rows))
     elif not rows:
-        click.echo("no launches match")
+        click.echo("no launches match" + _unknown_rule(rule))
     else:
         click.echo("\n".join(launchlog.format_table(rows)))
+
+
+def _unknown_rule(rule: str | None) -> str:
+    """`; no rule 'x' in rules.yaml (did you mean 'y'?)` when --rule names no rule of
+    the rules in use: a typo must not read as "nothing happened". Launches of a rule
+    since removed still list, so this is said only when nothing matched; an unreadable
+    rules file adds nothing (the log must not depend on it)."""
+    from automation.errors import AutomationError
+    from automation.rules.load import load_rules_file
+    from automation.rules.yamlfile import did_you_mean
+
+    if rule is None:
+        return ""
+    try:
+        ruleset = load_rules_file(rules_path())
+    except (AutomationError, OSError):
+        return ""
+    names = [r.name for r in ruleset.rules]
+    if rule in names:
+        return ""
+    hint = did_you_mean(rule, names).removeprefix("; ")
+    return f"; no rule {rule!r} in the rules in use ({ruleset.filename})" + (
+        f", {hint}" if hint else ""
+    )
 
 
 @launches_group.command("show")

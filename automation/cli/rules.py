@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from automation.cli.common import command_rules, command_sessions, parse_time_option
+from automation.cli.common import command_rules, command_sessions, parse_time_option, rules_path
 from automation.errors import AutomationError
 from automation.limits import MAX_ID
 
@@ -31,14 +30,6 @@ def rules_group() -> None:
     """
 
 
-def _rules_path(given: Path | None = None) -> Path:
-    """`given`, else RULES_FILE from the environment or `.env` (as the server reads it)."""
-    from dotenv import dotenv_values
-
-    found = os.environ.get("RULES_FILE") or dotenv_values(".env").get("RULES_FILE")
-    return given or Path(found or "rules.yaml")
-
-
 @rules_group.command("check")
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
 def rules_check(files: tuple[Path, ...]) -> None:
@@ -50,7 +41,7 @@ def rules_check(files: tuple[Path, ...]) -> None:
     from automation.rules.load import load_rules_file
 
     failed = False
-    for path in files or (_rules_path(),):
+    for path in files or (rules_path(),):
         try:
             ruleset = load_rules_file(path)
         except AutomationError as exc:
@@ -126,7 +117,7 @@ def rules_test(
     if cases_file is not None:
         _run_cases(cases_file, rules_file, now)
         return
-    ruleset = command_rules(_rules_path(rules_file))
+    ruleset = command_rules(rules_path(rules_file))
     for path in payloads:
         _show_payload(ruleset, str(path), _read(path), now)
     for label, body, received_at in _stored(deliveries):
@@ -203,7 +194,7 @@ def _run_cases(cases_file: Path, rules_file: Path | None, now: datetime) -> None
         cases = load_cases_file(cases_file)
     except AutomationError as exc:
         raise click.ClickException(str(exc)) from exc
-    ruleset = command_rules(rules_file or cases.rules or _rules_path())
+    ruleset = command_rules(rules_file or cases.rules or rules_path())
     failed = 0
     for case in cases.cases:
         result = run_case(ruleset, case, now)
@@ -245,7 +236,7 @@ def rules_diff(new_rules: Path, since: datetime, until: datetime | None) -> None
     """
     from automation.store import replay
 
-    old, new = command_rules(_rules_path()), command_rules(new_rules)
+    old, new = command_rules(rules_path()), command_rules(new_rules)
     diff = replay.diff_rules(command_sessions(read_only=True), old, new, since, until)
     click.echo("\n".join(replay.describe_diff(diff, old.filename, new.filename)))
     if diff.added or diff.dropped:

@@ -172,7 +172,7 @@ def exchange_code(settings: Settings, sessions: sessionmaker[Session], code: str
             f"OAuth needs {' and '.join(missing)}: set {'them' if len(missing) > 1 else 'it'}"
         )
     assert settings.amocrm_client_id and settings.amocrm_client_secret
-    assert settings.amocrm_redirect_uri
+    assert settings.amocrm_redirect_uri and settings.amocrm_url
     with AmoCRMClient(settings.amocrm_url, lambda: "") as client:
         tokens = client.exchange_code(
             settings.amocrm_client_id,

@@ -112,7 +112,7 @@ def test_list_filters_combine(sessions: sessionmaker[Session], env: dict[str, st
 
 
 def test_list_says_so_when_nothing_matches(env: dict[str, str]) -> None:
-    result = run(env, "list", "--rule", "nope")
+    result = run(env, "list", "--bot", "999")
 
     assert (result.exit_code, result.output) == (0, "no launches match\n")
 
@@ -480,3 +480,23 @@ def test_since_beyond_the_calendar_says_so(env: dict[str, str]) -> None:
         "Error: Invalid value for '--since': a duration back from now must end after "
         "the year 1, got '99999999999999d'"
     )
+
+
+def test_list_with_a_rule_the_rules_do_not_have_says_so_with_the_close_name(
+    env: dict[str, str],
+) -> None:
+    result = run(env, "list", "--rule", "qualifed")
+
+    assert (result.exit_code, result.output) == (
+        0,
+        f"no launches match; no rule 'qualifed' in the rules in use ({env['RULES_FILE']}), "
+        "did you mean 'qualified'?\n",
+    )
+
+
+def test_list_with_a_known_rule_and_no_launches_says_only_that_none_match(
+    env: dict[str, str],
+) -> None:
+    result = run(env, "list", "--rule", "qualified")
+
+    assert (result.exit_code, result.output) == (0, "no launches match\n")
