@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from automation.errors import ConfigError
 
@@ -22,6 +22,8 @@ DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgres", "post
 #: Upper bounds that keep `now + timedelta(...)` inside the calendar (and sane).
 MAX_PAUSE = 7 * 86400
 MAX_DEAD_AFTER = 86400
+#: Longest AMOCRM_TIMEOUT, in seconds: amoCRM answers in well under a second.
+MAX_TIMEOUT = 300
 MAX_RETENTION_DAYS = 36500
 
 
@@ -63,6 +65,8 @@ class Settings(BaseSettings):
     #: Seconds without a heartbeat after which a dispatcher counts as dead and the
     #: launches it left `sending` are recovered.
     dispatcher_dead_after: float = Field(default=30.0, gt=0, le=MAX_DEAD_AFTER, allow_inf_nan=False)
+    #: (connect, read) seconds of every amoCRM call: `10` sets both, `3,10` each.
+    amocrm_timeout: Annotated[tuple[float, float], NoDecode] = (3.05, 10.0)
     dry_run: bool | None = None
     admin_token: SecretStr | None = None
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
@@ -146,6 +150,21 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("amocrm_timeout", mode="before")
+    @classmethod
+    def _timeouts(cls, value: Any) -> Any:
+        """`10` (both) or `3,10` (connect, read), each a number of seconds."""
+        if not isinstance(value, str):
+            return value
+        parts = [part.strip() for part in value.split(",")]
+        try:
+            numbers = [float(part) for part in parts]
+        except ValueError:
+            numbers = []
+        if len(numbers) not in (1, 2) or not all(0 < n <= MAX_TIMEOUT for n in numbers):
+            raise Invalid("expected " + _EXPECTED["amocrm_timeout"])
+        return (numbers[0], numbers[-1])
+
     @model_validator(mode="after")
     def _dry_run_default(self) -> Settings:
         """Dry run is on when no way to authenticate is configured (design.md)."""
@@ -228,6 +247,10 @@ _EXPECTED = {
     "amocrm_max_attempts": "an integer from 1 to 100",
     "dispatcher_dead_after": f"a number of seconds above 0, at most {MAX_DEAD_AFTER}",
     "retention_days": "a whole number of days > 0 (or unset to keep everything)",
+    "amocrm_timeout": (
+        f"seconds above 0, at most {MAX_TIMEOUT}: one number for connect and read, "
+        "or CONNECT,READ such as 3,10"
+    ),
 }
 #: What a variable accepts, said for a value above its upper bound, where the entry in
 #: `_EXPECTED` names only the lower one.

@@ -77,6 +77,7 @@ BAD_VALUES = {
     "max_body_bytes": "-5",
     "log_format": "xml",
     "retention_days": "1.5",
+    "amocrm_timeout": "3,10,20",
 }
 #: Free text (any value is a value) or secrets whose only check is "set or not".
 UNCHECKED = {
@@ -104,6 +105,17 @@ def test_a_bad_value_gets_one_clean_line_naming_its_variable(name: str, value: s
     assert "Value error" not in line
     assert line.count(", got ") == 1
     assert "hunter2" not in line
+
+
+@pytest.mark.parametrize(
+    ("value", "timeouts"), [("10", (10.0, 10.0)), ("3, 20", (3.0, 20.0)), (None, (3.05, 10.0))]
+)
+def test_amocrm_timeout_is_one_number_for_both_or_connect_then_read(
+    value: str | None, timeouts: tuple[float, float]
+) -> None:
+    given = {} if value is None else {"AMOCRM_TIMEOUT": value}
+
+    assert load_settings(given).amocrm_timeout == timeouts
 
 
 def test_max_rps_states_the_real_range() -> None:

@@ -52,7 +52,8 @@ from automation.amocrm.answers import (
     json_or_none,
     scrub,
 )
-from automation.errors import AmoAuthError, AutomationError
+from automation.config import Settings
+from automation.errors import AmoAuthError, AutomationError, ConfigError
 
 logger = logging.getLogger("automation.amocrm")
 
@@ -119,6 +120,22 @@ class AmoCRMClient:
         self._token_provider = token_provider
         self._timeout = (connect_timeout, read_timeout)
         self._session = _make_session(pool_size)
+
+    @classmethod
+    def for_settings(
+        cls, settings: Settings, token_provider: TokenProvider, read_timeout: float | None = None
+    ) -> AmoCRMClient:
+        """A client on the settings' account with AMOCRM_TIMEOUT's (connect, read)
+        seconds; `read_timeout` overrides the read part (tests make timeouts quick)."""
+        if settings.amocrm_url is None:
+            raise ConfigError("calling amoCRM needs AMOCRM_SUBDOMAIN or AMOCRM_BASE_URL")
+        connect, read = settings.amocrm_timeout
+        return cls(
+            settings.amocrm_url,
+            token_provider,
+            connect_timeout=connect,
+            read_timeout=read if read_timeout is None else read_timeout,
+        )
 
     def __enter__(self) -> AmoCRMClient:
         return self

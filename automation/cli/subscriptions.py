@@ -45,7 +45,7 @@ def _webhooks_client(settings: Settings, sessions: sessionmaker[Session]) -> Amo
             "managing webhooks needs AMOCRM_SUBDOMAIN or AMOCRM_BASE_URL, and an admin's token"
         )
     tokens = TokenStore(settings, sessions)
-    return AmoCRMClient(settings.amocrm_url, tokens.access_token)
+    return AmoCRMClient.for_settings(settings, tokens.access_token)
 
 
 def _secret(settings: Settings) -> str | None:

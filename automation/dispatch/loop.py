@@ -26,7 +26,11 @@ from tenacity import wait_exponential, wait_random_exponential
 
 from automation import metrics
 from automation.amocrm.answers import CallResult, Outcome, SalesbotTask
-from automation.amocrm.client import MAX_TASKS_PER_CALL, SALESBOT_RUN_PATH, AmoCRMClient
+from automation.amocrm.client import (
+    MAX_TASKS_PER_CALL,
+    SALESBOT_RUN_PATH,
+    AmoCRMClient,
+)
 from automation.config import Settings
 from automation.dispatch.tokens import TokenStore
 from automation.errors import AutomationError, ConfigError
@@ -469,9 +473,10 @@ class Dispatcher:
 
 
 def build(
-    settings: Settings, sessions: sessionmaker[Session], read_timeout: float = 10.0
+    settings: Settings, sessions: sessionmaker[Session], read_timeout: float | None = None
 ) -> Dispatcher:
-    """A dispatcher wired to amoCRM as the settings say (or dry run)."""
+    """A dispatcher wired to amoCRM as the settings say (or dry run); `read_timeout`
+    overrides AMOCRM_TIMEOUT's read part (tests make timeouts happen quickly)."""
     if settings.is_dry_run:
         return Dispatcher(settings, sessions, None, None)
     if settings.amocrm_url is None:
@@ -479,5 +484,5 @@ def build(
             "sending needs AMOCRM_SUBDOMAIN or AMOCRM_BASE_URL (or set DRY_RUN=1 to only record)"
         )
     tokens = TokenStore(settings, sessions)
-    client = AmoCRMClient(settings.amocrm_url, tokens.access_token, read_timeout=read_timeout)
+    client = AmoCRMClient.for_settings(settings, tokens.access_token, read_timeout)
     return Dispatcher(settings, sessions, client, tokens)

@@ -155,7 +155,7 @@ class TokenStore:
             raise NoToken("no refresh token stored: run `automation auth exchange CODE`")
         assert settings.amocrm_client_id and settings.amocrm_client_secret
         assert settings.amocrm_redirect_uri and settings.amocrm_url
-        with AmoCRMClient(settings.amocrm_url, lambda: "") as client:
+        with AmoCRMClient.for_settings(settings, lambda: "") as client:
             return client.refresh_tokens(
                 settings.amocrm_client_id,
                 settings.amocrm_client_secret.get_secret_value(),
@@ -173,7 +173,7 @@ def exchange_code(settings: Settings, sessions: sessionmaker[Session], code: str
         )
     assert settings.amocrm_client_id and settings.amocrm_client_secret
     assert settings.amocrm_redirect_uri and settings.amocrm_url
-    with AmoCRMClient(settings.amocrm_url, lambda: "") as client:
+    with AmoCRMClient.for_settings(settings, lambda: "") as client:
         tokens = client.exchange_code(
             settings.amocrm_client_id,
             settings.amocrm_client_secret.get_secret_value(),

@@ -360,6 +360,22 @@ def test_read_timeout_makes_the_batch_uncertain_and_it_is_not_resent(
     assert row.reason is not None and row.reason.startswith("uncertain: no answer from amoCRM")
 
 
+def test_amocrm_timeout_bounds_how_long_a_call_waits_for_its_answer(
+    make_settings: Callable[..., Settings], sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    settings = make_settings(
+        amocrm_base_url=fake.url, amocrm_access_token=ACCESS_TOKEN, amocrm_timeout=(1.0, 1.0)
+    )
+    add_launches(sessions, 2)
+    fake.stall_next(1, seconds=3)
+
+    dispatch.build(settings, sessions).run(once=True)
+
+    assert statuses(sessions) == {"uncertain": 2}
+    [row, *_] = launches(sessions)
+    assert row.reason is not None and row.reason.startswith("uncertain: no answer from amoCRM")
+
+
 def test_retry_uncertain_setting_resends_them(
     make_settings: Callable[..., Settings], sessions: sessionmaker[Session], fake: FakeAmoCRM
 ) -> None:
