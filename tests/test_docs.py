@@ -151,9 +151,13 @@ def shown_default(name: str) -> str | None:
     default = Settings.model_fields[name.lower()].default
     if isinstance(default, bool) or default is None:
         return None
-    if isinstance(default, float) and default.is_integer():
-        default = int(default)
-    return f"`{default}`"
+    if isinstance(default, tuple):  # e.g. AMOCRM_TIMEOUT: written as the env spells it
+        return "`" + ",".join(_number(part) for part in default) + "`"
+    return f"`{_number(default)}`"
+
+
+def _number(value: object) -> str:
+    return str(int(value) if isinstance(value, float) and value.is_integer() else value)
 
 
 def undocumented_settings(text: str) -> list[str]:
