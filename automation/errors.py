@@ -56,3 +56,7 @@ class AmoAuthError(AutomationError):
 
 class NoDatabase(AutomationError):
     """no database at that path: run from the directory that holds it or set DATABASE_URL"""
+
+
+class BadAge(AutomationError):
+    """Expected an age such as '30d' (days) or '12h' (hours), greater than zero."""

@@ -188,8 +188,8 @@ class Webhook:
             disabled=item.get("disabled") in (True, 1, "1", "true"),
             id=str(item["id"]) if item.get("id") is not None else None,
             sort=_int_or_none(item.get("sort")),
-            created_at=_moment(item.get("created_at")),
-            updated_at=_moment(item.get("updated_at")),
+            created_at=_unix_time(item.get("created_at")),
+            updated_at=_unix_time(item.get("updated_at")),
             created_by=_int_or_none(item.get("created_by")),
         )
 
@@ -204,7 +204,7 @@ def _int_or_none(value: Any) -> int | None:
     return None
 
 
-def _moment(value: Any) -> datetime | None:
+def _unix_time(value: Any) -> datetime | None:
     """amoCRM's Unix seconds as an aware UTC datetime."""
     seconds = _int_or_none(value)
     return datetime.fromtimestamp(seconds, UTC) if seconds is not None else None

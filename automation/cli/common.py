@@ -139,7 +139,7 @@ def parse_time_option(
     """Option callback: `2h`, `3d` (that long ago) or an ISO 8601 date or time."""
     from datetime import UTC, datetime
 
-    from automation.store.launchlog import parse_moment
+    from automation.times import parse_moment
 
     if value is None:
         return None

@@ -56,7 +56,7 @@ def prune_command(older_than: str | None, batch_size: int) -> None:
 def _retention_age(older_than: str | None, settings: Settings) -> timedelta:
     from datetime import timedelta
 
-    from automation.store.retention import parse_age
+    from automation.times import parse_age
 
     if older_than is None:
         if settings.retention_days is None:

@@ -113,7 +113,7 @@ def rules_test(
     """
     if bool(payloads or deliveries) == bool(cases_file):
         raise click.UsageError("give payload files or --delivery ID, or --cases FILE alone")
-    now = _moment(at)
+    now = _match_time(at)
     if cases_file is not None:
         _run_cases(cases_file, rules_file, now)
         return
@@ -135,8 +135,8 @@ def _stored(ids: tuple[int, ...]) -> list[tuple[str, bytes, datetime]]:
     """The bodies of stored deliveries, to answer "why did my bot not start?"."""
     if not ids:
         return []
-    from automation.rules.hours import as_utc
     from automation.store.models import Delivery
+    from automation.times import as_utc
 
     found = []
     with command_sessions(read_only=True)() as session:
@@ -151,7 +151,7 @@ def _stored(ids: tuple[int, ...]) -> list[tuple[str, bytes, datetime]]:
     return found
 
 
-def _moment(at: str | None) -> datetime:
+def _match_time(at: str | None) -> datetime:
     from datetime import UTC, datetime
 
     from automation.rules.load import check_moment, parse_instant

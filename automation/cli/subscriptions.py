@@ -15,10 +15,10 @@ import click
 from automation.cli.common import command_rules, command_sessions, command_settings
 from automation.config import Settings
 from automation.errors import AutomationError
+from automation.times import format_age, format_when
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
-    from datetime import datetime, timedelta
 
     from sqlalchemy.orm import Session, sessionmaker
 
@@ -176,7 +176,9 @@ def _echo_webhook(webhook: Webhook, secret: str | None, event_types: set[str] | 
     sort = webhook.sort if webhook.sort is not None else "-"
     author = webhook.created_by or "-"
     click.echo(f"  id: {webhook.id or '-'}  sort: {sort}  created by user: {author}")
-    click.echo(f"  created: {_when(webhook.created_at)}  updated: {_when(webhook.updated_at)}")
+    click.echo(
+        f"  created: {format_when(webhook.created_at)}  updated: {format_when(webhook.updated_at)}"
+    )
     click.echo(f"  settings: {_names(webhook.settings)}")
     if event_types is not None:
         plan = subscriptions.plan_sync(webhook.destination, event_types, webhook)
@@ -218,19 +220,4 @@ def _last_webhook_text(sessions: sessionmaker[Session]) -> str:
         last = last_webhook_at(session)
     if last is None:
         return "none yet"
-    return f"{_when(last)} ({_age(datetime.now(UTC) - last)} ago)"
-
-
-def _when(moment: datetime | None) -> str:
-    from datetime import UTC
-
-    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z" if moment else "-"
-
-
-def _age(delta: timedelta) -> str:
-    """The largest whole unit: `3d`, `5h`, `12m`, `40s`."""
-    seconds = max(0, int(delta.total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    return f"{format_when(last)} ({format_age(datetime.now(UTC) - last)} ago)"

@@ -20,10 +20,10 @@ from pydantic import PlainValidator, model_validator
 
 from automation.errors import PayloadError, RulesError
 from automation.events.payloads import Event, Payload, decode_body
-from automation.rules.hours import as_utc, format_duration, format_instant, parse_instant
 from automation.rules.ruleset import PlannedLaunch, RuleSet, check_moment
 from automation.rules.spec import BotId, Entity, Instant, Spec, Text, validate
 from automation.rules.yamlfile import Converter, Loc, Problem, compose, read_text, render, show
+from automation.times import as_utc, format_duration, format_instant, parse_instant
 
 
 def decode_payload(body: bytes) -> Payload:
@@ -47,7 +47,7 @@ def describe_launch(launch: PlannedLaunch) -> str:
     )
 
 
-def _moment(value: Any) -> datetime:
+def _case_time(value: Any) -> datetime:
     """A case's `at:`: a time rules can be matched at (see `ruleset.check_moment`)."""
     return check_moment(parse_instant(value))
 
@@ -68,7 +68,7 @@ class CaseSpec(Spec):
     name: Text
     payload: Text | None = None
     body: Text | None = None
-    at: Annotated[datetime, PlainValidator(_moment)] | None = None
+    at: Annotated[datetime, PlainValidator(_case_time)] | None = None
     expect: list[ExpectSpec]
 
     @model_validator(mode="after")

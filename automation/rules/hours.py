@@ -1,8 +1,8 @@
-"""Time as rules files write it: durations, moments and active hours.
+"""Active hours as rules files write them: time zones, days and times of day.
 
-The `parse_*` functions read what a file says (`1h30m`, an ISO 8601 moment, a time
-zone, `mon-fri`, `09:00`) and raise `ValueError` with the message the file's error
-shows; `ActiveHours` answers when a rule may launch next.
+The `parse_*` functions read what a file says (a time zone, `mon-fri`, `09:00`) and
+raise `ValueError` with the message the file's error shows; `ActiveHours` answers when
+a rule may launch next. Durations and instants are `automation.times`' grammar.
 
 Pure: no Flask, SQLAlchemy or requests here.
 """
@@ -20,67 +20,6 @@ from automation.rules.yamlfile import did_you_mean, show
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-_MAX_DURATION = timedelta(days=365)
-
-
-# ------------------------------------------------------------------ durations, moments
-
-
-def parse_duration(text: object) -> timedelta:
-    """`30s`, `10m`, `24h`, `7d` or combinations such as `1h30m` → a timedelta.
-
-    Units must come in the order d, h, m, s, each at most once, so `30m1h` (more often
-    a typo than a wish) is rejected rather than guessed. A bare number is rejected too:
-    nobody can tell whether `cooldown: 24` means hours or seconds. Raises `ValueError`
-    with the message a rules file shows.
-    """
-    if isinstance(text, str):
-        compact = text.replace(" ", "")
-        parts = re.fullmatch(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", compact)
-        if compact and parts:
-            days, hours, minutes, seconds = (int(part or 0) for part in parts.groups())
-            total = days * 86400 + hours * 3600 + minutes * 60 + seconds
-            if total > _MAX_DURATION.total_seconds():
-                raise ValueError(f"must be at most 365d, got {text!r}")
-            return timedelta(seconds=total)
-    raise ValueError(
-        f"must be a duration such as '30s', '10m', '24h', '7d' or '1h30m', got {text!r}"
-    )
-
-
-def format_duration(value: timedelta) -> str:
-    """The inverse of `parse_duration`: `timedelta(minutes=90)` → `1h30m`."""
-    seconds = int(value.total_seconds())
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts) or "0s"
-
-
-def parse_instant(text: object) -> datetime:
-    """An ISO 8601 moment → an aware UTC datetime; a moment without offset is UTC."""
-    try:
-        if isinstance(text, str):
-            return as_utc(datetime.fromisoformat(text.strip()))
-    except (ValueError, OverflowError):
-        # OverflowError: a moment at the edge of the calendar (year 1 with a positive
-        # offset) has no UTC equivalent; it is "not a time" like any other bad value.
-        pass
-    raise ValueError(f"must be an ISO 8601 time such as '2024-10-01T09:00:00+03:00', got {text!r}")
-
-
-def format_instant(moment: datetime) -> str:
-    """A moment as messages show it: ISO 8601 in UTC."""
-    return moment.astimezone(UTC).isoformat()
-
-
-def as_utc(moment: datetime) -> datetime:
-    """Aware UTC; a naive datetime is taken to be UTC already."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 # ----------------------------------------------------------- zones, days, times of day

@@ -46,14 +46,7 @@ from automation.rules.cases import (
     run_case,
 )
 from automation.rules.conditions import Condition, compile_condition
-from automation.rules.hours import (
-    ActiveHours,
-    Window,
-    as_utc,
-    format_duration,
-    parse_duration,
-    parse_instant,
-)
+from automation.rules.hours import ActiveHours, Window
 from automation.rules.ruleset import Decision, PlannedLaunch, Rule, RuleSet, check_moment
 from automation.rules.spec import (
     RULE_EVENT_TYPES,
@@ -75,6 +68,7 @@ from automation.rules.yamlfile import (
     render,
     show,
 )
+from automation.times import as_utc, format_duration, parse_duration, parse_instant
 
 __all__ = [
     "RULE_EVENT_TYPES",

@@ -17,7 +17,8 @@ from datetime import UTC, datetime, timedelta
 
 from automation.events.payloads import ENTITY_TYPE_CODES, EVENT_TYPES, Event
 from automation.rules.conditions import Condition
-from automation.rules.hours import ActiveHours, as_utc, format_duration, format_instant
+from automation.rules.hours import ActiveHours
+from automation.times import as_utc, format_duration, format_instant
 
 logger = logging.getLogger("automation.rules")
 

@@ -31,15 +31,9 @@ from pydantic_core import ErrorDetails
 
 from automation.events.payloads import ACTION_VERBS, ENTITY_TYPE_CODES, EVENT_TYPES, FAMILY_ACTIONS
 from automation.limits import MAX_ID, RULE_NAME_LENGTH
-from automation.rules.hours import (
-    parse_clock,
-    parse_clock_end,
-    parse_days,
-    parse_duration,
-    parse_instant,
-    parse_timezone,
-)
+from automation.rules.hours import parse_clock, parse_clock_end, parse_days, parse_timezone
 from automation.rules.yamlfile import Loc, Problem, did_you_mean, is_int, show
+from automation.times import parse_duration, parse_instant
 
 #: Event types a rule may name: everything the decoder produces except `unknown`.
 RULE_EVENT_TYPES: tuple[str, ...] = tuple(name for name in EVENT_TYPES if name != "unknown")

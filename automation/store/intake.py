@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, insert, select, text, update
 
 from automation.events.payloads import Payload
-from automation.rules.hours import format_duration
 from automation.store import states
 from automation.store.database import dialect_insert
 from automation.store.fastinsert import CompiledInsert
 from automation.store.models import Delivery, Launch
 from automation.store.states import DeliveryStatus, LaunchStatus
+from automation.times import format_duration
 
 if TYPE_CHECKING:
     from automation.rules.load import PlannedLaunch

@@ -10,10 +10,9 @@ prints.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, is_dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -31,10 +30,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from automation.rules.load import parse_instant
 from automation.store import outbox, states
 from automation.store.models import ApiCall, CallLaunch, Delivery, Launch, UTCDateTime
 from automation.store.states import LaunchStatus
+from automation.times import format_when
 
 #: Longest reason shown in a table row.
 REASON_WIDTH = 60
@@ -67,48 +66,6 @@ launch_log = Table(
     Column("call_outcome", String(32)),
     Column("call_finished_at", UTCDateTime()),
 )
-
-
-# ---------------------------------------------------------------------------- times
-
-
-#: `--since 3d`: the rules file's duration syntax (units d, h, m, s in that order),
-#: without its 365d cap: that cap bounds how long a rule may wait, while looking back
-#: further than a year in a log kept for years is ordinary. The calendar is the limit.
-_LOOKBACK = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
-
-
-def parse_moment(text: str, now: datetime) -> datetime:
-    """`2h`, `3d` (that long before `now`) or an ISO 8601 date or time (naive is UTC).
-
-    Raises `ValueError` with the message an option error shows.
-    """
-    compact = text.replace(" ", "")
-    lookback = _LOOKBACK.fullmatch(compact) if compact else None
-    if lookback is not None:
-        return _before(now, lookback, text)
-    try:
-        return parse_instant(text)
-    except ValueError:
-        raise ValueError(
-            f"expected a duration such as '2h' or '3d', or an ISO 8601 date or time "
-            f"such as '2024-10-01' or '2024-10-01T09:00:00+03:00', got {text!r}"
-        ) from None
-
-
-def _before(now: datetime, lookback: re.Match[str], text: str) -> datetime:
-    """`now` minus the matched duration, or the real reason it has no answer."""
-    try:
-        days, hours, minutes, seconds = (int(part or 0) for part in lookback.groups())
-        return now - timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    except (OverflowError, ValueError):  # ValueError: int() of thousands of digits
-        raise ValueError(
-            f"a duration back from now must end after the year 1, got {text!r}"
-        ) from None
-
-
-def _when(moment: datetime | None) -> str:
-    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}Z"
 
 
 # ------------------------------------------------------------------------- listing
@@ -351,12 +308,13 @@ def verdict(row: LogRow) -> str:
     """Why a launch is where it is, in one sentence built from `reason` and `last_error`."""
     match row.status:
         case LaunchStatus.PENDING:
-            waiting = f"pending: due at {_when(row.not_before)}"
+            waiting = f"pending: due at {format_when(row.not_before)}"
             return f"{waiting} ({row.reason})" if row.reason else waiting
         case LaunchStatus.SENDING:
             return f"sending: in API call #{row.call_id}, no answer recorded yet"
         case LaunchStatus.SENT:
-            return f"sent: amoCRM accepted API call #{row.call_id} at {_when(row.call_finished_at)}"
+            finished = format_when(row.call_finished_at)
+            return f"sent: amoCRM accepted API call #{row.call_id} at {finished}"
         case LaunchStatus.DRY_RUN:
             return "dry run: recorded, never sent (DRY_RUN was on or no token was set)"
         case LaunchStatus.FAILED:
@@ -381,8 +339,8 @@ def describe_story(story: Story) -> list[str]:
         f"  bot:        {row.bot_id} on {row.entity}",
         f"  event:      {row.event_type} ({story.event_group}[{story.event_index}])",
         f"  change:     {story.change_key}",
-        f"  created:    {_when(row.created_at)}   not before {_when(row.not_before)}",
-        f"  settled:    {_when(row.settled_at)}",
+        f"  created:    {format_when(row.created_at)}   not before {format_when(row.not_before)}",
+        f"  settled:    {format_when(row.settled_at)}",
         f"  attempts:   {row.attempts} API call(s), {row.retries} retry(ies)",
         f"  reason:     {row.reason or '-'}",
         f"  last error: {row.last_error or '-'}",
@@ -397,7 +355,7 @@ def _describe_source(source: Source | None) -> list[str]:
         return ["delivery: none (deleted, or the launch was not made from a webhook)"]
     account = source.account_subdomain or source.account_id or "unknown"
     return [
-        f"delivery #{source.delivery_id}: received {_when(source.received_at)}, "
+        f"delivery #{source.delivery_id}: received {format_when(source.received_at)}, "
         f"account {account}, {source.status}, {source.content_type}"
     ]
 
@@ -408,8 +366,9 @@ def _describe_attempts(attempts: Sequence[Attempt]) -> list[str]:
     lines = [f"API calls: {len(attempts)}"]
     for call in attempts:
         code = call.status_code if call.status_code is not None else "no status"
+        started, finished = format_when(call.started_at), format_when(call.finished_at)
         lines.append(
-            f"  #{call.call_id} {_when(call.started_at)} → {_when(call.finished_at)}  {code}  "
+            f"  #{call.call_id} {started} → {finished}  {code}  "
             f"{call.outcome or 'no outcome (in flight or lost)'}  "
             f"(item {call.position + 1} of {call.launch_count}, {call.dispatcher})"
         )

@@ -19,7 +19,6 @@ kept at least as long as the longest cooldown of the rules.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,24 +53,6 @@ PRUNE_EVERY = 24 * 3600.0
 
 #: The statuses retention treats alike (defined in `states`).
 UNCOUNTED, COUNTED, KEPT = states.UNCOUNTED, states.COUNTED, states.KEPT
-
-_AGE = re.compile(r"(?P<count>\d+)(?P<unit>[dh])")
-
-
-class BadAge(AutomationError):
-    """Expected an age such as '30d' (days) or '12h' (hours), greater than zero."""
-
-
-def parse_age(text: str) -> timedelta:
-    """`30d` → 30 days, `12h` → 12 hours; raises `BadAge` for anything else or zero.
-
-    Not `rules.parse_duration`: that one stops at a year, and a retention may not.
-    """
-    match = _AGE.fullmatch(text.strip())
-    if match is None or int(match["count"]) == 0:
-        raise BadAge(f"expected an age such as '30d' (days) or '12h' (hours), got {text!r}")
-    count = int(match["count"])
-    return timedelta(days=count) if match["unit"] == "d" else timedelta(hours=count)
 
 
 def longest_cooldown(rules: RuleSet) -> timedelta:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from flask import Blueprint, Response, abort, jsonify, request
@@ -28,6 +28,7 @@ from automation.limits import MAX_ID
 from automation.store import story
 from automation.store.launchlog import LaunchQuery
 from automation.store.states import DeliveryStatus, LaunchStatus
+from automation.times import parse_api_moment
 from automation.web.runtime import runtime
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -37,28 +38,15 @@ M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-#: `since=2h`: a duration ago, in the rules file's syntax; at most 4 digits a unit, so
-#: the moment stays inside the calendar.
-RELATIVE_PATTERN = r"^(?:([0-9]{1,4})d)?(?:([0-9]{1,4})h)?(?:([0-9]{1,4})m)?(?:([0-9]{1,4})s)?$"
-#: RFC 3339, the `date-time` of JSON Schema: an offset is required.
-_DATE_TIME_PATTERN = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
-    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})$"
-)
 #: The cursor is opaque to clients; today it is the last id of the page.
 CURSOR_PATTERN = r"^[0-9]{1,30}$"
 #: PostgreSQL text cannot hold NUL, and an empty name is a forgotten variable.
 RULE_PATTERN = r"^[^\u0000]+$"
 QUERY_PARAMETERS = ("status", "rule", "bot_id", "entity_id", "since", "until", "limit", "cursor")
 
-_RELATIVE = re.compile(RELATIVE_PATTERN)
-_DATE_TIME = re.compile(_DATE_TIME_PATTERN)
-_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _CURSOR = re.compile(CURSOR_PATTERN)
 _RULE = re.compile(RULE_PATTERN)
 _DIGITS = re.compile(r"^[0-9]{1,30}$")
-_UTC_MIN = datetime.min.replace(tzinfo=UTC)
-_UTC_MAX = datetime.max.replace(tzinfo=UTC)
 
 
 # ------------------------------------------------------------------------- responses
@@ -190,8 +178,8 @@ def parse_launch_query(args: MultiDict[str, str], now: datetime) -> LaunchQuery:
         rule=_one(args, "rule", _rule),
         bot_id=_one(args, "bot_id", _positive_id),
         entity_id=_one(args, "entity_id", _positive_id),
-        since=_one(args, "since", lambda text: _moment(text, now)),
-        until=_one(args, "until", lambda text: _moment(text, now)),
+        since=_one(args, "since", lambda text: parse_api_moment(text, now)),
+        until=_one(args, "until", lambda text: parse_api_moment(text, now)),
         before_id=_one(args, "cursor", _cursor),
         limit=DEFAULT_LIMIT if limit is None else limit,
     )
@@ -245,34 +233,6 @@ def _cursor(text: str) -> int | None:
         raise ValueError(f"expected the next_cursor of a previous page, got {text!r}")
     before = int(text)
     return before if before <= MAX_ID else None
-
-
-def _moment(text: str, now: datetime) -> datetime:
-    """RFC 3339 time, a date (midnight UTC) or a duration ago (`2h`, `3d`, `1h30m`)."""
-    relative = _RELATIVE.fullmatch(text) if text else None
-    if relative is not None:
-        days, hours, minutes, seconds = (int(part or 0) for part in relative.groups())
-        return now - timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    if _DATE_TIME.fullmatch(text) or _DATE.fullmatch(text):
-        try:
-            return _as_utc(datetime.fromisoformat(text.upper()))
-        except ValueError:
-            pass
-    raise ValueError(
-        "expected a time with its offset such as 2024-10-01T09:00:00+03:00, a date such "
-        f"as 2024-10-01 or a duration ago such as 30m, 2h or 3d, got {text!r}"
-    )
-
-
-def _as_utc(moment: datetime) -> datetime:
-    """Aware UTC (a date alone is midnight UTC); clamped at the calendar's ends, where
-    `0001-01-01T00:00:00+05:00` would otherwise overflow."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:
-        return _UTC_MIN if moment.year == 1 else _UTC_MAX
 
 
 def _listed(names: Iterable[str]) -> str:

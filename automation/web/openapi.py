@@ -20,11 +20,11 @@ from pydantic.json_schema import models_json_schema
 
 from automation.limits import MAX_ID
 from automation.store.states import LaunchStatus
+from automation.times import RELATIVE_PATTERN
 from automation.web.api import (
     CURSOR_PATTERN,
     DEFAULT_LIMIT,
     MAX_LIMIT,
-    RELATIVE_PATTERN,
     RULE_PATTERN,
     DeliveryDetail,
     Error,

@@ -420,7 +420,7 @@ def test_console_script_lists_and_cancels_launches(
 def test_a_moment_outside_the_calendar_is_an_option_error_not_a_traceback() -> None:
     from datetime import UTC, datetime
 
-    from automation.store.launchlog import parse_moment
+    from automation.times import parse_moment
 
     with pytest.raises(ValueError, match=r"got '0001-01-01T00:00:00\+05:00'"):
         parse_moment("0001-01-01T00:00:00+05:00", datetime.now(UTC))

@@ -186,46 +186,6 @@ def test_downgrade_drops_the_view_and_upgrade_creates_it_again(database_url: str
     assert "launch_log" in views_after_upgrade
 
 
-# ---------------------------------------------------------------------------- times
-
-
-@pytest.mark.parametrize(
-    ("given", "expected"),
-    [
-        ("2h", NOW - timedelta(hours=2)),  # a duration: that long before now
-        ("3d", NOW - timedelta(days=3)),
-        ("1h30m", NOW - timedelta(minutes=90)),
-        ("400d", NOW - timedelta(days=400)),  # a log looks back further than a rule waits
-        ("2d 3h", NOW - timedelta(days=2, hours=3)),
-        ("2024-10-01", datetime(2024, 10, 1, tzinfo=UTC)),  # a date: its midnight, UTC
-        ("2024-10-01T09:00:00", datetime(2024, 10, 1, 9, tzinfo=UTC)),  # naive is UTC
-        ("2024-10-01T09:00:00+03:00", datetime(2024, 10, 1, 6, tzinfo=UTC)),
-    ],
-)
-def test_parse_moment_takes_durations_before_now_and_iso_times(
-    given: str, expected: datetime
-) -> None:
-    assert launchlog.parse_moment(given, NOW) == expected
-
-
-@pytest.mark.parametrize("given", ["800000d", "99999999999999d", "9" * 5000 + "s"])
-def test_parse_moment_says_a_duration_reaching_before_the_calendar_is_too_long(
-    given: str,
-) -> None:
-    with pytest.raises(ValueError, match="a duration back from now must end after the year 1"):
-        launchlog.parse_moment(given, NOW)
-
-
-def test_parse_moment_rejects_anything_else_naming_both_forms() -> None:
-    with pytest.raises(ValueError) as caught:
-        launchlog.parse_moment("yesterday", NOW)
-
-    assert str(caught.value) == (
-        "expected a duration such as '2h' or '3d', or an ISO 8601 date or time such as "
-        "'2024-10-01' or '2024-10-01T09:00:00+03:00', got 'yesterday'"
-    )
-
-
 # -------------------------------------------------------------------------- listing
 
 

@@ -26,13 +26,11 @@ from automation.rules.load import load_rules
 from automation.store import retention
 from automation.store.models import ApiCall, CallLaunch, Delivery, Launch
 from automation.store.retention import (
-    BadAge,
     Cutoffs,
     DailyPrune,
     Pruned,
     PrunePass,
     longest_cooldown,
-    parse_age,
     prune,
 )
 from automation.store.states import DeliveryStatus, LaunchStatus
@@ -280,24 +278,6 @@ def test_every_launch_status_is_either_pruned_or_kept_on_purpose() -> None:
     classified = [*retention.UNCOUNTED, *retention.COUNTED, *retention.KEPT]
 
     assert sorted(classified) == sorted(LaunchStatus)
-
-
-@pytest.mark.parametrize(
-    ("text", "age"),
-    [("30d", 30 * DAY), ("12h", timedelta(hours=12)), (" 400d ", 400 * DAY)],
-)
-def test_parse_age_reads_days_or_hours(text: str, age: timedelta) -> None:
-    assert parse_age(text) == age
-
-
-@pytest.mark.parametrize("text", ["30", "0d", "1w", "-1d", "30 d", ""])
-def test_parse_age_refuses_anything_else_with_the_expected_form(text: str) -> None:
-    with pytest.raises(BadAge) as raised:
-        parse_age(text)
-
-    assert str(raised.value) == (
-        f"expected an age such as '30d' (days) or '12h' (hours), got {text!r}"
-    )
 
 
 def test_longest_cooldown_counts_disabled_rules_too() -> None:
