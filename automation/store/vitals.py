@@ -1,5 +1,5 @@
 """What the database says about the server's health: the backlog, the last webhook
-stored, the last dispatcher heartbeat.
+stored, the last dispatcher heartbeat, how the recent amoCRM calls went.
 
 `/healthz`, the `/metrics` gauges and `automation webhooks status` read these facts
 from the shared database rather than from a process, so every web host tells the same
@@ -8,13 +8,14 @@ story and a restart resets nothing.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from automation.store.models import Delivery, DispatcherRow, Launch
+from automation.store.models import ApiCall, Delivery, DispatcherRow, Launch
 from automation.store.states import LaunchStatus
 
 
@@ -45,3 +46,47 @@ def read_vitals(session: Session, now: datetime) -> Vitals:
 def last_webhook_at(session: Session) -> datetime | None:
     """When the newest stored delivery arrived (None: none yet)."""
     return session.execute(select(func.max(Delivery.received_at))).scalar()
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """How one finished amoCRM call ended, as `/healthz` shows the latest one."""
+
+    started_at: datetime
+    outcome: str
+    status_code: int | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallTally:
+    """The amoCRM calls that started since a moment and finished (dry runs aside)."""
+
+    calls: int
+    #: Those whose outcome is one of the failures the caller named.
+    failed: int
+    #: The newest finished call, however old (None: no call ever finished).
+    last: CallRecord | None
+
+
+def call_tally(session: Session, since: datetime, failures: Collection[str]) -> CallTally:
+    """Count the calls started at or after `since` that have an outcome, and those of
+    them whose outcome is in `failures`; read the newest finished call.
+
+    A call still in flight has no outcome yet and is not counted: it is judged when it
+    ends (a read timeout makes it `uncertain`). Both queries walk `started_at`'s index.
+    """
+    real = (ApiCall.outcome.is_not(None), ApiCall.outcome != "dry_run")
+    calls, failed = session.execute(
+        select(func.count(), func.count().filter(ApiCall.outcome.in_(list(failures)))).where(
+            ApiCall.started_at >= since, *real
+        )
+    ).one()
+    row = session.execute(
+        select(ApiCall.started_at, ApiCall.outcome, ApiCall.status_code, ApiCall.error)
+        .where(*real)
+        .order_by(ApiCall.started_at.desc(), ApiCall.id.desc())
+        .limit(1)
+    ).one_or_none()
+    last = CallRecord(row[0], str(row[1]), row[2], row[3]) if row is not None else None
+    return CallTally(int(calls or 0), int(failed or 0), last)

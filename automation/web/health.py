@@ -1,51 +1,68 @@
-"""`GET /healthz`: is this server able to accept and store webhooks right now?"""
+"""`GET /healthz`: is this server able to accept and store webhooks right now, and is
+what it stores going out?
+
+Three answers. `unhealthy` (503): webhooks are not being stored (database down or
+behind, no rules, no WEBHOOK_SECRET). `degraded` (200: webhooks are still stored, a
+load balancer must keep sending them): launches are not going out as they should,
+because sending is on hold, the recent amoCRM calls failed, no dispatcher is alive
+while launches are due, or the rules file on disk is broken (the last good rules still
+run). `ok` otherwise. `reasons` says why in words; the parts say it in fields.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
+from automation.amocrm.answers import Outcome
 from automation.store import budget, dispatchers, vitals
 from automation.store.database import current_revision
 from automation.web.runtime import Runtime, runtime
 
 bp = Blueprint("health", __name__)
 
+#: Call outcomes that say amoCRM, or the way to it, is failing: 5xx, no answer (read
+#: timeout, connection reset), not sent (refused, DNS, connect timeout, no token),
+#: 401/403, and answers that are not the salesbot API's (a proxy's 404). A 429 is our
+#: pacing meeting amoCRM's limit (its hold shows on its own); a 400 blames launches.
+FAILURES = frozenset(
+    {
+        Outcome.SERVER_ERROR,
+        Outcome.UNCERTAIN,
+        Outcome.NOT_SENT,
+        Outcome.UNAUTHORIZED,
+        Outcome.FORBIDDEN,
+        Outcome.OTHER,
+    }
+)
+#: How far back `/healthz` looks at amoCRM calls.
+CALL_WINDOW = timedelta(minutes=5)
+
 
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
-    """200 when the database answers at the code's schema, rules are loaded and
-    WEBHOOK_SECRET is set; else 503.
-
-    A broken rules file that replaced nothing (the last good rules still run) shows
-    its error here but does not make the server unhealthy. Without WEBHOOK_SECRET every
-    webhook gets 503, so the server is not healthy whatever else works.
-    """
+    """200 `ok`, 200 `degraded` or 503 `unhealthy`, with the reasons and the facts."""
     state = runtime()
-    database = _database(state)
-    rules = _rules(state)
-    webhook = _webhook(state)
-    dispatch = _dispatch(state) if database["reachable"] else {}
-    healthy = (
-        bool(database["reachable"])
-        and database["schema_current"]
-        and rules["loaded"]
-        and webhook["configured"]
-    )
-    status = "ok" if healthy else "unhealthy"
-    if healthy and dispatch.get("paused_until"):
-        status = "degraded"  # webhooks are still stored; nothing goes out for now
-    body = {
-        "status": status,
-        "database": database,
-        "rules": rules,
-        "webhook": webhook,
-        "dispatch": dispatch,
+    now = datetime.now(UTC)
+    body: dict[str, Any] = {
+        "database": _database(state),
+        "rules": _rules(state),
+        "webhook": _webhook(state),
     }
-    return jsonify(body), 200 if healthy else 503
+    reachable = bool(body["database"]["reachable"])
+    body["dispatch"] = _dispatch(state, now) if reachable else {}
+    body["amocrm"] = _amocrm(state, now) if reachable else {}
+    unhealthy = _unhealthy(body, state)
+    degraded = [] if unhealthy else _degraded(body, state)
+    body["status"] = "unhealthy" if unhealthy else "degraded" if degraded else "ok"
+    body["reasons"] = unhealthy or degraded
+    return jsonify(body), 503 if unhealthy else 200
+
+
+# ------------------------------------------------------------------------- the facts
 
 
 def _webhook(state: Runtime) -> dict[str, Any]:
@@ -69,20 +86,49 @@ def _database(state: Runtime) -> dict[str, Any]:
     }
 
 
-def _dispatch(state: Runtime) -> dict[str, Any]:
-    """The shared pause (after a 403 or a lost token) and the last heartbeat."""
-    now = datetime.now(UTC)
+def _dispatch(state: Runtime, now: datetime) -> dict[str, Any]:
+    """The shared hold (a 429 back-off, a 403, no token), the dispatchers alive, and
+    what is due. The hold is the budget row's: every hold a dispatcher puts on all the
+    others (a run of 5xx too) is read through `budget.current_hold`."""
+    dead_after = timedelta(seconds=state.settings.dispatcher_dead_after)
     try:
         with state.sessions() as session:
             hold = budget.current_hold(session, now)
-            beat = dispatchers.last_heartbeat(session)
+            facts = vitals.read_vitals(session, now)
+            live = dispatchers.live_ids(session, now, dead_after)
     except SQLAlchemyError as exc:
         return {"error": type(exc).__name__}
     return {
         "dry_run": state.settings.is_dry_run,
-        "last_heartbeat_at": _iso(beat),
+        "live_dispatchers": len(live),
+        "last_heartbeat_at": _iso(facts.last_heartbeat),
+        "due_launches": facts.due,
+        "oldest_due_at": _iso(facts.oldest_due),
         "paused_until": _iso(hold.hold_until) if hold else None,
         "pause_reason": hold.hold_reason if hold else None,
+    }
+
+
+def _amocrm(state: Runtime, now: datetime) -> dict[str, Any]:
+    """How the amoCRM calls of the last CALL_WINDOW went, and the newest call."""
+    try:
+        with state.sessions() as session:
+            tally = vitals.call_tally(session, now - CALL_WINDOW, FAILURES)
+    except SQLAlchemyError as exc:
+        return {"error": type(exc).__name__}
+    last = tally.last
+    return {
+        "window_seconds": int(CALL_WINDOW.total_seconds()),
+        "calls": tally.calls,
+        "failed": tally.failed,
+        "last_call": None
+        if last is None
+        else {
+            "started_at": _iso(last.started_at),
+            "outcome": last.outcome,
+            "status_code": last.status_code,
+            "error": last.error,
+        },
     }
 
 
@@ -97,6 +143,79 @@ def _rules(state: Runtime) -> dict[str, Any]:
         "content_hash": rules.content_hash if rules is not None else None,
         "last_error": loader.error,
     }
+
+
+# ----------------------------------------------------------------------- the verdict
+
+
+def _unhealthy(body: dict[str, Any], state: Runtime) -> list[str]:
+    """Why webhooks are not being stored (empty: they are)."""
+    database, rules, webhook = body["database"], body["rules"], body["webhook"]
+    reasons = []
+    if not database["reachable"]:
+        reasons.append(f"the database does not answer ({database['error']})")
+    elif not database["schema_current"]:
+        reasons.append(
+            f"the database schema is at revision {database['schema_revision']}, this code "
+            f"needs {state.schema_revision}: run `automation db upgrade` with this code"
+        )
+    if not rules["loaded"]:
+        reasons.append(f"no rules loaded: {rules['last_error']}")
+    if not webhook["configured"]:
+        reasons.append(webhook["error"])
+    return reasons
+
+
+def _degraded(body: dict[str, Any], state: Runtime) -> list[str]:
+    """Why launches are not going out as they should, while webhooks are stored."""
+    dispatch, amocrm, rules = body["dispatch"], body["amocrm"], body["rules"]
+    reasons = []
+    if dispatch.get("paused_until"):
+        reasons.append(f"sending is on hold until {dispatch['paused_until']}: {_pause(dispatch)}")
+    if _calls_failing(amocrm):
+        reasons.append(_calls_reason(amocrm))
+    if dispatch.get("due_launches") and not dispatch.get("live_dispatchers"):
+        reasons.append(_no_dispatcher_reason(dispatch, state.settings.dispatcher_dead_after))
+    if rules["last_error"]:
+        reasons.append(
+            f"the rules file is broken; the last good rules (loaded {rules['loaded_at']}) "
+            f"still run: {rules['last_error']}"
+        )
+    for part in ("dispatch", "amocrm"):
+        if "error" in body[part]:
+            reasons.append(f"{part} facts could not be read ({body[part]['error']})")
+    return reasons
+
+
+def _calls_failing(amocrm: dict[str, Any]) -> bool:
+    """At least half of the window's calls failed, the newest one too: a blip among
+    many good calls, or an outage that has just ended, is not a failing amoCRM."""
+    failed, last = amocrm.get("failed", 0), amocrm.get("last_call")
+    return bool(failed and 2 * failed >= amocrm["calls"] and last and last["outcome"] in FAILURES)
+
+
+def _calls_reason(amocrm: dict[str, Any]) -> str:
+    last = amocrm["last_call"]
+    answer = f"HTTP {last['status_code']}" if last["status_code"] else "no HTTP answer"
+    minutes = amocrm["window_seconds"] // 60
+    return (
+        f"amoCRM calls are failing: {amocrm['failed']} of {amocrm['calls']} calls in the "
+        f"last {minutes} minutes failed; the last one, at {last['started_at']}: "
+        f"{last['outcome']} ({answer})"
+    )
+
+
+def _no_dispatcher_reason(dispatch: dict[str, Any], dead_after: float) -> str:
+    last = dispatch["last_heartbeat_at"] or "never"
+    return (
+        f"{dispatch['due_launches']} launch(es) due (the oldest since "
+        f"{dispatch['oldest_due_at']}) and no dispatcher has a heartbeat in the last "
+        f"{dead_after:g}s (last: {last}): start `automation dispatch` or `automation serve`"
+    )
+
+
+def _pause(dispatch: dict[str, Any]) -> str:
+    return str(dispatch.get("pause_reason") or "no reason recorded")
 
 
 def _iso(moment: datetime | None) -> str | None:

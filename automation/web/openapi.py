@@ -86,32 +86,58 @@ class HealthWebhook(_Doc):
 
 
 class HealthDispatch(_Doc):
-    """Sending: dry run or not, the last dispatcher heartbeat, and a shared pause if any."""
+    """Sending: dry run or not, the live dispatchers and the last heartbeat, what is
+    due, and a shared hold if any."""
 
     dry_run: bool
+    live_dispatchers: int
     last_heartbeat_at: datetime | None
+    due_launches: int
+    oldest_due_at: datetime | None
     paused_until: datetime | None
     pause_reason: str | None
 
 
-class HealthDispatchError(_Doc):
-    """The dispatch state could not be read; `error` is the exception's class name."""
+class HealthPartError(_Doc):
+    """The part could not be read; `error` is the exception's class name."""
 
     error: str
 
 
-class HealthDispatchUnknown(_Doc):
+class HealthPartUnknown(_Doc):
     """Empty: not asked, because the database is unreachable."""
 
 
+class HealthCall(_Doc):
+    """The newest finished amoCRM call and how it ended."""
+
+    started_at: datetime
+    outcome: str
+    status_code: int | None
+    error: str | None
+
+
+class HealthAmocrm(_Doc):
+    """The amoCRM calls started in the last `window_seconds` that have an outcome, how
+    many of them failed (5xx, no answer, not sent, 401/403, other), and the newest call."""
+
+    window_seconds: int
+    calls: int
+    failed: int
+    last_call: HealthCall | None
+
+
 class Health(_Doc):
-    """`ok` and `degraded` (sending paused) answer 200; `unhealthy` answers 503."""
+    """`ok` and `degraded` (launches are not going out as they should) answer 200;
+    `unhealthy` (webhooks are not stored) answers 503; `reasons` says why."""
 
     status: Literal["ok", "degraded", "unhealthy"]
+    reasons: list[str]
     database: HealthDatabase | HealthDatabaseDown
     rules: HealthRules
     webhook: HealthWebhook
-    dispatch: HealthDispatch | HealthDispatchError | HealthDispatchUnknown
+    dispatch: HealthDispatch | HealthPartError | HealthPartUnknown
+    amocrm: HealthAmocrm | HealthPartError | HealthPartUnknown
 
 
 _MODELS: tuple[type[BaseModel], ...] = (
@@ -241,7 +267,10 @@ def _healthz() -> JSON:
         "operationId": "health",
         "summary": "Can this server accept and store webhooks now?",
         "responses": {
-            "200": _json("Healthy (`ok`) or sending paused (`degraded`).", "Health"),
+            "200": _json(
+                "Healthy (`ok`), or storing webhooks while launches do not go out (`degraded`).",
+                "Health",
+            ),
             "503": _json(
                 "Database unreachable or behind, no rules loaded, or no WEBHOOK_SECRET.", "Health"
             ),
