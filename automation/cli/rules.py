@@ -119,9 +119,9 @@ def rules_test(
         return
     ruleset = command_rules(rules_path(rules_file))
     for path in payloads:
-        _show_payload(ruleset, str(path), _read(path), now)
+        _show_payload(ruleset, str(path), _read(path), (now, now))
     for label, body, received_at in _stored(deliveries):
-        _show_payload(ruleset, label, body, now if at else received_at)
+        _show_payload(ruleset, label, body, (now if at else received_at, received_at))
 
 
 def _read(path: Path) -> bytes:
@@ -164,13 +164,17 @@ def _match_time(at: str | None) -> datetime:
         raise click.BadParameter(str(exc), param_hint="'--at'") from exc
 
 
-def _show_payload(ruleset: RuleSet, label: str, body: bytes, now: datetime) -> None:
+def _show_payload(
+    ruleset: RuleSet, label: str, body: bytes, moments: tuple[datetime, datetime]
+) -> None:
+    """Match a body's events at `moments[0]`; it arrived (or is taken to) at `moments[1]`."""
     import json
 
     from automation.rules.load import decode_payload, describe_event, describe_launch
 
+    now, received_at = moments
     try:
-        payload = decode_payload(body)
+        payload = decode_payload(body, received_at)
     except AutomationError as exc:
         raise click.ClickException(f"{label}: {exc}") from exc
     click.echo(f"{label}: {len(payload.events)} event(s), at {now.isoformat()}")

@@ -1,5 +1,7 @@
 """PURE: amoCRM webhook bodies → typed events. No I/O, no Flask, no database, no HTTP.
 
 `form` rebuilds PHP-style bracket keys into nested data; `payloads` turns that data into
-the typed events the rules match, with their entity ids and change keys.
+the typed events the rules match, using `families` (what amoCRM can send), `values`
+(strings → ints and bools), `entities` (which lead or contact an event is about) and
+`changes` (which change it reports, for de-duplication).
 """

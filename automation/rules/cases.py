@@ -26,10 +26,12 @@ from automation.rules.yamlfile import Converter, Loc, Problem, compose, read_tex
 from automation.times import as_utc, format_duration, format_instant, parse_instant
 
 
-def decode_payload(body: bytes) -> Payload:
-    """A saved webhook body: JSON if it starts with `{`, else amoCRM's form encoding."""
+def decode_payload(body: bytes, received_at: datetime) -> Payload:
+    """A saved webhook body, as if delivered at `received_at`: JSON if it starts with
+    `{`, else amoCRM's form encoding."""
     is_json = body.lstrip().startswith(b"{")
-    return decode_body(body, "application/json" if is_json else "application/x-www-form-urlencoded")
+    content_type = "application/json" if is_json else "application/x-www-form-urlencoded"
+    return decode_body(body, content_type, received_at=received_at)
 
 
 def describe_event(event: Event) -> str:
@@ -162,7 +164,7 @@ def run_case(rules: RuleSet, case: Case, now: datetime) -> CaseResult:
     """Decode the case's payload, match every event, compare with the expectation."""
     moment = case.at or as_utc(now)
     try:
-        payload = decode_payload(case.body)
+        payload = decode_payload(case.body, moment)
     except PayloadError as exc:
         return CaseResult(case.name, False, error=f"payload: {exc}")
     launches = [launch for event in payload.events for launch in rules.match(event, moment)]

@@ -68,7 +68,8 @@ def stored_deliveries(
 
 def _decode(row: Any) -> Payload | None:
     try:
-        return decode_body(row.body, row.content_type)
+        # As of its arrival: a replay keys each change as the first delivery did.
+        return decode_body(row.body, row.content_type, received_at=row.received_at)
     except PayloadError:
         return None
 

@@ -45,8 +45,10 @@ def receive(secret: str) -> tuple[Response, int]:
     limit = state.settings.max_body_bytes
     if len(body) > limit:  # chunked: read one byte past the limit (see create_app)
         return error(413, f"chunked body of more than {limit} bytes exceeds MAX_BODY_BYTES={limit}")
+    received_at = datetime.now(UTC)
     try:
-        payload = decode_body(body, request.content_type or "")  # with its charset, if any
+        # With its charset, if any; the arrival time keys changes the body cannot date.
+        payload = decode_body(body, request.content_type or "", received_at=received_at)
     except PayloadError as exc:
         log.warning("webhook rejected remote=%s error=%s", request.remote_addr, exc)
         return error(400, str(exc))
@@ -54,7 +56,7 @@ def receive(secret: str) -> tuple[Response, int]:
     if forbidden is not None:
         return forbidden
     try:
-        stored = _store(state, body, payload)
+        stored = _store(state, body, payload, received_at)
     except SQLAlchemyError as exc:
         log.error("webhook not stored remote=%s error=%s", request.remote_addr, type(exc).__name__)
         return error(503, "database unavailable; the webhook was not stored, retry later")
@@ -94,7 +96,7 @@ def _check_account(state: Runtime, payload: Payload) -> tuple[Response, int] | N
         log.warning(
             "webhook from another account account=%s remote=%s", account.id, request.remote_addr
         )
-        said = "no account[id]" if account.id is None else f"account[id] {account.id}"
+        said = "no account[id]" if account.id is None else f"{account.id_field} {account.id}"
         return error(403, f"webhook with {said}; AMOCRM_ACCOUNT_ID allows only {expected_id}")
     if settings.amocrm_subdomain is not None and account.subdomain != settings.amocrm_subdomain:
         log.warning("webhook from another account subdomain=%s", account.subdomain)
@@ -109,8 +111,7 @@ def _check_account(state: Runtime, payload: Payload) -> tuple[Response, int] | N
     return None
 
 
-def _store(state: Runtime, body: bytes, payload: Payload) -> Enqueued:
-    now = datetime.now(UTC)
+def _store(state: Runtime, body: bytes, payload: Payload, now: datetime) -> Enqueued:
     rules = state.rules.maybe_reload()
     assert rules is not None, "Runtime.build refuses to start without rules"
     planned = [launch for event in payload.events for launch in rules.match(event, now)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,6 +15,8 @@ from automation.events.form import MAX_FIELDS, parse_form
 from automation.events.payloads import Account, Event, Payload, decode_body
 
 ReadBody = Callable[[str], bytes]
+#: When the bodies of these tests arrive.
+AT = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 FORM = "application/x-www-form-urlencoded"
 
 ACCOUNT = Account(id=30112233, subdomain="mybrand", base_url="https://mybrand.amocrm.ru")
@@ -57,9 +60,14 @@ def as_dense_maps(value: Any) -> Any:
     return value
 
 
+def decode(body: bytes, content_type: str = FORM) -> Payload:
+    """`decode_body` of a body delivered at `AT`."""
+    return decode_body(body, content_type, received_at=AT)
+
+
 def message_of(body: bytes, content_type: str = "application/x-www-form-urlencoded") -> str:
     with pytest.raises(PayloadError) as raised:
-        decode_body(body, content_type)
+        decode(body, content_type)
     return str(raised.value)
 
 
@@ -67,7 +75,7 @@ def message_of(body: bytes, content_type: str = "application/x-www-form-urlencod
 
 
 def test_status_lead_decodes_stage_change_with_old_status(webhook_body: ReadBody) -> None:
-    payload = decode_body(webhook_body("status_lead"))
+    payload = decode(webhook_body("status_lead"))
     event = only_event(payload)
 
     assert payload.recognized is True
@@ -105,7 +113,7 @@ def test_status_lead_decodes_stage_change_with_old_status(webhook_body: ReadBody
 
 
 def test_status_lead_keeps_tags_and_custom_fields_as_lists(webhook_body: ReadBody) -> None:
-    event = only_event(decode_body(webhook_body("status_lead")))
+    event = only_event(decode(webhook_body("status_lead")))
 
     assert event.data["tags"] == [{"id": 276241, "name": "site"}]
     assert [field["id"] for field in event.data["custom_fields"]] == [1425011, 66339]
@@ -113,7 +121,7 @@ def test_status_lead_keeps_tags_and_custom_fields_as_lists(webhook_body: ReadBod
 
 
 def test_payload_data_keeps_the_strings_amocrm_sent(webhook_body: ReadBody) -> None:
-    payload = decode_body(webhook_body("status_lead"))
+    payload = decode(webhook_body("status_lead"))
 
     item = payload.data["leads"]["status"][0]
     assert item["id"] == "27754599"
@@ -126,7 +134,7 @@ def test_payload_data_keeps_the_strings_amocrm_sent(webhook_body: ReadBody) -> N
 
 
 def test_add_lead_decodes_new_lead_with_coded_custom_field(webhook_body: ReadBody) -> None:
-    payload = decode_body(webhook_body("add_lead"))
+    payload = decode(webhook_body("add_lead"))
     event = only_event(payload)
 
     assert (event.type, event.group, event.index) == ("lead.added", "leads[add]", 0)
@@ -158,7 +166,7 @@ def test_add_lead_decodes_new_lead_with_coded_custom_field(webhook_body: ReadBod
 
 
 def test_update_lead_with_moved_stage_is_also_a_status_change(webhook_body: ReadBody) -> None:
-    payload = decode_body(webhook_body("update_lead"))
+    payload = decode(webhook_body("update_lead"))
 
     assert [(event.type, event.group, event.index) for event in payload.events] == [
         ("lead.updated", "leads[update]", 0),
@@ -187,7 +195,7 @@ def test_update_lead_with_moved_stage_is_also_a_status_change(webhook_body: Read
 
 
 def test_responsible_lead_carries_old_and_new_responsible(webhook_body: ReadBody) -> None:
-    event = only_event(decode_body(webhook_body("responsible_lead")))
+    event = only_event(decode(webhook_body("responsible_lead")))
 
     assert (event.type, event.group, event.index) == (
         "lead.responsible_changed",
@@ -217,7 +225,7 @@ def test_responsible_lead_carries_old_and_new_responsible(webhook_body: ReadBody
 def test_add_talk_converts_ids_and_flags_and_names_lead_and_contact(
     webhook_body: ReadBody,
 ) -> None:
-    event = only_event(decode_body(webhook_body("add_talk")))
+    event = only_event(decode(webhook_body("add_talk")))
 
     assert (event.type, event.family, event.group, event.index) == (
         "talk.added",
@@ -246,7 +254,7 @@ def test_add_talk_converts_ids_and_flags_and_names_lead_and_contact(
 def test_add_message_keeps_uuid_ids_and_decodes_type_origin_author(
     webhook_body: ReadBody,
 ) -> None:
-    event = only_event(decode_body(webhook_body("add_message")))
+    event = only_event(decode(webhook_body("add_message")))
 
     assert (event.type, event.group, event.index) == ("message.added", "message[add]", 0)
     assert event.id == MESSAGE_ID
@@ -278,7 +286,7 @@ def test_add_message_keeps_uuid_ids_and_decodes_type_origin_author(
 
 
 def test_add_unsorted_names_created_lead_and_first_contact(webhook_body: ReadBody) -> None:
-    event = only_event(decode_body(webhook_body("add_unsorted")))
+    event = only_event(decode(webhook_body("add_unsorted")))
 
     assert (event.type, event.group, event.index) == ("unsorted.added", "unsorted[add]", 0)
     assert event.id == UNSORTED_UID
@@ -319,7 +327,7 @@ def test_add_unsorted_names_created_lead_and_first_contact(webhook_body: ReadBod
 
 
 def test_add_contact_keeps_linked_leads_keyed_by_lead_id(webhook_body: ReadBody) -> None:
-    event = only_event(decode_body(webhook_body("add_contact")))
+    event = only_event(decode(webhook_body("add_contact")))
 
     assert (event.type, event.group, event.index) == ("contact.added", "contacts[add]", 0)
     assert event.entities == {"contact": 93589657}
@@ -352,7 +360,7 @@ def test_add_contact_keeps_linked_leads_keyed_by_lead_id(webhook_body: ReadBody)
 
 @pytest.mark.parametrize("name", FIXTURES)
 def test_every_fixture_carries_the_account_block(webhook_body: ReadBody, name: str) -> None:
-    payload = decode_body(webhook_body(name))
+    payload = decode(webhook_body(name))
 
     assert payload.account == ACCOUNT
     assert payload.recognized is True
@@ -369,7 +377,7 @@ def test_json_body_of_the_same_shape_decodes_like_the_form(
     document = data if shape == "lists" else as_dense_maps(data)
     json_body = json.dumps(document, ensure_ascii=False).encode()
 
-    assert decode_body(json_body, "application/json; charset=utf-8") == decode_body(body)
+    assert decode(json_body, "application/json; charset=utf-8") == decode(body)
 
 
 # ---------------------------------------------------------------------- shapes of bodies
@@ -383,7 +391,7 @@ def test_same_stage_move_as_update_and_status_gives_the_same_change() -> None:
         *((f"leads[status][0][{key}]", value) for key, value in move),
     )
 
-    events = decode_body(body).events
+    events = decode(body).events
 
     assert [(event.type, event.group) for event in events] == [
         ("lead.updated", "leads[update]"),
@@ -401,13 +409,13 @@ def test_update_with_unchanged_stage_is_only_an_update() -> None:
         ("leads[update][0][old_status_id]", "142"),
     )
 
-    assert [event.type for event in decode_body(body).events] == ["lead.updated"]
+    assert [event.type for event in decode(body).events] == ["lead.updated"]
 
 
 def test_update_without_old_status_is_only_an_update() -> None:
     body = form(("leads[update][0][id]", "5"), ("leads[update][0][status_id]", "142"))
 
-    assert [event.type for event in decode_body(body).events] == ["lead.updated"]
+    assert [event.type for event in decode(body).events] == ["lead.updated"]
 
 
 def test_body_with_several_groups_and_hundreds_of_items_decodes_all_in_order() -> None:
@@ -432,7 +440,7 @@ def test_body_with_several_groups_and_hundreds_of_items_decodes_all_in_order() -
         pairs.append((f"talk[add][{index}][talk_id]", str(100000 + index)))
         expected.append(("talk.added", "talk[add]", index, 100000 + index))
 
-    events = decode_body(form(*pairs)).events
+    events = decode(form(*pairs)).events
 
     assert [(event.type, event.group, event.index, event.id) for event in events] == expected
     assert events[299].data["tags"] == [{"name": "tag 299"}]
@@ -447,7 +455,7 @@ def test_items_are_ordered_by_index_not_by_position_in_the_body() -> None:
         *((f"leads[add][{index}][id]", str(index + 1)) for index in range(3, 10)),
     )
 
-    events = decode_body(body).events
+    events = decode(body).events
 
     assert [event.id for event in events] == list(range(1, 12))
     assert [event.index for event in events] == list(range(11))
@@ -462,7 +470,7 @@ def test_contact_of_type_company_becomes_a_company_event() -> None:
         ("contacts[update][1][type]", "contact"),
     )
 
-    company, contact = decode_body(body).events
+    company, contact = decode(body).events
 
     assert (company.type, company.group, company.index) == (
         "company.updated",
@@ -477,7 +485,7 @@ def test_contact_of_type_company_becomes_a_company_event() -> None:
 def test_companies_group_decodes_as_company_events() -> None:
     body = form(("companies[add][0][id]", "71000001"))
 
-    event = only_event(decode_body(body))
+    event = only_event(decode(body))
 
     assert (event.type, event.entities) == ("company.added", {"company": 71000001})
 
@@ -492,7 +500,7 @@ def test_lead_note_is_unwrapped_and_names_the_lead_it_belongs_to() -> None:
         ("leads[note][0][note][created_at]", "1727704000"),
     )
 
-    event = only_event(decode_body(body))
+    event = only_event(decode(body))
 
     assert (event.type, event.group, event.index) == ("lead.note_added", "leads[note]", 0)
     assert event.data == {
@@ -516,7 +524,7 @@ def test_lead_note_is_unwrapped_and_names_the_lead_it_belongs_to() -> None:
     ids=["bare ids", "id fields"],
 )
 def test_lead_delete_decodes_bare_ids_and_id_fields_alike(pairs: list[tuple[str, str]]) -> None:
-    events = decode_body(form(*pairs)).events
+    events = decode(form(*pairs)).events
 
     assert [(event.type, event.group, event.index) for event in events] == [
         ("lead.deleted", "leads[delete]", 0),
@@ -524,11 +532,14 @@ def test_lead_delete_decodes_bare_ids_and_id_fields_alike(pairs: list[tuple[str,
     ]
     assert [event.data for event in events] == [{"id": 123}, {"id": 124}]
     assert [event.entities for event in events] == [{"lead": 123}, {"lead": 124}]
-    assert [event.change for event in events] == ["lead:123:delete:", "lead:124:delete:"]
+    assert [event.change for event in events] == [
+        "lead:123:delete~2026-12-06",
+        "lead:124:delete~2026-12-06",
+    ]
 
 
 def test_unknown_group_becomes_an_unknown_event_with_raw_data() -> None:
-    payload = decode_body(form(("catalogs[add][0][id]", "1")))
+    payload = decode(form(("catalogs[add][0][id]", "1")))
 
     assert payload.events == (
         Event(
@@ -543,7 +554,7 @@ def test_unknown_group_becomes_an_unknown_event_with_raw_data() -> None:
 
 
 def test_unknown_action_becomes_an_unknown_event_with_raw_data() -> None:
-    payload = decode_body(form(("talk[delete][0][talk_id]", "106564")))
+    payload = decode(form(("talk[delete][0][talk_id]", "106564")))
 
     event = only_event(payload)
     assert (event.type, event.group, event.index) == ("unknown", "talk[delete]", 0)
@@ -553,20 +564,20 @@ def test_unknown_action_becomes_an_unknown_event_with_raw_data() -> None:
 
 
 def test_unknown_group_beside_a_known_one_keeps_the_payload_recognized() -> None:
-    payload = decode_body(form(("catalogs[add][0][id]", "1"), ("leads[add][0][id]", "2")))
+    payload = decode(form(("catalogs[add][0][id]", "1"), ("leads[add][0][id]", "2")))
 
     assert [event.type for event in payload.events] == ["unknown", "lead.added"]
     assert payload.recognized is True
 
 
 def test_account_block_alone_decodes_to_no_events() -> None:
-    payload = decode_body(form())
+    payload = decode(form())
 
     assert (payload.account, payload.events, payload.recognized) == (ACCOUNT, (), False)
 
 
 def test_legacy_account_block_with_only_subdomain_decodes() -> None:
-    payload = decode_body(form(("account[subdomain]", "old"), account=False))
+    payload = decode(form(("account[subdomain]", "old"), account=False))
 
     assert payload.account == Account(id=None, subdomain="old", base_url=None)
 
@@ -578,14 +589,14 @@ def test_value_that_is_not_a_number_is_kept_as_sent() -> None:
         ("leads[add][0][price]", "¹²"),
     )
 
-    event = only_event(decode_body(body))
+    event = only_event(decode(body))
 
     assert event.data == {"id": "--5", "updated_at": "1" * 5000, "price": "¹²"}
     assert event.entities == {}
 
 
 def test_index_made_of_non_ascii_digits_is_a_plain_key() -> None:
-    event = only_event(decode_body(form(("catalogs[¹]", "x"))))
+    event = only_event(decode(form(("catalogs[¹]", "x"))))
 
     assert (event.type, event.data) == ("unknown", {"raw": {"¹": "x"}})
 
@@ -601,7 +612,7 @@ def test_entity_type_that_is_not_a_code_names_no_entity() -> None:
         ("task[add][0][element_id]", "27754620"),
     )
 
-    talk, task = decode_body(body).events
+    talk, task = decode(body).events
 
     assert talk.entities == {"contact": 93589657}
     assert task.entities == {}
@@ -666,7 +677,7 @@ def test_declared_charset_other_than_utf8_is_named_when_the_body_is_not_utf8(
     ],
 )
 def test_leading_byte_order_mark_is_no_part_of_the_body(body: bytes, content_type: str) -> None:
-    payload = decode_body(body, content_type)
+    payload = decode(body, content_type)
 
     assert (payload.account.id, payload.account.subdomain) == (30112233, "mybrand")
     assert payload.events == ()
@@ -860,7 +871,7 @@ def test_largest_64_bit_ids_are_accepted() -> None:
     body = form(("leads[add][0][id]", str(2**63 - 1)), ("leads[add][0][updated_at]", "1"))
     body = body.replace(b"30112233", str(2**63 - 1).encode())
 
-    payload = decode_body(body)
+    payload = decode(body)
 
     assert payload.account.id == 2**63 - 1
     assert only_event(payload).entities == {"lead": 2**63 - 1}
@@ -873,7 +884,7 @@ def test_number_beyond_64_bits_that_is_never_stored_is_kept_as_text() -> None:
         ("leads[add][0][status_id]", "9" * 23),
     )
 
-    event = only_event(decode_body(body))
+    event = only_event(decode(body))
 
     assert event.data == {"id": 5, "price": str(2**63), "status_id": "9" * 23}
     assert event.entities == {"lead": 5}
@@ -881,7 +892,7 @@ def test_number_beyond_64_bits_that_is_never_stored_is_kept_as_text() -> None:
 
 @pytest.mark.parametrize("lead_id", ["0", "-1", str(-(2**63))])
 def test_entity_id_of_zero_or_below_names_no_entity(lead_id: str) -> None:
-    event = only_event(decode_body(form(("leads[add][0][id]", lead_id))))
+    event = only_event(decode(form(("leads[add][0][id]", lead_id))))
 
     assert event.entities == {}
 
@@ -928,9 +939,56 @@ def test_nul_character_in_json_is_rejected_naming_the_field(body: bytes, message
 
 
 def test_subdomain_longer_than_its_column_is_rejected() -> None:
-    assert decode_body(form(("account[subdomain]", "a" * 100), account=False)).account == (
+    assert decode(form(("account[subdomain]", "a" * 100), account=False)).account == (
         Account(subdomain="a" * 100)
     )
     assert message_of(form(("account[subdomain]", "a" * 101), account=False)) == (
         "field 'account[subdomain]': 101 characters, longer than the 100 a subdomain may have"
+    )
+
+
+# ------------------------------------------------------------ the account of old bodies
+
+
+def older_body(*account_ids: str) -> bytes:
+    """A 2016–2018 body: `account[subdomain]` alone at the top, the id in each item."""
+    pairs = [("account[subdomain]", "mybrand")]
+    for index, account_id in enumerate(account_ids):
+        pairs += [(f"leads[add][{index}][id]", str(100 + index))]
+        pairs += [(f"leads[add][{index}][account_id]", account_id)]
+    return urlencode(pairs).encode()
+
+
+def test_account_id_is_taken_from_the_items_when_the_top_has_none() -> None:
+    account = decode(older_body("30112233", "30112233")).account
+
+    assert (account.id, account.subdomain) == (30112233, "mybrand")
+    assert account.id_field == "leads[add][0][account_id]"
+
+
+def test_account_id_at_the_top_wins_over_the_items() -> None:
+    body = form(("leads[add][0][id]", "1"), ("leads[add][0][account_id]", "999"))
+
+    assert decode(body).account == ACCOUNT
+
+
+def test_items_of_two_accounts_are_rejected_naming_the_field() -> None:
+    assert message_of(older_body("30112233", "30112233", "999")) == (
+        "field 'leads[add][2][account_id]': account 999 differs from 30112233 in "
+        "leads[add][0][account_id]; one webhook comes from one account"
+    )
+
+
+def test_account_id_of_a_note_is_read_inside_the_note() -> None:
+    body = b"account[subdomain]=mybrand&leads[note][0][note][element_id]=5"
+    body += b"&leads[note][0][note][account_id]=7"
+
+    account = decode(body).account
+
+    assert (account.id, account.id_field) == (7, "leads[note][0][note][account_id]")
+
+
+def test_item_account_id_that_is_not_a_number_is_rejected_naming_the_field() -> None:
+    assert message_of(older_body("abc")) == (
+        "field 'leads[add][0][account_id]': expected a number, got 'abc'"
     )

@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 from urllib.parse import unquote as urllib_unquote
@@ -28,6 +29,9 @@ from automation.events.form import (
 )
 from automation.events.payloads import Payload, decode_body
 from automation.limits import SUBDOMAIN_LENGTH
+
+#: When the bodies of these tests arrive.
+AT = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
@@ -144,7 +148,7 @@ bodies = st.binary(max_size=200) | form_bodies | json_bodies
 def test_any_body_decodes_or_raises_payload_error(body: bytes, content_type: str) -> None:
     # Anything but `PayloadError` escapes `suppress` and fails the test.
     with contextlib.suppress(PayloadError):
-        decode_body(body, content_type)
+        decode_body(body, content_type, received_at=AT)
 
 
 # ------------------------------------------------- what is accepted can be stored
@@ -193,7 +197,7 @@ def test_every_accepted_payload_can_be_stored_on_every_backend(
 ) -> None:
     """Ints within 64 bits, no NUL, ids positive: SQLite and PostgreSQL store it alike."""
     try:
-        payload = decode_body(body, content_type)
+        payload = decode_body(body, content_type, received_at=AT)
     except PayloadError:
         return
     assert_storable(payload)

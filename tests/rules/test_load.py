@@ -51,7 +51,7 @@ def compile_rules(rules: str, defaults: str = "") -> RuleSet:
 
 
 def first_event(body: bytes) -> Event:
-    return decode_payload(body).events[0]
+    return decode_payload(body, NOW).events[0]
 
 
 def outgoing(body: bytes) -> bytes:
@@ -898,7 +898,7 @@ def test_explain_shows_only_rules_listening_to_the_event_type(webhook_body: Body
 
 def test_update_that_moved_the_stage_fires_stage_rules_once(webhook_body: Body) -> None:
     rules = compile_rules(STAGE_RULE)
-    events = decode_payload(webhook_body("update_lead")).events
+    events = decode_payload(webhook_body("update_lead"), NOW).events
 
     launches = [launch for event in events for launch in rules.match(event, NOW)]
 

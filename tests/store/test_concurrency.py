@@ -27,8 +27,8 @@ def _deliver(url: str, rules_path: str, body: bytes, barrier: object) -> int:
     engine = make_engine(url)
     sessions = make_session_factory(engine)
     rules = load_rules_file(rules_path)
-    payload = decode_body(body)
     now = datetime.now(UTC)
+    payload = decode_body(body, received_at=now)
     planned = [launch for event in payload.events for launch in rules.match(event, now)]
     barrier.wait()  # type: ignore[attr-defined]
     with sessions.begin() as session:

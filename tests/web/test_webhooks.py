@@ -223,6 +223,57 @@ def test_webhook_without_an_account_gets_403_saying_so(
     assert answer.json["error"] == "webhook with no account[id]; AMOCRM_ACCOUNT_ID allows only 111"
 
 
+def older_body(account_id: str) -> bytes:
+    """A 2016–2018 stage change: only `account[subdomain]` at the top, the id in the item."""
+    return urlencode(
+        [
+            ("leads[status][0][id]", "27754599"),
+            ("leads[status][0][status_id]", "59936202"),
+            ("leads[status][0][account_id]", account_id),
+            ("account[subdomain]", "mybrand"),
+        ]
+    ).encode()
+
+
+def test_older_body_with_the_account_id_only_in_its_items_is_accepted(
+    make_settings: Callable[..., Any], make_app: Callable[[Any], Any]
+) -> None:
+    app = make_app(make_settings(amocrm_account_id=STATUS_LEAD_ACCOUNT))
+
+    answer = post(app.test_client(), older_body(str(STATUS_LEAD_ACCOUNT)))
+
+    assert answer.status_code == 200
+    assert answer.json["launches"] == 1
+    [delivery] = rows(app, Delivery)
+    assert delivery.account_id == STATUS_LEAD_ACCOUNT
+
+
+def test_older_body_of_another_account_gets_403_naming_the_item_field(
+    make_settings: Callable[..., Any], make_app: Callable[[Any], Any]
+) -> None:
+    app = make_app(make_settings(amocrm_account_id=STATUS_LEAD_ACCOUNT))
+
+    answer = post(app.test_client(), older_body("999"))
+
+    assert answer.status_code == 403
+    assert answer.json["error"] == (
+        "webhook with leads[status][0][account_id] 999; "
+        f"AMOCRM_ACCOUNT_ID allows only {STATUS_LEAD_ACCOUNT}"
+    )
+
+
+def test_older_body_whose_items_disagree_on_the_account_gets_400(client: Any) -> None:
+    body = older_body("30112233") + b"&leads%5Bstatus%5D%5B1%5D%5Baccount_id%5D=999"
+
+    answer = post(client, body)
+
+    assert answer.status_code == 400
+    assert answer.json["error"] == (
+        "field 'leads[status][1][account_id]': account 999 differs from 30112233 in "
+        "leads[status][0][account_id]; one webhook comes from one account"
+    )
+
+
 def test_webhook_from_another_subdomain_gets_403(
     make_settings: Callable[..., Any],
     make_app: Callable[[Any], Any],
