@@ -3,33 +3,42 @@
 `compile_condition` turns a rule's `when:` mapping (fields with a value, a list of
 values or operators; `any:`, `tags:` and `custom_fields:`) into a `Condition`,
 reporting every mistake as a `Problem`. A compiled test returns `None` when an
-event passes and the reason when it does not, which `rules test` shows.
+event passes and the reason when it does not, which `rules test` shows; the tests
+themselves are in `matchers`, where they find their values in `fields`.
 
 Pure: no Flask, SQLAlchemy or requests here.
 """
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from automation.events.payloads import Event
+from automation.rules.fields import (
+    custom_field_enums,
+    custom_field_values,
+    path_getter,
+    tags_test,
+)
+from automation.rules.matchers import (
+    COMPARISONS,
+    EventTest,
+    ValueTest,
+    all_of,
+    any_of,
+    compare,
+    equals,
+    exists,
+    negated,
+    on_field,
+    one_of,
+)
 from automation.rules.yamlfile import MISSING, Loc, Problem, did_you_mean, is_int, show
 
-T = TypeVar("T")
-Test = Callable[[T], str | None]
-EventTest = Callable[[Event], str | None]
-ValueTest = Callable[[Any], str | None]
-
 OPERATORS = ("eq", "in", "not", "exists", "gt", "gte", "lt", "lte")
-_COMPARISONS: Mapping[str, tuple[str, Callable[[float, float], bool]]] = {
-    "gt": (">", operator.gt),
-    "gte": (">=", operator.ge),
-    "lt": ("<", operator.lt),
-    "lte": ("<=", operator.le),
-}
+#: What a custom field's condition may say besides `OPERATORS`: its option ids.
+ENUM = "enum"
 #: Fields whose values are amoCRM ids: a rule comparing them to text is a mistake.
 _ID_FIELDS = frozenset(
     {
@@ -62,214 +71,6 @@ def compile_condition(
     return _WhenCompiler(problems).condition(raw, loc)
 
 
-def _all_of(tests: Sequence[Test[T]]) -> Test[T]:
-    """AND: the first failing test's reason, or None."""
-    if len(tests) == 1:
-        return tests[0]
-
-    def check(subject: T) -> str | None:
-        for test in tests:
-            reason = test(subject)
-            if reason is not None:
-                return reason
-        return None
-
-    return check
-
-
-def _any_of(tests: Sequence[EventTest]) -> EventTest:
-    """OR: None when any branch passes, else every branch's reason."""
-
-    def check(event: Event) -> str | None:
-        reasons = []
-        for test in tests:
-            reason = test(event)
-            if reason is None:
-                return None
-            reasons.append(reason)
-        return f"any: no branch matched ({'; '.join(reasons)})"
-
-    return check
-
-
-def _same(expected: Any, actual: Any) -> bool:
-    """Equality as a sales-ops person means it: `15000` equals `"15000"`.
-
-    A list (a multi-value custom field) equals a value it contains; only one level
-    deep, so a payload nested without end cannot exhaust the stack.
-    """
-    if isinstance(actual, list):
-        return any(_same_value(expected, item) for item in actual)
-    return _same_value(expected, actual)
-
-
-def _same_value(expected: Any, actual: Any) -> bool:
-    if isinstance(expected, bool) or isinstance(actual, bool):
-        return expected is actual
-    if isinstance(expected, int | float) and isinstance(actual, str):
-        return _number(actual) == expected
-    if isinstance(expected, str) and isinstance(actual, int | float):
-        try:
-            return expected == str(actual)
-        except ValueError:  # an integer too long to print (Python's 4300-digit limit)
-            return False
-    return bool(expected == actual)
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return value
-    try:
-        return float(value) if isinstance(value, str) else None
-    except ValueError:
-        return None
-
-
-def _numbers(value: Any) -> list[float]:
-    items = value if isinstance(value, list) else [value]
-    return [number for item in items if (number := _number(item)) is not None]
-
-
-def _present(value: Any) -> bool:
-    return value is not MISSING and value not in (None, "", [])
-
-
-def _equals(expected: Any) -> ValueTest:
-    def test(value: Any) -> str | None:
-        if value is MISSING:
-            return "missing"
-        return None if _same(expected, value) else f"{show(value)} is not {expected!r}"
-
-    return test
-
-
-def _one_of(options: tuple[Any, ...]) -> ValueTest:
-    def test(value: Any) -> str | None:
-        if value is MISSING:
-            return "missing"
-        if any(_same(option, value) for option in options):
-            return None
-        return f"{show(value)} is not in {list(options)!r}"
-
-    return test
-
-
-def _negated(inner: ValueTest, spec: Any) -> ValueTest:
-    def test(value: Any) -> str | None:
-        return f"{show(value)} matches not: {spec!r}" if inner(value) is None else None
-
-    return test
-
-
-def _exists(wanted: bool) -> ValueTest:
-    def test(value: Any) -> str | None:
-        if _present(value) == wanted:
-            return None
-        return "missing" if wanted else f"{show(value)} is present"
-
-    return test
-
-
-def _compare(name: str, bound: int | float) -> ValueTest:
-    sign, compare = _COMPARISONS[name]
-
-    def test(value: Any) -> str | None:
-        if value is MISSING:
-            return "missing"
-        numbers = _numbers(value)
-        if not numbers:
-            return f"{show(value)} is not a number"
-        if any(compare(number, bound) for number in numbers):
-            return None
-        return f"{show(value)} is not {sign} {bound!r}"
-
-    return test
-
-
-def _on_field(getter: Callable[[Event], Any], label: str, test: ValueTest) -> EventTest:
-    def check(event: Event) -> str | None:
-        reason = test(getter(event))
-        return None if reason is None else f"{label}: {reason}"
-
-    return check
-
-
-def _path_getter(path: tuple[str, ...]) -> Callable[[Event], Any]:
-    """Read a dotted path from `event.data`; `message.type` reads `type` of a message."""
-
-    def get(event: Event) -> Any:
-        steps = path[1:] if path[0] == event.family and path[0] not in event.data else path
-        value: Any = event.data
-        for step in steps:
-            if isinstance(value, Mapping):
-                value = value.get(step, MISSING)
-            elif isinstance(value, list) and _is_index(step) and int(step) < len(value):
-                value = value[int(step)]
-            else:
-                return MISSING
-        return value
-
-    return get
-
-
-def _is_index(step: str) -> bool:
-    """A list index in a path: ASCII digits only (`"¹".isdigit()`, but `int("¹")` fails)."""
-    return step.isascii() and step.isdigit() and len(step) <= 18
-
-
-def _custom_field_getter(key: int | str) -> Callable[[Event], Any]:
-    """Values of one custom field (legacy shape), found by id, name or code.
-
-    A payload of another shape (`custom_fields: 5`, `values: 7`) has no such field
-    rather than an error: a webhook must never fail because of what amoCRM sent.
-    """
-
-    def get(event: Event) -> Any:
-        for item in _items(event.data.get("custom_fields")):
-            if isinstance(item, Mapping) and _is_field(item, key):
-                values = _items(item.get("values"))
-                return [v.get("value") if isinstance(v, Mapping) else v for v in values]
-        return MISSING
-
-    return get
-
-
-def _items(value: Any) -> list[Any]:
-    """The items of a list; anything else has none."""
-    return value if isinstance(value, list) else []
-
-
-def _is_field(item: Mapping[str, Any], key: int | str) -> bool:
-    if isinstance(key, int):
-        return bool(item.get("id") == key)
-    return key in (item.get("name"), item.get("code"))
-
-
-def _tag_names(event: Event) -> set[str]:
-    tags = event.data.get("tags")
-    items = tags if isinstance(tags, list) else []
-    return {str(tag["name"]) for tag in items if isinstance(tag, Mapping) and "name" in tag}
-
-
-def _tags_test(mode: str, wanted: tuple[str, ...]) -> EventTest:
-    def check(event: Event) -> str | None:
-        names = _tag_names(event)
-        found = [tag for tag in wanted if tag in names]
-        have = sorted(names)
-        if mode == "any" and not found:
-            return f"tags: none of {list(wanted)!r} in {have!r}"
-        if mode == "all" and len(found) < len(wanted):
-            missing = [tag for tag in wanted if tag not in names]
-            return f"tags: {missing!r} not in {have!r}"
-        if mode == "none" and found:
-            return f"tags: has {found!r}"
-        return None
-
-    return check
-
-
 def _canonical(value: Any) -> Hashable:
     return int(value) if is_int(value) else value
 
@@ -294,7 +95,7 @@ class _WhenCompiler:
             if (values := _exact_values(key, spec)) is not None
         }
         names_type = any(_field_key(key) == "type" for key in raw)
-        return Condition(_all_of([t for t in tests if t]), exact, names_type)
+        return Condition(all_of([t for t in tests if t]), exact, names_type)
 
     def conditions(self, raw: Any, loc: Loc) -> EventTest | None:
         """One branch of `any:`: a non-empty mapping of conditions, ANDed."""
@@ -322,14 +123,14 @@ class _WhenCompiler:
             self.fail(loc, f"{key!r} is an operator; put it under a field: status_id: {{{key}: …}}")
             return None
         test = self.value(spec, loc, integer=key.rsplit(".", 1)[-1] in _ID_FIELDS)
-        return _on_field(_path_getter(tuple(key.split("."))), key, test) if test else None
+        return on_field(path_getter(tuple(key.split("."))), key, test) if test else None
 
     def any(self, spec: Any, loc: Loc) -> EventTest | None:
         if not isinstance(spec, list) or not spec:
             self.fail(loc, f"must be a list of condition mappings, got {show(spec)}")
             return None
         branches = [self.conditions(branch, (*loc, i)) for i, branch in enumerate(spec)]
-        return None if None in branches else _any_of([b for b in branches if b])
+        return None if None in branches else any_of([b for b in branches if b])
 
     def tags(self, spec: Any, loc: Loc) -> EventTest | None:
         if isinstance(spec, str) and spec:
@@ -341,7 +142,7 @@ class _WhenCompiler:
             self.fail(loc, f"must be a tag name or a mapping of any/all/none, got {show(spec)}")
             return None
         tests = [self.tag_mode(mode, names, (*loc, mode), loc) for mode, names in spec.items()]
-        return None if None in tests else _all_of([t for t in tests if t])
+        return None if None in tests else all_of([t for t in tests if t])
 
     def tag_mode(self, mode: Any, names: Any, loc: Loc, parent: Loc) -> EventTest | None:
         if mode not in _TAG_MODES:
@@ -352,7 +153,7 @@ class _WhenCompiler:
         if not isinstance(wanted, list) or not wanted or not all(_is_text(n) for n in wanted):
             self.fail(loc, f"must be a tag name or a list of tag names, got {show(names)}")
             return None
-        return _tags_test(mode, tuple(wanted))
+        return tags_test(mode, tuple(wanted))
 
     def custom_fields(self, spec: Any, loc: Loc) -> EventTest | None:
         if not isinstance(spec, dict) or not spec:
@@ -365,11 +166,25 @@ class _WhenCompiler:
                 self.fail((*loc, key), f"must be a field id or name, got {key!r}")
                 tests.append(None)
                 continue
-            field_key = int(key) if is_int(key) else key
-            test = self.value(value_spec, (*loc, key))
-            getter = _custom_field_getter(field_key)
-            tests.append(_on_field(getter, f"custom_fields[{key!r}]", test) if test else None)
-        return None if None in tests else _all_of([t for t in tests if t])
+            tests.append(self.custom_field(int(key) if is_int(key) else key, value_spec, loc))
+        return None if None in tests else all_of([t for t in tests if t])
+
+    def custom_field(self, key: int | str, spec: Any, loc: Loc) -> EventTest | None:
+        """One custom field's condition: on its values, and with `enum:` on the ids of
+        its select options, which stay the same when someone renames an option."""
+        label, field_loc = f"custom_fields[{key!r}]", (*loc, key)
+        if not isinstance(spec, dict) or ENUM not in spec:
+            test = self.value(spec, field_loc)
+            return on_field(custom_field_values(key), label, test) if test else None
+        on_enums = self.value(spec[ENUM], (*field_loc, ENUM), integer=True)
+        rest = {op: operand for op, operand in spec.items() if op != ENUM}
+        on_values = self.operators(rest, field_loc, False) if rest else None
+        if on_enums is None or (rest and on_values is None):
+            return None
+        tests = [on_field(custom_field_enums(key), f"{label}.{ENUM}", on_enums)]
+        if on_values is not None:
+            tests.append(on_field(custom_field_values(key), label, on_values))
+        return all_of(tests)
 
     def value(self, spec: Any, loc: Loc, integer: bool = False) -> ValueTest | None:
         """A field's spec: a value (equality), a list (any of) or a mapping of operators.
@@ -381,14 +196,14 @@ class _WhenCompiler:
         if isinstance(spec, list):
             return self.options(spec, loc, integer)
         operand = self.operand(spec, loc, integer)
-        return None if operand is MISSING else _equals(operand)
+        return None if operand is MISSING else equals(operand)
 
     def operators(self, spec: dict[Any, Any], loc: Loc, integer: bool) -> ValueTest | None:
         if not spec:
             self.fail(loc, f"must set at least one of {', '.join(OPERATORS)}")
             return None
         tests = [self.operator(op, operand, loc, integer) for op, operand in spec.items()]
-        return None if None in tests else _all_of([t for t in tests if t])
+        return None if None in tests else all_of([t for t in tests if t])
 
     def operator(self, op: Any, operand: Any, loc: Loc, integer: bool) -> ValueTest | None:
         """One `op: operand` of an operator mapping."""
@@ -398,21 +213,23 @@ class _WhenCompiler:
             return None
         if op == "eq":
             value = self.operand(operand, op_loc, integer)
-            return None if value is MISSING else _equals(value)
+            return None if value is MISSING else equals(value)
         if op in ("in", "not"):
             inner = self.value(operand, op_loc, integer)
-            return _negated(inner, operand) if inner and op == "not" else inner
+            return negated(inner, operand) if inner and op == "not" else inner
         if op == "exists":
             if isinstance(operand, bool):
-                return _exists(operand)
+                return exists(operand)
             self.fail(op_loc, f"must be true or false, got {show(operand)}")
             return None
-        if op in _COMPARISONS:
+        if op in COMPARISONS:
             if isinstance(operand, int | float) and not isinstance(operand, bool):
-                return _compare(str(op), operand)
+                return compare(str(op), operand)
             self.fail(op_loc, f"must be a number, got {show(operand)}")
             return None
         hint = did_you_mean(op, OPERATORS) or f"; use {', '.join(OPERATORS)}"
+        if op == ENUM:
+            hint = "; 'enum' (select option ids) is a condition of a custom field only"
         self.fail(loc, f"unknown operator {op!r}{hint}", op_loc)
         return None
 
@@ -421,7 +238,7 @@ class _WhenCompiler:
             self.fail(loc, "must list at least one value")
             return None
         options = [self.operand(item, (*loc, i), integer) for i, item in enumerate(spec)]
-        return None if MISSING in options else _one_of(tuple(options))
+        return None if MISSING in options else one_of(tuple(options))
 
     def operand(self, value: Any, loc: Loc, integer: bool) -> Any:
         """A value to compare with, or `MISSING` after reporting why it cannot be."""

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from automation.events.payloads import ACTION_VERBS, ENTITY_TYPE_CODES, FAMILY_ACTIONS
 from automation.limits import MAX_ID, RULE_NAME_LENGTH
-from automation.rules.conditions import OPERATORS
+from automation.rules.conditions import ENUM, OPERATORS
 from automation.rules.hours import FULL_DAYS
 from automation.rules.spec import (
     RULE_EVENT_TYPES,
@@ -291,6 +291,7 @@ def _condition_definitions() -> dict[str, Schema]:
         "conditions": _conditions(),
         "value": _value(scalar, "value"),
         "id_value": _value(integer, "id_value"),
+        "custom_field_value": _value(scalar, "value", _enum_key()),
         "tags": _tags(),
     }
 
@@ -311,9 +312,10 @@ def _conditions() -> Schema:
             },
             "tags": _ref("tags"),
             "custom_fields": {
-                "description": "Custom fields by name, code or id, each with a condition.",
+                "description": "Custom fields by name, code or id, each with a condition "
+                "on its values, or with {enum: …} on the ids of its select options.",
                 "type": "object",
-                "additionalProperties": _ref("value"),
+                "additionalProperties": _ref("custom_field_value"),
                 "minProperties": 1,
             },
             **fields,
@@ -323,13 +325,26 @@ def _conditions() -> Schema:
     }
 
 
-def _value(scalar: Schema, name: str) -> Schema:
-    """A field's condition: a value, a list of values (any of them) or operators."""
+def _enum_key() -> Schema:
+    """`enum:` of a custom field's condition: the ids of its select options."""
+    return {
+        ENUM: _described(
+            "Select option id(s) of the field (values[].enum), which stay the same when "
+            "an option is renamed: an id, a list of ids (any of them) or operators.",
+            "id_value",
+        )
+    }
+
+
+def _value(scalar: Schema, name: str, extra: Schema | None = None) -> Schema:
+    """A field's condition: a value, a list of values (any of them) or operators;
+    `extra` adds keys to the operators (a custom field's `enum`)."""
     values = {"type": "array", "items": scalar, "minItems": 1}
     numbers = {"type": "number"}
+    described = ", ".join([*OPERATORS, *(extra or {})])
     return {
         "description": "A value (equals), a list of values (equals any), or operators "
-        "{eq, in, not, exists, gt, gte, lt, lte}.",
+        f"{{{described}}}.",
         "anyOf": [
             scalar,
             values,
@@ -347,6 +362,7 @@ def _value(scalar: Schema, name: str) -> Schema:
                         op: {"description": f"A number {op} this.", **numbers}
                         for op in ("gt", "gte", "lt", "lte")
                     },
+                    **(extra or {}),
                 },
                 "additionalProperties": False,
                 "minProperties": 1,

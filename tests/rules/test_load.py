@@ -254,6 +254,16 @@ VALIDATION_CASES = [
         "'lead.status_changed', got 5",
     ),
     (
+        "enum_not_an_integer",
+        '7:17: rules[0] (name="welcome"): when.custom_fields.66339.enum: '
+        "expected an integer, got 'Сайт'",
+    ),
+    (
+        "enum_outside_custom_fields",
+        "6:19: rules[0] (name=\"welcome\"): when.status_id: unknown operator 'enum'; "
+        "'enum' (select option ids) is a condition of a custom field only",
+    ),
+    (
         "custom_fields_not_a_mapping",
         '6:7: rules[0] (name="welcome"): when.custom_fields: must map field ids or names '
         "to conditions, got 'Москва'",

@@ -54,6 +54,11 @@ rules:
       author.name: {exists: true}
       tags: vip
       custom_fields: {Город: Москва, 1425011: {in: [A, B]}, UTM_SOURCE: yandex}
+      any: [{custom_fields: {66339: {enum: 139517}, Источник: {enum: [139517, "139519"]}}}]
+    launch: {bot_id: 101, entity: lead}
+  - name: any-branch
+    on: lead.added
+    when:
       any: [{tags: {any: [vip, hot]}}, {price: {gt: 100000}}]
     launch: {bot_id: 101, entity: lead}
     delay: 1m
