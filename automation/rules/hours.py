@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from automation.rules.yamlfile import did_you_mean, show
+from automation.rules.zones import zone_hint
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -26,14 +27,15 @@ FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
 
 
 def parse_timezone(value: Any) -> str:
-    """An IANA time zone name this machine knows (`Europe/Moscow`), unchanged."""
+    """An IANA time zone name this machine knows (`Europe/Moscow`), unchanged; else an
+    error suggesting what `MSK` or `UTC+3` means (`zones.zone_hint`)."""
     try:
         if isinstance(value, str) and value:
             ZoneInfo(value)
             return value
     except (ZoneInfoNotFoundError, ValueError):
         pass
-    hint = did_you_mean(value, sorted(available_timezones()))
+    hint = zone_hint(value) if isinstance(value, str) else ""
     raise ValueError(f"unknown time zone {show(value)}{hint}")
 
 

@@ -254,6 +254,16 @@ VALIDATION_CASES = [
         "'lead.status_changed', got 5",
     ),
     (
+        "time_zone_abbreviation",
+        '6:20: rules[0] (name="welcome"): active_hours.timezone: unknown time zone '
+        "'MSK'; did you mean 'Europe/Moscow'? (MSK is UTC+3)",
+    ),
+    (
+        "time_zone_offset",
+        '6:20: rules[0] (name="welcome"): active_hours.timezone: unknown time zone '
+        "'UTC+3'; did you mean 'Europe/Moscow' or 'Etc/GMT-3'? (UTC+3 all year)",
+    ),
+    (
         "enum_not_an_integer",
         '7:17: rules[0] (name="welcome"): when.custom_fields.66339.enum: '
         "expected an integer, got 'Сайт'",

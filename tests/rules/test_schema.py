@@ -30,6 +30,8 @@ CHECKED_ONLY_BY_THE_LOADER = {
     "entity_the_event_never_carries": "needs 'on' and 'launch' together",
     "outside_hours_without_active_hours": "needs the rule and its defaults together",
     "unknown_time_zone": "the zone list differs between machines",
+    "time_zone_abbreviation": "the zone list differs between machines",
+    "time_zone_offset": "the zone list differs between machines",
     "unsupported_yaml_tag": "a YAML matter",
     "wildcard_matching_nothing": "needs the wildcard expanded",
     "yaml_syntax_error": "not YAML at all",
