@@ -32,11 +32,13 @@ def rules_group() -> None:
 
 @rules_group.command("check")
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
-def rules_check(files: tuple[Path, ...]) -> None:
+@click.option("--strict", is_flag=True, help="Warnings fail the check too (exit 1).")
+def rules_check(files: tuple[Path, ...], strict: bool) -> None:
     """Validate rules FILES (default: $RULES_FILE or rules.yaml).
 
-    Prints the rules per event type and conflict warnings (which do not fail the
-    check); exits 1 listing every error with file:line:column.
+    Prints the rules per event type and warnings (condition fields no event of the
+    rule is known to carry, rules that can interrupt each other), which do not fail
+    the check unless --strict; exits 1 listing every error with file:line:column.
     """
     from automation.rules.load import load_rules_file
 
@@ -48,20 +50,24 @@ def rules_check(files: tuple[Path, ...]) -> None:
             click.echo(str(exc), err=True)
             failed = True
             continue
-        _echo_summary(ruleset)
+        warned = _echo_summary(ruleset)
+        failed = failed or (strict and warned)
     if failed:
         raise click.exceptions.Exit(1)
 
 
-def _echo_summary(ruleset: RuleSet) -> None:
+def _echo_summary(ruleset: RuleSet) -> bool:
+    """Print a loaded file's summary and warnings; True when there were warnings."""
     disabled = sum(not rule.enabled for rule in ruleset.rules)
     click.echo(f"{ruleset.filename}: ok, {len(ruleset)} rules ({disabled} disabled)")
     summary = ruleset.summary()
     width = max((len(event_type) for event_type in summary), default=0)
     for event_type, count in summary.items():
         click.echo(f"  {event_type:<{width}}  {count}")
-    for warning in ruleset.conflicts():
+    warnings = [*ruleset.warnings, *ruleset.conflicts()]
+    for warning in warnings:
         click.echo(f"warning: {warning}")
+    return bool(warnings)
 
 
 @rules_group.command("schema")

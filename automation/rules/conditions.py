@@ -4,7 +4,7 @@
 values or operators; `any:`, `tags:` and `custom_fields:`) into a `Condition`,
 reporting every mistake as a `Problem`. A compiled test returns `None` when an
 event passes and the reason when it does not, which `rules test` shows; the tests
-themselves are in `matchers`, where they find their values in `fields`.
+themselves are in `matchers`, where they find their values in `lookups`.
 
 Pure: no Flask, SQLAlchemy or requests here.
 """
@@ -15,7 +15,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from automation.rules.fields import (
+from automation.rules.lookups import (
     custom_field_enums,
     custom_field_values,
     path_getter,

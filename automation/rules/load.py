@@ -46,6 +46,7 @@ from automation.rules.cases import (
     run_case,
 )
 from automation.rules.conditions import Condition, compile_condition
+from automation.rules.fieldcheck import check_fields
 from automation.rules.hours import ActiveHours, Window
 from automation.rules.ruleset import Decision, PlannedLaunch, Rule, RuleSet, check_moment
 from automation.rules.spec import (
@@ -136,14 +137,16 @@ def load_rules(text: str, filename: str = "rules.yaml") -> RuleSet:
         message = f"{filename}:1:1: the file is empty; expected version: 1 and rules"
         raise RulesError([message], filename)
     problems: list[Problem] = []
+    notices: list[Problem] = []  # warnings: the file loads, `rules check` shows them
     converter = Converter(problems)
     data = converter.convert(root, ())
-    rules = _build(data, problems)
+    rules = _build(data, (problems, notices))
     if problems:
         shown = converter.without_echoes(problems)
         raise RulesError(render(shown, root, data, filename), filename)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return RuleSet(rules, content_hash=digest, filename=filename)
+    warnings = render(notices, root, data, filename)
+    return RuleSet(rules, content_hash=digest, filename=filename, warnings=warnings)
 
 
 def load_rules_file(path: str | Path) -> RuleSet:
@@ -151,7 +154,9 @@ def load_rules_file(path: str | Path) -> RuleSet:
     return load_rules(read_text(Path(path)), str(path))
 
 
-def _build(data: Any, problems: list[Problem]) -> list[Rule]:
+def _build(data: Any, found: tuple[list[Problem], list[Problem]]) -> list[Rule]:
+    """The rules of a file; errors go to `found[0]`, warnings to `found[1]`."""
+    problems = found[0]
     if not isinstance(data, dict):
         problems.append(Problem((), f"must be a mapping with version and rules, got {show(data)}"))
         return []
@@ -160,15 +165,15 @@ def _build(data: Any, problems: list[Problem]) -> list[Rule]:
     if "defaults" in data:
         defaults = validate(DefaultsSpec, data["defaults"], ("defaults",), problems) or defaults
     raw_rules: list[Any] = data["rules"] if isinstance(data.get("rules"), list) else []
-    built = [_build_rule(i, raw, defaults, problems) for i, raw in enumerate(raw_rules)]
+    built = [_build_rule(i, raw, defaults, found) for i, raw in enumerate(raw_rules)]
     _check_unique_names(raw_rules, problems)
     return [rule for rule in built if rule is not None]
 
 
 def _build_rule(
-    index: int, raw: Any, defaults: DefaultsSpec, problems: list[Problem]
+    index: int, raw: Any, defaults: DefaultsSpec, found: tuple[list[Problem], list[Problem]]
 ) -> Rule | None:
-    loc = ("rules", index)
+    loc, problems = ("rules", index), found[0]
     spec = validate(RuleSpec, raw, loc, problems)
     when = raw.get("when", {}) if isinstance(raw, dict) else None
     condition = (
@@ -177,6 +182,8 @@ def _build_rule(
     if spec is None or condition is None:
         return None
     _check_entity(spec, loc, problems)
+    event_types = {t for pattern in spec.on for t in expand_pattern(pattern)}
+    check_fields(spec.when, event_types, ", ".join(spec.on), (*loc, "when"), found)
     windows = spec.active_hours if spec.active_hours is not None else defaults.active_hours
     if spec.outside_hours is not None and not windows:
         message = "has no effect without active_hours (on the rule or in defaults)"

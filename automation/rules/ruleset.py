@@ -171,11 +171,18 @@ class RuleSet:
     """The compiled rules of one file, indexed by event type. Immutable; share freely."""
 
     def __init__(
-        self, rules: Sequence[Rule], content_hash: str = "", filename: str = "rules.yaml"
+        self,
+        rules: Sequence[Rule],
+        content_hash: str = "",
+        filename: str = "rules.yaml",
+        warnings: Sequence[str] = (),
     ) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.content_hash = content_hash
         self.filename = filename
+        #: What loading found doubtful but not wrong (`file:line:col: …` each), such
+        #: as a condition field no event of the rule is known to carry.
+        self.warnings: tuple[str, ...] = tuple(warnings)
         index: dict[str, list[Rule]] = {}
         for rule in self.rules:
             for event_type in sorted(rule.event_types):

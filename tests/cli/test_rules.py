@@ -28,6 +28,14 @@ rules:
   - {name: welcome, on: lead.added, launch: {bot_id: 1, entity: lead}}
   - {name: upsell, on: lead.added, launch: {bot_id: 2, entity: lead}}
 """
+UNKNOWN_FIELD = """\
+version: 1
+rules:
+  - name: welcome
+    on: lead.added
+    when: {utm_campaign: spring}
+    launch: {bot_id: 1, entity: lead}
+"""
 BROKEN = """\
 version: 1
 rules:
@@ -112,6 +120,37 @@ def test_check_warns_about_conflicts_without_failing(tmp_path: Path) -> None:
         "lead for lead.added; the second bot interrupts the first (make their conditions "
         "exclusive or add stop: true to 'welcome')"
     )
+
+
+def test_check_warns_about_a_field_no_event_is_known_to_carry_without_failing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(UNKNOWN_FIELD)
+
+    result = run("check", str(path))
+
+    assert result.exit_code == 0
+    assert result.output.splitlines()[-1] == (
+        f'warning: {path}:5:12: rules[0] (name="welcome"): when.utm_campaign: '
+        "'utm_campaign' is not a field lead.added events are known to carry (the "
+        "condition holds only if amoCRM sends it)"
+    )
+
+
+@pytest.mark.parametrize("text", [UNKNOWN_FIELD, CONFLICTING], ids=["field", "conflict"])
+def test_strict_check_fails_on_warnings(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+
+    result = run("check", "--strict", str(path))
+
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1].startswith("warning: ")
+
+
+def test_strict_check_of_a_file_without_warnings_passes() -> None:
+    assert run("check", "--strict", "rules.yaml").exit_code == 0
 
 
 def test_check_lists_every_error_with_file_and_line_and_exits_1(tmp_path: Path) -> None:

@@ -264,6 +264,21 @@ VALIDATION_CASES = [
         "'UTC+3'; did you mean 'Europe/Moscow' or 'Etc/GMT-3'? (UTC+3 all year)",
     ),
     (
+        "condition_field_misspelt",
+        "6:7: rules[0] (name=\"welcome\"): when.tag: unknown field 'tag' for "
+        "lead.status_changed; did you mean 'tags'?",
+    ),
+    (
+        "condition_field_without_id",
+        "6:7: rules[0] (name=\"welcome\"): when.status: unknown field 'status' for "
+        "lead.status_changed; did you mean 'status_id'?",
+    ),
+    (
+        "nested_field_misspelt",
+        '7:11: rules[0] (name="welcome"): when.any[0].author.typ: unknown field '
+        "'author.typ' for message.added; did you mean 'author.type'?",
+    ),
+    (
         "enum_not_an_integer",
         '7:17: rules[0] (name="welcome"): when.custom_fields.66339.enum: '
         "expected an integer, got 'Сайт'",
