@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from automation.events.fields import FAMILY_FIELDS
 from automation.events.payloads import ACTION_VERBS, ENTITY_TYPE_CODES, EVENT_TYPES, FAMILY_ACTIONS
 from automation.limits import MAX_ID, RULE_NAME_LENGTH
 from automation.rules.hours import parse_clock, parse_clock_end, parse_days, parse_timezone
@@ -261,8 +262,16 @@ class FileSpec(Spec):
 
 # ------------------------------------------------------------- errors → problems
 
-#: Keys people put one level off, and where they belong.
+#: Keys of `when:` that are no event field.
+_WHEN_KEYS = ("any", "tags", "custom_fields")
+#: Keys people put one level off, and where they belong (a condition field beside
+#: `when:` rather than under it; a key of the rule inside `launch:`, …).
 _MISPLACED: Mapping[tuple[str, str], str] = {
+    **{
+        (owner, key): "it belongs under 'when'"
+        for owner in ("RuleSpec", "LaunchSpec")
+        for key in (*sorted(frozenset[str]().union(*FAMILY_FIELDS.values())), *_WHEN_KEYS)
+    },
     **{
         ("LaunchSpec", key): "it belongs on the rule, beside 'launch'"
         for key in RuleSpec.model_fields

@@ -22,6 +22,7 @@ from typing import Any, Final
 import yaml
 
 from automation.errors import RulesError
+from automation.rules.yamlerrors import reader_problem, syntax_problem
 
 #: A place in the data read from a file: keys and list indexes, outermost first.
 Loc = tuple[Any, ...]
@@ -140,9 +141,9 @@ def compose(text: str, filename: str) -> yaml.Node | None:
         loader = YamlLoader(text)
         return loader.get_single_node()
     except yaml.reader.ReaderError as exc:
-        raise RulesError([_reader_problem(exc, text, filename)], filename) from exc
+        raise RulesError([reader_problem(exc, text, filename)], filename) from exc
     except yaml.MarkedYAMLError as exc:
-        raise RulesError([_yaml_problem(exc, filename)], filename) from exc
+        raise RulesError([syntax_problem(exc, text, filename)], filename) from exc
     except yaml.YAMLError as exc:
         raise RulesError([f"{filename}: invalid YAML: {exc}"], filename) from exc
     except RecursionError as exc:  # the depth guard should come first; never a traceback
@@ -152,28 +153,6 @@ def compose(text: str, filename: str) -> yaml.Node | None:
     finally:
         if loader is not None:
             loader.dispose()
-
-
-def _reader_problem(exc: yaml.reader.ReaderError, text: str, filename: str) -> str:
-    """`file:line:col` of a character YAML does not allow, which PyYAML gives as an offset."""
-    position = min(max(exc.position, 0), len(text))
-    line = text.count("\n", 0, position) + 1
-    column = position - (text.rfind("\n", 0, position) + 1) + 1
-    character = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1])
-    return (
-        f"{filename}:{line}:{column}: invalid YAML: character U+{character:04X} "
-        f"is not allowed ({exc.reason})"
-    )
-
-
-def _yaml_problem(exc: yaml.MarkedYAMLError, filename: str) -> str:
-    mark = exc.problem_mark or exc.context_mark
-    where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
-    context = ""
-    if exc.context:
-        started = f" at line {exc.context_mark.line + 1}" if exc.context_mark else ""
-        context = f" ({exc.context}{started})"
-    return f"{where}: invalid YAML: {exc.problem}{context}"
 
 
 @dataclass

@@ -279,6 +279,34 @@ VALIDATION_CASES = [
         "'author.typ' for message.added; did you mean 'author.type'?",
     ),
     (
+        "indentation_key_between_levels",
+        "7:4: indentation: 'launch' is indented 3 spaces, which lines up with no key above "
+        "it; indent it 4 spaces, beside 'when' (line 5)",
+    ),
+    (
+        "indentation_list_item",
+        "6:4: indentation: this list item is indented 3 spaces, which lines up with no list "
+        "item above it; indent it 2 spaces, as the list item on line 3",
+    ),
+    (
+        "indentation_key_under_a_value",
+        "5:7: indentation: 'launch' is indented deeper than 'on' on line 4, which already "
+        "has a value, so YAML reads it as part of that value; indent it 4 spaces, beside 'on'",
+    ),
+    (
+        "indentation_with_a_tab",
+        "4:1: a tab character: YAML indents with spaces only; replace the tab with spaces",
+    ),
+    (
+        "colon_in_unquoted_value",
+        "3:13: the value of 'name' holds ': ', which YAML reads as another key; quote the "
+        'value: name: "Re: welcome"',
+    ),
+    (
+        "condition_key_beside_when",
+        "7:5: rules[0] (name=\"welcome\"): unknown key 'status_id'; it belongs under 'when'",
+    ),
+    (
         "enum_not_an_integer",
         '7:17: rules[0] (name="welcome"): when.custom_fields.66339.enum: '
         "expected an integer, got 'Сайт'",

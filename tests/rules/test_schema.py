@@ -38,6 +38,11 @@ CHECKED_ONLY_BY_THE_LOADER = {
     "unsupported_yaml_tag": "a YAML matter",
     "wildcard_matching_nothing": "needs the wildcard expanded",
     "yaml_syntax_error": "not YAML at all",
+    "indentation_key_between_levels": "not YAML at all",
+    "indentation_list_item": "not YAML at all",
+    "indentation_key_under_a_value": "not YAML at all",
+    "indentation_with_a_tab": "not YAML at all",
+    "colon_in_unquoted_value": "not YAML at all",
 }
 
 #: Every form the rules reference documents, in one file the loader accepts.
