@@ -84,10 +84,17 @@ def _put(found: dict[str, int], kind: str, value: Any, path: tuple[str, ...]) ->
     """Record `value`, found at `path`, as the event's `kind` id, unless one was already.
 
     Ids of 0 and below are no amoCRM ids and are skipped; ids that would be stored
-    but cannot be (beyond 64 bits, kept as text by `_parse_int`; a boolean) raise.
+    but cannot be (beyond 64 bits, kept as text by `parse_int`; a boolean) raise. A
+    digit string is an id too: a bare list item (`accept_result[leads][0]=…`) has no
+    key of its own that says it holds one, so `values.normalise` leaves it as text.
     """
     if kind in found:
         return
+    if is_digits(value):
+        number = parse_int(value)
+        if number is None:
+            raise UnfitId(path, f"{shown_number(value)} is out of range")
+        value = number
     if type(value) is int:
         if value > INT64_MAX:
             raise UnfitId(path, f"{shown_number(str(value))} is out of range")
@@ -95,8 +102,6 @@ def _put(found: dict[str, int], kind: str, value: Any, path: tuple[str, ...]) ->
             found[kind] = value
     elif isinstance(value, bool):
         raise UnfitId(path, f"expected an id, got {value!r}")
-    elif is_digits(value) and parse_int(value) is None:
-        raise UnfitId(path, f"{shown_number(value)} is out of range")
 
 
 def dig(data: Any, *path: str | int) -> Any:

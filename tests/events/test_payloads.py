@@ -380,6 +380,52 @@ def test_json_body_of_the_same_shape_decodes_like_the_form(
     assert decode(json_body, "application/json; charset=utf-8") == decode(body)
 
 
+#: Families without a real capture: built from amoCRM's documentation only (see
+#: docs of `families`). Customers and tasks have no documented item fields beyond the
+#: id and the `account_id` every item repeats; an outgoing message has message[add]'s
+#: fields in their outgoing form; a note is wrapped one level deeper, as leads[note].
+DOCUMENTED_ONLY = [
+    ("add_customer", "customer.added", {"customer": 1800231}, "customer:1800231:add~2026-12-06"),
+    ("add_task", "task.added", {}, "task:5400117:add~2026-12-06"),
+    (
+        "update_talk",
+        "talk.updated",
+        {"lead": 27754620, "contact": 93589657},
+        "talk:106564:update@1727702300",
+    ),
+    (
+        "add_outgoing_message",
+        "outgoing_message.added",
+        {"lead": 27754620, "contact": 93589657},
+        "outgoing_message:6b1e0a52-31f7-4a3c-9f0e-2d7c5e8b9a10",
+    ),
+    (
+        "update_unsorted",
+        "unsorted.updated",
+        {"lead": 27754620, "contact": 93589657},
+        f"unsorted:{UNSORTED_UID}:update~2026-12-06",
+    ),
+    ("delete_unsorted", "unsorted.deleted", {"lead": 27754620}, f"unsorted:{UNSORTED_UID}:delete"),
+    ("note_contact", "contact.note_added", {"contact": 93589657}, "contact:88002:note~2026-12-06"),
+    ("note_company", "company.note_added", {"company": 71000001}, "company:88003:note~2026-12-06"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "event_type", "entities", "change"),
+    DOCUMENTED_ONLY,
+    ids=[case[0] for case in DOCUMENTED_ONLY],
+)
+def test_documented_family_without_a_real_sample_decodes(
+    webhook_body: ReadBody, name: str, event_type: str, entities: dict[str, int], change: str
+) -> None:
+    payload = decode(webhook_body(name))
+
+    event = only_event(payload)
+    assert (event.type, dict(event.entities), event.change) == (event_type, entities, change)
+    assert payload.account == ACCOUNT
+
+
 # ---------------------------------------------------------------------- shapes of bodies
 
 

@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 from urllib.parse import unquote as urllib_unquote
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from automation.errors import PayloadError
+from automation.events.fields import FAMILY_FIELDS
 from automation.events.form import (
     INT64_MAX,
     INT64_MIN,
@@ -405,3 +407,51 @@ def test_unquote_all_equals_urllib_unquote_of_each(texts: list[str]) -> None:
     texts = [text.replace("&", "") for text in texts]  # form pieces never hold a `&`
 
     assert unquote_all(texts) == [urllib_unquote(text) for text in texts]
+
+
+# -------------------------------------- fields we do not know never break decoding
+
+WEBHOOKS = Path(__file__).parents[1] / "fixtures" / "webhooks"
+#: Every saved body, real captures and those built from the documentation.
+FIXTURE_BODIES = sorted(path.stem for path in WEBHOOKS.glob("*.form"))
+#: Names the decoder reads, or the protocol documents: an extra field is none of them.
+READ_NAMES = frozenset(
+    {
+        *frozenset[str]().union(*FAMILY_FIELDS.values()),
+        *("note", "type", "element_id", "element_type", "entity_id", "entity_type"),
+        *("contact_id", "lead_id", "talk_id", "uid", "data", "accept_result", "status_id"),
+    }
+)
+new_names = st.from_regex(r"[a-z_][a-z0-9_]{0,20}", fullmatch=True).filter(
+    lambda name: name not in READ_NAMES
+)
+new_values = st.recursive(
+    st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=40),
+    lambda inner: st.dictionaries(new_names, inner, min_size=1, max_size=3),
+    max_leaves=6,
+)
+
+
+def item_prefix(body: bytes) -> str:
+    """`leads[status][0]`: the first item of the first event group of a fixture body."""
+    data = parse_form(body)
+    group = next(key for key in data if key != "account")
+    action = next(iter(data[group]))
+    return f"{group}[{action}][0]"
+
+
+@given(st.sampled_from(FIXTURE_BODIES), st.dictionaries(new_names, new_values, max_size=4))
+@PROPERTY
+def test_unknown_fields_inside_a_known_family_never_change_its_events(
+    name: str, extra: dict[str, Any]
+) -> None:
+    body = (WEBHOOKS / f"{name}.form").read_bytes().strip()
+    prefix = item_prefix(body)
+    grown = body + b"&" + urlencode(php_pairs(extra, prefix)).encode() if extra else body
+
+    before, after = decode_body(body, received_at=AT), decode_body(grown, received_at=AT)
+
+    assert [(e.type, e.entities, e.change) for e in after.events] == [
+        (e.type, e.entities, e.change) for e in before.events
+    ]
+    assert after.account == before.account
