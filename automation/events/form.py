@@ -4,8 +4,8 @@ amoCRM posts `application/x-www-form-urlencoded` bodies built by PHP's
 `http_build_query`: every value is a string and the structure lives in bracket keys
 (`leads[status][0][id]=…`). `parse_form` splits the form exactly as
 `urllib.parse.parse_qsl(text.strip(), keep_blank_values=True)` does, then rebuilds the
-nesting (no library knows amoCRM's shape); `parse_json` takes a JSON body of the same
-shape to the same tree. Bad input raises `PayloadError`, whose message names the
+nesting (no library knows amoCRM's shape); `jsonbody.parse_json` takes a JSON body of
+the same shape to the same tree. Bad input raises `PayloadError`, whose message names the
 offending field where there is one. `automation.events` turns the tree into events.
 
 Hand-written rather than `parse_qsl` plus a walk over every key, because a bulk edit of
@@ -26,14 +26,12 @@ leading UTF-8 byte order mark is dropped, as a UTF-8 reader should; only UTF-8 i
 from __future__ import annotations
 
 import codecs
-import json
 import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote as urllib_unquote
 
 from automation.errors import PayloadError
-from automation.limits import INT64_MAX, INT64_MIN
 
 #: Deepest bracket nesting we accept; real payloads reach 7 levels.
 MAX_DEPTH = 32
@@ -286,7 +284,7 @@ def _densify_groups(group: dict[str, Any]) -> None:
     for name, child in group.items():
         if type(child) is dict:
             _densify_groups(child)
-            items = _as_list(child)
+            items = dense_list(child)
             if items is not None:
                 group[name] = items
 
@@ -338,7 +336,7 @@ def _insert(root: dict[str, Any], parts: list[str], value: str, key: str) -> Non
             part = str(len(node))
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            prefix = _join_key(parts[: depth + 1])
+            prefix = join_key(parts[: depth + 1])
             raise PayloadError(f"field {key!r}: {prefix!r} is both a value and a group")
         node = child
     last = parts[-1] if parts[-1] != "" else str(len(node))
@@ -347,64 +345,8 @@ def _insert(root: dict[str, Any], parts: list[str], value: str, key: str) -> Non
     node[last] = value
 
 
-def _join_key(parts: list[str]) -> str:
+def join_key(parts: list[str]) -> str:
     return parts[0] + "".join(f"[{part}]" for part in parts[1:])
-
-
-# ----------------------------------------------------------------------- JSON bodies
-
-
-def parse_json(body: bytes, charset: str | None = None) -> dict[str, Any]:
-    """Parse a JSON body with the same shape as the decoded form.
-
-    Held to what a form is (see the module docstring): no NUL, nesting no deeper than
-    a form key may, and integers within 64 bits, each error naming the field.
-    """
-    text = body_text(body, charset, _json_place)
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise PayloadError(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PayloadError(f"JSON body must be an object, got {type(data).__name__}")
-    problem = _json_problem(data)
-    if problem is not None:
-        raise PayloadError(problem)
-    return {str(key): _densify(value) for key, value in data.items()}
-
-
-def _json_problem(data: dict[str, Any]) -> str | None:
-    """The first thing in body order a form could not hold, named by its field.
-
-    Walked without recursion: `json.loads` accepts ~1,000 levels, more than the
-    recursive `_densify` below and `events._normalise` can walk.
-    """
-    stack: list[tuple[tuple[str, ...], Any]] = [((), data)]
-    while stack:
-        path, node = stack.pop()
-        if len(path) >= MAX_DEPTH:
-            return f"JSON body nested deeper than {MAX_DEPTH} levels"
-        children: list[tuple[tuple[str, ...], Any]] = []
-        for key, item in node.items() if isinstance(node, dict) else enumerate(node):
-            where = (*path, str(key))
-            problem = _json_item_problem(key, item)
-            if problem is not None:
-                return f"field {_join_key(list(where))!r}: {problem}"
-            if isinstance(item, dict | list):
-                children.append((where, item))
-        stack.extend(reversed(children))
-    return None
-
-
-def _json_item_problem(key: str | int, item: Any) -> str | None:
-    """What is wrong with one key and its scalar value, if anything."""
-    if isinstance(key, str) and "\x00" in key:
-        return "NUL character in the name"
-    if isinstance(item, str) and "\x00" in item:
-        return "NUL character in the value"
-    if type(item) is int and not INT64_MIN <= item <= INT64_MAX:
-        return f"{shown_number(str(item))} is out of range"
-    return None
 
 
 def shown_number(digits: str) -> str:
@@ -414,50 +356,7 @@ def shown_number(digits: str) -> str:
     return f"{digits[:12]}…{digits[-4:]} ({len(digits)} characters)"
 
 
-def _json_place(body: bytes, offset: int) -> str:
-    """`field 'x': value ` for the JSON string value holding byte `offset`, else `body `.
-
-    Decoding with `surrogateescape` turns each bad byte into a lone surrogate that
-    `json.loads` keeps, so the string it landed in can be found: the first such string
-    in body order holds the first bad byte, the one at `offset`.
-    """
-    try:
-        data = json.loads(body.decode("utf-8", "surrogateescape").lstrip("\ufeff"))
-    except (ValueError, RecursionError):
-        return "body "
-    stack: list[tuple[list[str], Any]] = [([], data)] if isinstance(data, dict | list) else []
-    while stack:
-        path, node = stack.pop()
-        children: list[tuple[list[str], Any]] = []
-        for key, item in node.items() if isinstance(node, dict) else enumerate(node):
-            where = [*path, str(key)]
-            if _escaped(str(key)):
-                return "body "  # in a name: nothing readable to name the field by
-            if isinstance(item, str) and _escaped(item):
-                return f"field {_join_key(where)!r}: value "
-            if isinstance(item, dict | list):
-                children.append((where, item))
-        stack.extend(reversed(children))
-    return "body "
-
-
-def _escaped(text: str) -> bool:
-    """Whether `text` holds a byte `surrogateescape` could not decode."""
-    return any("\udc80" <= char <= "\udcff" for char in text)
-
-
-def _densify(value: Any) -> Any:
-    """Turn `{"0": a, "1": b}` into `[a, b]`, recursively; leave other maps alone."""
-    if isinstance(value, list):
-        return [_densify(item) for item in value]
-    if not isinstance(value, dict):
-        return value
-    items = {str(key): _densify(item) for key, item in value.items()}
-    dense = _as_list(items)
-    return items if dense is None else dense
-
-
-def _as_list(group: dict[str, Any]) -> list[Any] | None:
+def dense_list(group: dict[str, Any]) -> list[Any] | None:
     """`{"0": a, "1": b}` (in any order) → `[a, b]`; None unless keys are `0..n-1`."""
     if "0" not in group:
         return None

@@ -39,7 +39,8 @@ from automation.events.families import (
     FAMILY_ACTIONS,
     GROUP_FAMILIES,
 )
-from automation.events.form import parse_form, parse_json
+from automation.events.form import parse_form
+from automation.events.jsonbody import parse_json
 from automation.events.values import normalise, stored_int
 from automation.limits import SUBDOMAIN_LENGTH
 

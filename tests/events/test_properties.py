@@ -21,8 +21,6 @@ from hypothesis import strategies as st
 from automation.errors import PayloadError
 from automation.events.fields import FAMILY_FIELDS
 from automation.events.form import (
-    INT64_MAX,
-    INT64_MIN,
     MAX_DEPTH,
     MAX_FIELDS,
     parse_form,
@@ -30,7 +28,7 @@ from automation.events.form import (
     unquote_all,
 )
 from automation.events.payloads import Payload, decode_body
-from automation.limits import SUBDOMAIN_LENGTH
+from automation.limits import INT64_MAX, INT64_MIN, SUBDOMAIN_LENGTH
 
 #: When the bodies of these tests arrive.
 AT = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
