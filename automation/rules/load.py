@@ -368,6 +368,8 @@ class RulesLoader:
             return
         self._state = _LoaderState(rules, None, datetime.now(UTC), stamp, digest)
         logger.info("rules loaded file=%s rules=%d hash=%s", self.path, len(rules), digest[:12])
+        for warning in rules.warnings:  # `rules check` shows them too; the server says so once
+            logger.warning("rules warning file=%s warning=%s", self.path, warning)
         if self.on_reload is not None:
             self.on_reload(True)
 

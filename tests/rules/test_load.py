@@ -1130,6 +1130,28 @@ def test_broken_file_keeps_the_last_good_rules_and_logs_the_error(
     ]
 
 
+def test_loaded_file_logs_each_of_its_warnings_once(
+    rules_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    loader = RulesLoader(rules_path, clock=clock)
+    rules_path.write_text(
+        "version: 1\nrules:\n  - {name: a, on: lead.added, when: {utm: x}, "
+        "launch: {bot_id: 1, entity: lead}}\n"
+    )
+    clock.now += 1
+
+    with caplog.at_level(logging.WARNING, logger="automation.rules"):
+        loader.maybe_reload()
+        clock.now += 1
+        loader.maybe_reload()
+
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f'rules warning file={rules_path} warning={rules_path}:3:38: rules[0] (name="a"): '
+        "when.utm: 'utm' is not a field lead.added events are known to carry (the "
+        "condition holds only if amoCRM sends it)"
+    ]
+
+
 def test_fixed_file_replaces_the_rules_and_clears_the_error(
     rules_path: Path, clock: FakeClock
 ) -> None:
