@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
 
-    from automation.store.launchlog import LogRow, Plan, Transition
+    from automation.store.story import LaunchRecord
+    from automation.store.transitions import Plan, Transition
 
 #: The `LaunchStatus` values (`states` imports no database code, so `--help` stays quick).
 LAUNCH_STATUSES = tuple(status.value for status in LaunchStatus)
@@ -71,7 +72,8 @@ def launches_list(
     as_json: bool,
 ) -> None:
     """Launches, newest first, as a table (times in UTC) or JSON."""
-    from automation.store import launchlog
+    from automation.store import launchlog, story
+    from automation.web import schemas
 
     query = launchlog.LaunchQuery(
         tuple(LaunchStatus(status) for status in statuses),
@@ -84,9 +86,10 @@ def launches_list(
     )
     sessions = command_sessions(read_only=True)
     with sessions() as session:
-        rows = launchlog.list_launches(session, query)
+        rows = story.list_launches(session, query)
+        codes = story.call_status_codes(session, rows) if as_json else {}
     if as_json:
-        click.echo(launchlog.to_json(rows))
+        click.echo(schemas.launches_json(rows, codes))
     elif not rows:
         click.echo("no launches match" + _unknown_rule(rule))
     else:
@@ -123,14 +126,15 @@ def _unknown_rule(rule: str | None) -> str:
 def launches_show(launch_id: int, as_json: bool) -> None:
     """The whole story of launch ID: its webhook, rule, every API call, and why it
     ended where it did."""
-    from automation.store import launchlog
+    from automation.store import launchlog, story
+    from automation.web import schemas
 
     sessions = command_sessions(read_only=True)
     with sessions() as session:
-        story = launchlog.show_launch(session, launch_id)
-    if story is None:
+        told = story.launch_story(session, launch_id)
+    if told is None:
         raise click.ClickException(f"launch #{launch_id} does not exist")
-    lines = [launchlog.to_json(story)] if as_json else launchlog.describe_story(story)
+    lines = [schemas.story_json(told)] if as_json else launchlog.describe_story(told)
     click.echo("\n".join(lines))
 
 
@@ -155,7 +159,7 @@ def launches_retry(
     An uncertain launch may have reached amoCRM already; retrying it can message the
     customer twice.
     """
-    from automation.store.launchlog import RETRY
+    from automation.store.transitions import RETRY
 
     chosen = [LaunchStatus.FAILED] if failed else []
     chosen += [LaunchStatus.UNCERTAIN] if uncertain else []
@@ -173,7 +177,7 @@ def launches_retry(
 @click.option("--yes", is_flag=True, help=f"Do not ask, even above {CONFIRM_ABOVE} launches.")
 def launches_cancel(ids: tuple[int, ...], pending: bool, rule: str | None, yes: bool) -> None:
     """Cancel pending launches so they are never sent."""
-    from automation.store.launchlog import CANCEL
+    from automation.store.transitions import CANCEL
 
     if bool(ids) == pending:
         raise click.UsageError("give launch IDs or --pending, one of the two")
@@ -195,14 +199,14 @@ def _change(
     decides: on SQLite it would hold the write lock that webhooks wait for."""
     from datetime import UTC, datetime
 
-    from automation.store import launchlog
+    from automation.store import transitions
 
     sessions = command_sessions()
     with sessions.begin() as session:
         if ids:
-            plan = launchlog.plan_by_ids(session, transition, ids)
+            plan = transitions.plan_by_ids(session, transition, ids)
         else:
-            plan = launchlog.plan_by_status(
+            plan = transitions.plan_by_status(
                 session, transition, statuses, rule=rule, settled_since=settled_since
             )
     ask = len(plan.targets) > CONFIRM_ABOVE and not yes
@@ -210,7 +214,7 @@ def _change(
     if ask:
         click.confirm(f"{transition.verb} {len(plan.targets)} launches?", abort=True)
     with sessions.begin() as session:
-        changed, missed = launchlog.apply_plan(session, plan, datetime.now(UTC))
+        changed, missed = transitions.apply_plan(session, plan, datetime.now(UTC))
     if not ask:  # a preview listed them already; otherwise list what did change
         done = set(changed)
         for row in plan.targets:
@@ -240,8 +244,8 @@ def _echo_plan(plan: Plan, *, preview: bool) -> None:
         )
 
 
-def _describe_change(plan: Plan, row: LogRow) -> str:
+def _describe_change(plan: Plan, row: LaunchRecord) -> str:
     return (
         f"launch #{row.id}: {row.status.value} → {plan.transition.to.value}  "
-        f"({row.rule}: bot {row.bot_id} on {row.entity})"
+        f"({row.rule}: bot {row.bot_id} on {row.target})"
     )

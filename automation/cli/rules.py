@@ -141,19 +141,17 @@ def _stored(ids: tuple[int, ...]) -> list[tuple[str, bytes, datetime]]:
     """The bodies of stored deliveries, to answer "why did my bot not start?"."""
     if not ids:
         return []
-    from automation.store.models import Delivery
-    from automation.times import as_utc
+    from automation.store.story import delivery_story
 
     found = []
     with command_sessions(read_only=True)() as session:
         for delivery_id in ids:
-            delivery = session.get(Delivery, delivery_id)
-            if delivery is None:
+            told = delivery_story(session, delivery_id)
+            if told is None:
                 raise click.ClickException(
                     f"delivery #{delivery_id}: not stored (never, or pruned since)"
                 )
-            label = f"delivery #{delivery_id}"
-            found.append((label, bytes(delivery.body), as_utc(delivery.received_at)))
+            found.append((f"delivery #{delivery_id}", told.body, told.delivery.received_at))
     return found
 
 

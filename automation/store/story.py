@@ -8,6 +8,7 @@ none of them queries the tables itself, so they cannot tell different stories.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Self
@@ -20,6 +21,7 @@ from automation.limits import MAX_ID
 from automation.store.launchlog import LaunchQuery, launch_filters
 from automation.store.models import ApiCall, CallLaunch, Delivery, Launch
 from automation.store.states import DeliveryStatus, LaunchStatus
+from automation.times import format_when
 
 
 def _columns(cls: type[Any], table: type[Any]) -> list[Any]:
@@ -63,7 +65,8 @@ class LaunchRecord:
 
     @property
     def entity_kind(self) -> str | None:
-        """The launch-log view's name for `entity` (its SQL column keeps it)."""
+        """The `launch_log` view's name for `entity` (kept: SQL users and `--json`
+        scripts read it)."""
         return self.entity
 
     @property
@@ -104,6 +107,11 @@ class CallRecord:
     error: str | None
     response_excerpt: str | None
 
+    @property
+    def call_id(self) -> int:
+        """`id`, as `launches show --json` named it before (kept as an alias)."""
+        return self.id
+
 
 @dataclass(frozen=True, slots=True)
 class LaunchStory:
@@ -113,11 +121,30 @@ class LaunchStory:
     delivery: DeliveryRecord | None
     #: Every call it rode in, oldest first.
     calls: tuple[CallRecord, ...]
+    #: Why it is where it is, in one sentence (see `verdict`).
+    verdict: str
+
+    # The names `launches show` used before the CLI and the API shared this story.
 
     @property
-    def settling_call(self) -> CallRecord | None:
-        """The call that settled the launch (or carries it now)."""
-        return next((call for call in self.calls if call.id == self.launch.call_id), None)
+    def source(self) -> DeliveryRecord | None:
+        return self.delivery
+
+    @property
+    def attempts(self) -> tuple[CallRecord, ...]:
+        return self.calls
+
+    @property
+    def event_group(self) -> str:
+        return self.launch.event_group
+
+    @property
+    def event_index(self) -> int:
+        return self.launch.event_index
+
+    @property
+    def change_key(self) -> str:
+        return self.launch.change_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +184,42 @@ def launch_page(session: Session, query: LaunchQuery) -> LaunchPage:
     return LaunchPage(page, str(page[-1].id) if more else None)
 
 
+def list_launches(session: Session, query: LaunchQuery) -> list[LaunchRecord]:
+    """Launches matching `query`, newest first, at most `query.limit` of them."""
+    return list(launch_page(session, query).launches)
+
+
+def call_status_codes(session: Session, launches: Sequence[LaunchRecord]) -> dict[int, int]:
+    """The HTTP status of each launch's current call, by launch id, where it has one
+    (the `launch_log` view's `call_status_code`)."""
+    calls = {launch.call_id: launch.id for launch in launches if launch.call_id is not None}
+    rows = session.execute(select(ApiCall.id, ApiCall.status_code).where(ApiCall.id.in_(calls)))
+    return {calls[call_id]: status for call_id, status in rows if status is not None}
+
+
+def launches_by_id(session: Session, ids: Sequence[int]) -> dict[int, LaunchRecord]:
+    """The launches among `ids` that exist, by id."""
+    rows = session.execute(_LAUNCH.where(Launch.id.in_(ids)))
+    return {record.id: record for record in map(LaunchRecord.from_row, rows)}
+
+
+def launches_in(
+    session: Session,
+    statuses: Sequence[LaunchStatus],
+    *,
+    rule: str | None = None,
+    settled_since: datetime | None = None,
+) -> list[LaunchRecord]:
+    """Every launch in `statuses`, oldest first, optionally of one rule and settled
+    (failed, became uncertain) since a moment."""
+    statement = _LAUNCH.where(Launch.status.in_(statuses))
+    if rule is not None:
+        statement = statement.where(Launch.rule == rule)
+    if settled_since is not None:
+        statement = statement.where(Launch.settled_at >= settled_since)
+    return [LaunchRecord.from_row(row) for row in session.execute(statement.order_by(Launch.id))]
+
+
 def launch_story(session: Session, launch_id: int) -> LaunchStory | None:
     """The story of launch `launch_id`, or None when there is no such launch."""
     if launch_id > MAX_ID:
@@ -166,10 +229,12 @@ def launch_story(session: Session, launch_id: int) -> LaunchStory | None:
         return None
     launch = LaunchRecord.from_row(row)
     delivery = _delivery(session, launch.delivery_id) if launch.delivery_id else None
-    calls = session.execute(
+    rows = session.execute(
         _CALLS.where(CallLaunch.launch_id == launch_id).order_by(ApiCall.started_at, ApiCall.id)
     )
-    return LaunchStory(launch, delivery, tuple(CallRecord(**row._mapping) for row in calls))
+    calls = tuple(CallRecord(**row._mapping) for row in rows)
+    settling = next((call for call in calls if call.id == launch.call_id), None)
+    return LaunchStory(launch, delivery, calls, verdict(launch, settling))
 
 
 def delivery_story(session: Session, delivery_id: int) -> DeliveryStory | None:
@@ -187,3 +252,32 @@ def delivery_story(session: Session, delivery_id: int) -> DeliveryStory | None:
 def _delivery(session: Session, delivery_id: int) -> DeliveryRecord | None:
     row = session.execute(_DELIVERY.where(Delivery.id == delivery_id)).first()
     return DeliveryRecord(**row._mapping) if row is not None else None
+
+
+def verdict(launch: LaunchRecord, call: CallRecord | None) -> str:
+    """Why a launch is where it is, in one sentence built from `reason`, `last_error`
+    and the call that settled it."""
+    match launch.status:
+        case LaunchStatus.PENDING:
+            waiting = f"pending: due at {format_when(launch.not_before)}"
+            return f"{waiting} ({launch.reason})" if launch.reason else waiting
+        case LaunchStatus.SENDING:
+            return f"sending: in API call #{launch.call_id}, no answer recorded yet"
+        case LaunchStatus.SENT:
+            finished = format_when(call.finished_at if call else None)
+            return f"sent: amoCRM accepted API call #{launch.call_id} at {finished}"
+        case LaunchStatus.DRY_RUN:
+            return "dry run: recorded, never sent (DRY_RUN was on or no token was set)"
+        case LaunchStatus.FAILED:
+            return (
+                f"failed after {launch.attempts} API call(s): {launch.last_error or launch.reason}"
+            )
+        case LaunchStatus.UNCERTAIN:
+            return (
+                f"{launch.reason}; amoCRM may have started the bot, so it is not resent by "
+                "itself (`automation launches retry` would, and may message the customer twice)"
+            )
+        case LaunchStatus.CANCELLED:
+            return f"cancelled: {launch.reason}"
+        case _:
+            return f"skipped, never sent: {launch.reason}"

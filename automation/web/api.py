@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from flask import Blueprint, Response, abort, jsonify, request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
@@ -27,9 +27,16 @@ from werkzeug.datastructures import MultiDict
 from automation.limits import MAX_ID
 from automation.store import story
 from automation.store.launchlog import LaunchQuery
-from automation.store.states import DeliveryStatus, LaunchStatus
+from automation.store.states import LaunchStatus
 from automation.times import parse_api_moment
 from automation.web.runtime import runtime
+from automation.web.schemas import (
+    DeliveryDetail,
+    Error,
+    LaunchDetail,
+    LaunchPage,
+    detail_of,
+)
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -47,109 +54,6 @@ QUERY_PARAMETERS = ("status", "rule", "bot_id", "entity_id", "since", "until", "
 _CURSOR = re.compile(CURSOR_PATTERN)
 _RULE = re.compile(RULE_PATTERN)
 _DIGITS = re.compile(r"^[0-9]{1,30}$")
-
-
-# ------------------------------------------------------------------------- responses
-
-
-class _Out(BaseModel):
-    """A response shape: strict, so its JSON Schema says `additionalProperties: false`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Error(_Out):
-    """Every error answer: one message that names what was wrong."""
-
-    error: str
-
-
-class LaunchOut(_Out):
-    """One launch-log entry: a bot to start on an entity, and where it got to."""
-
-    id: int
-    delivery_id: int | None
-    rule: str
-    event_type: str
-    event_group: str
-    event_index: int
-    bot_id: int
-    entity_type: int
-    #: `lead`, `contact`, `company` or `customer`; None for a code we do not know.
-    entity: str | None
-    entity_id: int
-    change_key: str
-    status: LaunchStatus
-    reason: str | None
-    not_before: datetime
-    attempts: int
-    retries: int
-    last_error: str | None
-    created_at: datetime
-    updated_at: datetime
-    sending_at: datetime | None
-    settled_at: datetime | None
-    claimed_by: str | None
-    call_id: int | None
-
-
-class LaunchPage(_Out):
-    """A page of launches, newest first; `next_cursor` is None on the last page."""
-
-    launches: list[LaunchOut]
-    next_cursor: str | None
-
-
-class DeliveryOut(_Out):
-    """A stored webhook without its body."""
-
-    id: int
-    received_at: datetime
-    remote_addr: str | None
-    content_type: str
-    account_id: int | None
-    account_subdomain: str | None
-    event_count: int
-    launch_count: int
-    duplicate_count: int
-    status: DeliveryStatus
-
-
-class CallOut(_Out):
-    """One request to amoCRM that carried the launch, at `position` in its body."""
-
-    id: int
-    position: int
-    dispatcher: str
-    endpoint: str
-    launch_count: int
-    started_at: datetime
-    finished_at: datetime | None
-    status_code: int | None
-    outcome: str | None
-    error: str | None
-    response_excerpt: str | None
-
-
-class LaunchDetail(_Out):
-    """A launch, the delivery that caused it and every call it rode in, oldest first."""
-
-    launch: LaunchOut
-    delivery: DeliveryOut | None
-    calls: list[CallOut]
-
-
-class DeliveryDetail(_Out):
-    """A stored webhook, its body as text (UTF-8, bad bytes replaced) and its launches."""
-
-    delivery: DeliveryOut
-    body: str
-    launches: list[LaunchOut]
-
-
-def _from_record(model: type[M], record: object) -> M:
-    """Build a response model from one of the store's records, field by field."""
-    return model.model_validate({name: getattr(record, name) for name in model.model_fields})
 
 
 # --------------------------------------------------------------------------- filters
@@ -245,23 +149,14 @@ def _listed(names: Iterable[str]) -> str:
 def launch_page(session: Session, query: LaunchQuery) -> LaunchPage:
     """One page of launches, newest first (see `story.launch_page`)."""
     page = story.launch_page(session, query)
-    return LaunchPage(
-        launches=[_from_record(LaunchOut, launch) for launch in page.launches],
-        next_cursor=page.next_cursor,
-    )
+    return LaunchPage(launches=list(page.launches), next_cursor=page.next_cursor)
 
 
 def launch_detail(session: Session, launch_id: int) -> LaunchDetail | None:
-    """The launch with its delivery (body left out) and its calls in the order made."""
+    """The launch's story: its delivery (body left out), its calls in the order made
+    and the verdict."""
     told = story.launch_story(session, launch_id)
-    if told is None:
-        return None
-    delivery = told.delivery
-    return LaunchDetail(
-        launch=_from_record(LaunchOut, told.launch),
-        delivery=_from_record(DeliveryOut, delivery) if delivery else None,
-        calls=[_from_record(CallOut, call) for call in told.calls],
-    )
+    return detail_of(told) if told is not None else None
 
 
 def delivery_detail(session: Session, delivery_id: int) -> DeliveryDetail | None:
@@ -270,9 +165,9 @@ def delivery_detail(session: Session, delivery_id: int) -> DeliveryDetail | None
     if told is None:
         return None
     return DeliveryDetail(
-        delivery=_from_record(DeliveryOut, told.delivery),
+        delivery=told.delivery,
         body=told.body.decode("utf-8", errors="replace"),
-        launches=[_from_record(LaunchOut, launch) for launch in told.launches],
+        launches=list(told.launches),
     )
 
 

@@ -21,16 +21,8 @@ from pydantic.json_schema import models_json_schema
 from automation.limits import MAX_ID
 from automation.store.states import LaunchStatus
 from automation.times import RELATIVE_PATTERN
-from automation.web.api import (
-    CURSOR_PATTERN,
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
-    RULE_PATTERN,
-    DeliveryDetail,
-    Error,
-    LaunchDetail,
-    LaunchPage,
-)
+from automation.web.api import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT, RULE_PATTERN
+from automation.web.schemas import DeliveryDetail, Error, LaunchDetail, LaunchPage
 
 JSON = dict[str, Any]
 _REF = "#/components/schemas/{model}"

@@ -4,6 +4,7 @@ and PostgreSQL. Launches get into the database the way the server puts them ther
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
@@ -14,11 +15,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation.events.payloads import decode_body
 from automation.rules.load import RuleSet, load_rules
-from automation.store import intake, launchlog, outbox
+from automation.store import intake, launchlog, outbox, story, transitions
 from automation.store.database import alembic_config, make_engine, upgrade
-from automation.store.launchlog import CANCEL, RETRY, LaunchQuery
+from automation.store.launchlog import LaunchQuery
 from automation.store.models import Launch
 from automation.store.states import LaunchStatus
+from automation.store.transitions import CANCEL, RETRY
+from automation.web import schemas
 from tests.conftest import TEST_RULES, WEBHOOKS
 
 FORM = "application/x-www-form-urlencoded"
@@ -194,7 +197,7 @@ def test_list_shows_newest_first_up_to_the_limit(sessions: sessionmaker[Session]
         store(sessions, status_change(lead))
 
     with sessions() as session:
-        rows = launchlog.list_launches(session, LaunchQuery(limit=2))
+        rows = story.list_launches(session, LaunchQuery(limit=2))
 
     assert [(row.id, row.entity_id) for row in rows] == [(3, 3), (2, 2)]
 
@@ -207,7 +210,7 @@ def test_list_filters_by_status_rule_bot_and_entity(sessions: sessionmaker[Sessi
 
     def ids(query: LaunchQuery) -> list[int]:
         with sessions() as session:
-            return [row.id for row in launchlog.list_launches(session, query)]
+            return [row.id for row in story.list_launches(session, query)]
 
     assert ids(LaunchQuery(statuses=(LaunchStatus.FAILED,))) == [3]
     assert ids(LaunchQuery(statuses=(LaunchStatus.FAILED, LaunchStatus.PENDING))) == [3, 2, 1]
@@ -225,7 +228,7 @@ def test_list_since_is_inclusive_and_until_exclusive_on_creation_time(
         store(sessions, status_change(lead), at=NOW - timedelta(hours=hours_ago))
 
     with sessions() as session:
-        rows = launchlog.list_launches(
+        rows = story.list_launches(
             session, LaunchQuery(since=NOW - timedelta(hours=3), until=NOW - timedelta(hours=1))
         )
 
@@ -239,7 +242,7 @@ def test_table_pads_columns_and_shortens_long_reasons(sessions: sessionmaker[Ses
         session.execute(update(Launch).where(Launch.id == 1).values(reason="x " * 40))
 
     with sessions() as session:
-        lines = launchlog.format_table(launchlog.list_launches(session, LaunchQuery()))
+        lines = launchlog.format_table(story.list_launches(session, LaunchQuery()))
 
     assert lines == [
         "ID  STATUS   RULE       BOT  ENTITY            CREATED (UTC)        ATTEMPTS  REASON",
@@ -254,7 +257,7 @@ def test_json_form_has_iso_times_and_status_values(sessions: sessionmaker[Sessio
     store(sessions, status_change(5))
 
     with sessions() as session:
-        [row] = launchlog.as_json(launchlog.list_launches(session, LaunchQuery()))
+        [row] = json.loads(schemas.launches_json(story.list_launches(session, LaunchQuery()), {}))
 
     assert (row["status"], row["created_at"], row["settled_at"], row["entity_kind"]) == (
         "pending",
@@ -275,21 +278,30 @@ def test_story_tells_the_delivery_the_event_every_call_and_why_it_was_sent(
     second = send(sessions, NOW + timedelta(seconds=5))
 
     with sessions() as session:
-        story = launchlog.show_launch(session, 1)
+        told = story.launch_story(session, 1)
 
-    assert story is not None
-    assert (story.event_group, story.event_index, story.change_key) == (
+    assert told is not None
+    assert (told.event_group, told.event_index, told.change_key) == (
         "leads[status]",
         0,
         "lead:27754599@1727700894:s59936202",
     )
-    assert story.source == launchlog.Source(delivery_id, NOW, 30112233, "mybrand", FORM, "accepted")
-    assert [(a.call_id, a.status_code, a.outcome, a.position) for a in story.attempts] == [
+    source = told.source
+    assert source is not None
+    assert (
+        source.id,
+        source.received_at,
+        source.account_id,
+        source.account_subdomain,
+        source.content_type,
+        source.status,
+    ) == (delivery_id, NOW, 30112233, "mybrand", FORM, "accepted")
+    assert [(a.call_id, a.status_code, a.outcome, a.position) for a in told.attempts] == [
         (first, 429, "rate_limited", 0),
         (second, 202, "accepted", 0),
     ]
-    assert (story.launch.attempts, story.launch.retries) == (2, 1)
-    assert story.verdict == f"sent: amoCRM accepted API call #{second} at 2026-11-25 12:00:06Z"
+    assert (told.launch.attempts, told.launch.retries) == (2, 1)
+    assert told.verdict == f"sent: amoCRM accepted API call #{second} at 2026-11-25 12:00:06Z"
 
 
 def test_story_text_has_the_launch_the_delivery_the_calls_and_the_verdict(
@@ -299,10 +311,10 @@ def test_story_text_has_the_launch_the_delivery_the_calls_and_the_verdict(
     call_id = send(sessions, NOW)
 
     with sessions() as session:
-        story = launchlog.show_launch(session, 1)
-    assert story is not None
+        told = story.launch_story(session, 1)
+    assert told is not None
 
-    assert launchlog.describe_story(story) == [
+    assert launchlog.describe_story(told) == [
         "launch #1: sent",
         "  rule:       qualified",
         "  bot:        101 on lead 27754599",
@@ -325,7 +337,7 @@ def test_story_text_has_the_launch_the_delivery_the_calls_and_the_verdict(
 
 def test_story_of_a_launch_that_does_not_exist_is_none(sessions: sessionmaker[Session]) -> None:
     with sessions() as session:
-        assert launchlog.show_launch(session, 42) is None
+        assert story.launch_story(session, 42) is None
 
 
 def test_story_of_a_cooldown_skip_names_the_earlier_launch(
@@ -335,11 +347,11 @@ def test_story_of_a_cooldown_skip_names_the_earlier_launch(
     store(sessions, fixture_body("add_message").replace(b"a0ce13c7", b"b1df24d8"))
 
     with sessions() as session:
-        story = launchlog.show_launch(session, 2)
+        told = story.launch_story(session, 2)
 
-    assert story is not None
-    assert story.attempts == ()
-    assert story.verdict == (
+    assert told is not None
+    assert told.attempts == ()
+    assert told.verdict == (
         "skipped, never sent: cooldown: launch #1 of bot 303 on this entity at "
         "2026-11-25 12:00:00Z is inside the 1h cooldown"
     )
@@ -390,10 +402,10 @@ def test_verdict_explains_each_final_status_from_reason_and_last_error(
         session.execute(update(Launch).values(status=status, reason=reason, last_error=last_error))
 
     with sessions() as session:
-        story = launchlog.show_launch(session, 1)
+        told = story.launch_story(session, 1)
 
-    assert story is not None
-    assert story.verdict == expected
+    assert told is not None
+    assert told.verdict == expected
 
 
 # ------------------------------------------------------------------ retry and cancel
@@ -408,7 +420,7 @@ def test_retry_by_id_refuses_each_launch_in_another_status_and_each_unknown_id(
     set_status(sessions, 2, LaunchStatus.SENT)
 
     with sessions() as session:
-        plan = launchlog.plan_by_ids(session, RETRY, [1, 2, 3, 9])
+        plan = transitions.plan_by_ids(session, RETRY, [1, 2, 3, 9])
 
     assert [row.id for row in plan.targets] == [1]
     assert plan.refused == (
@@ -440,9 +452,9 @@ def test_retry_makes_failed_uncertain_and_cancelled_launches_due_now_with_a_fres
     later = NOW + timedelta(hours=1)
 
     with sessions() as session:
-        plan = launchlog.plan_by_ids(session, RETRY, [1, 2, 3])
+        plan = transitions.plan_by_ids(session, RETRY, [1, 2, 3])
     with sessions.begin() as session:
-        changed, missed = launchlog.apply_plan(session, plan, later)
+        changed, missed = transitions.apply_plan(session, plan, later)
 
     assert (changed, missed, plan.uncertain) == ([1, 2, 3], [], 1)
     for launch in launch_rows(sessions):
@@ -470,10 +482,10 @@ def test_retry_by_status_picks_only_those_settled_since_the_given_moment(
     set_status(sessions, 3, LaunchStatus.UNCERTAIN)
 
     with sessions() as session:
-        failed = launchlog.plan_by_status(
+        failed = transitions.plan_by_status(
             session, RETRY, [LaunchStatus.FAILED], settled_since=NOW - timedelta(hours=1)
         )
-        both = launchlog.plan_by_status(
+        both = transitions.plan_by_status(
             session, RETRY, [LaunchStatus.FAILED, LaunchStatus.UNCERTAIN]
         )
 
@@ -489,9 +501,9 @@ def test_cancel_settles_pending_launches_and_refuses_others(
     set_status(sessions, 2, LaunchStatus.SENDING)
 
     with sessions() as session:
-        plan = launchlog.plan_by_ids(session, CANCEL, [1, 2])
+        plan = transitions.plan_by_ids(session, CANCEL, [1, 2])
     with sessions.begin() as session:
-        changed, _ = launchlog.apply_plan(session, plan, NOW)
+        changed, _ = transitions.apply_plan(session, plan, NOW)
 
     assert changed == [1]
     assert plan.refused == (
@@ -513,7 +525,7 @@ def test_cancel_of_pending_launches_can_be_limited_to_one_rule(
     store(sessions, fixture_body("add_talk"))
 
     with sessions() as session:
-        plan = launchlog.plan_by_status(session, CANCEL, [LaunchStatus.PENDING], rule="new-chat")
+        plan = transitions.plan_by_status(session, CANCEL, [LaunchStatus.PENDING], rule="new-chat")
 
     assert [row.rule for row in plan.targets] == ["new-chat"]
 
@@ -523,12 +535,12 @@ def test_a_launch_claimed_between_plan_and_apply_is_left_alone_and_reported(
 ) -> None:
     store(sessions, status_change(1))
     with sessions() as session:
-        plan = launchlog.plan_by_ids(session, CANCEL, [1])
+        plan = transitions.plan_by_ids(session, CANCEL, [1])
     with sessions.begin() as session:
         outbox.claim_due(session, "test-dispatcher", NOW)
 
     with sessions.begin() as session:
-        changed, missed = launchlog.apply_plan(session, plan, NOW)
+        changed, missed = transitions.apply_plan(session, plan, NOW)
 
     assert (changed, missed) == ([], ["launch #1: not cancelled: it left pending meanwhile"])
     assert launch_rows(sessions)[0].status is LaunchStatus.SENDING
