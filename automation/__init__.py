@@ -17,11 +17,13 @@ if TYPE_CHECKING:
     from werkzeug.exceptions import HTTPException
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, announce: bool = True) -> Flask:
     """Build the app: settings, logging, database (schema checked), rules, routes.
 
     Raises `ConfigError`, `SchemaOutdated` or `RulesError` with a message that says
-    what to fix, so that a misconfigured server refuses to start.
+    what to fix, so that a misconfigured server refuses to start. `announce=False` (the
+    workers of `automation serve`, whose server said it all once already) leaves out
+    the start-up warnings and the `rules loaded` line.
     """
     from flask import Flask
     from werkzeug.exceptions import HTTPException
@@ -34,7 +36,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     settings = settings or load_settings()
     configure_logging(settings.log_format)
-    _warn_if_guessable(settings)
+    if announce:
+        warn_at_start(settings)
     app = Flask(__name__)
     # One byte over the limit: a chunked body (no Content-Length to check first) is
     # cut by werkzeug at this length without an error, so a body that reads longer
@@ -43,7 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # `//` in a path would get werkzeug's 308 redirect, an HTML page that skips our JSON
     # errors and that amoCRM counts as a failed delivery; a plain JSON 404 says more.
     app.url_map.merge_slashes = False
-    Runtime.build(settings).init_app(app)
+    Runtime.build(settings, announce=announce).init_app(app)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(api_bp)
@@ -54,9 +57,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-def _warn_if_guessable(settings: Settings) -> None:
+def warn_at_start(settings: Settings) -> None:
     """No WEBHOOK_SECRET means every webhook gets 503; a short one works, but whoever
-    guesses it can start bots: say so at start, not at the first webhook."""
+    guesses it can start bots; a credential too short to mask shows in logs: say so at
+    start, not at the first webhook, and once per server (`automation serve` says it
+    before its workers start, and they do not)."""
     for name in settings.unmaskable():
         logging.getLogger("automation").warning(
             "%s is shorter than %d characters: too short to mask safely in logs and "

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,6 +91,37 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
         logging.getLogger(name).addFilter(MASK_WEBHOOK_SECRET)
     if isinstance(formatter, JsonFormatter):
         restyle_gunicorn(formatter)
+        _log_what_python_prints()
+
+
+def _log_what_python_prints() -> None:
+    """With JSON lines, what Python itself would print as text goes through logging:
+    warnings (`py.warnings`) and the traceback of an exception nobody caught."""
+    logging.captureWarnings(True)
+    log = logging.getLogger("automation")
+
+    def uncaught(kind: Any, value: Any, traceback: Any) -> None:
+        log.critical("uncaught %s: %s", kind.__name__, value, exc_info=(kind, value, traceback))
+
+    def uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None:
+            uncaught(args.exc_type, args.exc_value, args.exc_traceback)
+
+    sys.excepthook = uncaught
+    threading.excepthook = uncaught_in_thread
+
+
+def wanted_log_format() -> str:
+    """LOG_FORMAT before (or without) the settings: the format this process configured,
+    else the variable from the environment or `.env` (gunicorn's master under plain
+    gunicorn, a command whose settings failed to load)."""
+    formatter = current_formatter()
+    if formatter is not None:
+        return "json" if isinstance(formatter, JsonFormatter) else "text"
+    from dotenv import dotenv_values
+
+    value = os.environ.get("LOG_FORMAT") or dotenv_values(".env").get("LOG_FORMAT") or ""
+    return value.strip().lower()
 
 
 def make_formatter(log_format: str) -> logging.Formatter:
@@ -123,14 +156,15 @@ def current_formatter() -> logging.Formatter | None:
 
 
 class GunicornLogger(glogging.Logger):  # type: ignore[misc]
-    """gunicorn's logger for `automation serve`: the webhook secret masked and, with
-    LOG_FORMAT=json, JSON lines like ours from the master too (workers get both from
-    `configure_logging` when they load the app, under plain gunicorn as well)."""
+    """gunicorn's logger for `automation serve`, and for plain gunicorn through the
+    checkout's `gunicorn.conf.py` (or `--logger-class`): the webhook secret masked and,
+    with LOG_FORMAT=json, JSON lines like ours from the master and from a worker before
+    it loads the app (after that, `configure_logging` restyles the worker's handlers
+    under any logger class)."""
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
         for logger in (self.error_log, self.access_log):
             logger.addFilter(MASK_WEBHOOK_SECRET)
-        formatter = current_formatter()
-        if isinstance(formatter, JsonFormatter):
-            restyle_gunicorn(formatter)
+        if wanted_log_format() == "json":
+            restyle_gunicorn(current_formatter() or JsonFormatter())

@@ -7,9 +7,10 @@ Heavy modules (SQLAlchemy, the app) are imported inside the functions, so that
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -50,6 +51,37 @@ def command_runtime() -> Runtime:
     # Close the pool when the command ends, not whenever the garbage collector runs.
     click.get_current_context().call_on_close(state.engine.dispose)
     return state
+
+
+def announce(settings: Settings, message: str, **fields: Any) -> None:
+    """Tell the operator of a server process something (the start banner, the
+    dispatcher's summary): a plain line on stdout, or with LOG_FORMAT=json a JSON line
+    like all its others, with `fields` as keys of their own."""
+    if settings.log_format == "json":
+        logging.getLogger("automation.cli").info(message, extra=fields)
+    else:
+        click.echo(message)
+
+
+class ServerCommand(click.Command):
+    """A long-running command (`serve`, `dispatch`). With LOG_FORMAT=json a log shipper
+    reads its output, so its own errors and an interrupt during start-up are JSON lines
+    too, not click's `Error: …` and `Aborted!`; exit statuses stay click's."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from automation.logs import configure_logging, wanted_log_format
+
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, KeyboardInterrupt) as exc:
+            if wanted_log_format() != "json":
+                raise
+            configure_logging("json")  # when the settings themselves were wrong
+            if isinstance(exc, KeyboardInterrupt):
+                logging.getLogger("automation.cli").error("interrupted")
+                ctx.exit(130)
+            logging.getLogger("automation.cli").error("%s", exc.format_message())
+            ctx.exit(exc.exit_code)
 
 
 def safe_url(url: str) -> str:

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from automation.cli.common import command_runtime
+from automation.cli.common import (
+    ServerCommand,
+    announce,
+    command_runtime,
+    command_sessions,
+    command_settings,
+)
 from automation.errors import AutomationError
+
+if TYPE_CHECKING:
+    from automation.config import Settings
 
 #: `HOST:PORT` or `[IPv6]:PORT`, what `serve --bind` takes (and prints as a URL).
 _BIND = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):(?P<port>[0-9]{1,5})")
 MAX_PORT = 65535
+#: Characters of WEBHOOK_SECRET the start banner shows, when the secret is long enough
+#: (SECRET_MIN_LENGTH) that they give little away: enough to tell two secrets apart.
+SHOWN_SECRET_CHARS = 3
 
 
 class BindAddress(click.ParamType[str]):
@@ -31,15 +45,19 @@ class BindAddress(click.ParamType[str]):
         return text
 
 
-@click.command("dispatch")
+@click.command("dispatch", cls=ServerCommand)
 @click.option("--once", is_flag=True, help="Send everything due now, then exit.")
 def dispatch_command(once: bool) -> None:
     """Send stored launches to amoCRM until SIGTERM/SIGINT (or, with --once, until none is due)."""
     from automation.dispatch import loop as dispatcher
+    from automation.logs import configure_logging
 
-    state = command_runtime()
+    # The database only: the launches were planned when their webhooks arrived, so
+    # the rules (and a broken rules file) are none of the dispatcher's business.
+    settings = command_settings()
+    configure_logging(settings.log_format)
     try:
-        worker = dispatcher.build(state.settings, state.sessions)
+        worker = dispatcher.build(settings, command_sessions(create=True))
     except AutomationError as exc:
         raise click.ClickException(str(exc)) from exc
     stopped = threading.Event()
@@ -57,15 +75,20 @@ def dispatch_command(once: bool) -> None:
             raise click.ClickException(str(exc)) from exc
         # Asked to stop while waiting its turn (README: "says so and waits"): that is a
         # normal end, not an error, and must not be the last word of `serve`.
-        click.echo("stopped while waiting for the other dispatcher on this SQLite database")
+        announce(settings, "stopped while waiting for the other dispatcher on this SQLite database")
         return
-    click.echo(
-        f"calls={stats.calls} sent={stats.sent} dry_run={stats.dry_run} failed={stats.failed} "
-        f"retried={stats.retried} uncertain={stats.uncertain}"
-    )
+    counts = {
+        "calls": stats.calls,
+        "sent": stats.sent,
+        "dry_run": stats.dry_run,
+        "failed": stats.failed,
+        "retried": stats.retried,
+        "uncertain": stats.uncertain,
+    }
+    announce(settings, " ".join(f"{key}={value}" for key, value in counts.items()), **counts)
 
 
-@click.command("serve")
+@click.command("serve", cls=ServerCommand)
 @click.option(
     "--bind",
     default="127.0.0.1:8000",
@@ -88,13 +111,42 @@ def dispatch_command(once: bool) -> None:
 )
 def serve(bind: str, workers: int, dispatcher: bool) -> None:
     """Start the web server (gunicorn) and one dispatcher: the one-command start."""
+    from automation import warn_at_start
     from automation.web.serving import run_server
 
-    state = command_runtime()  # fail here, clearly, before any worker starts
+    # Fail here, clearly, before any worker starts; say `rules loaded` and the
+    # warnings here, once, rather than once per worker (they build the app quietly).
+    state = command_runtime()
+    warn_at_start(state.settings)
     state.engine.dispose()
-    banner = (
-        f"serving on http://{bind}  webhook URL: http://{bind}/webhooks/amocrm/<WEBHOOK_SECRET>/"
-        f"  dry_run={state.settings.is_dry_run}"
-    )
+    settings, url = state.settings, f"http://{bind}"
+    hook = webhook_url(url, settings)
+    fields = {"url": url, "webhook_url": hook, "dry_run": settings.is_dry_run}
+    banner = f"serving on {url}  webhook URL: {hook}  dry_run={settings.is_dry_run}"
+
+    def on_ready() -> None:
+        announce(settings, banner, **fields)
+
     # Said once gunicorn listens: a busy port must not be preceded by "serving on".
-    run_server(bind, workers, with_dispatcher=dispatcher, on_ready=lambda: click.echo(banner))
+    run_server(bind, workers, with_dispatcher=dispatcher, on_ready=on_ready)
+
+
+def webhook_url(base: str, settings: Settings) -> str:
+    """The webhook URL to register, with WEBHOOK_SECRET cut to its first characters
+    (`…/webhooks/amocrm/abc…/`) and where the full one is; a secret too short to be
+    safe (the start warning says so) shows none of its characters."""
+    from automation.config import SECRET_MIN_LENGTH
+
+    secret = settings.webhook_secret
+    if secret is None:
+        return "none until WEBHOOK_SECRET is set (every webhook gets 503)"
+    value = secret.get_secret_value()
+    shown = value[:SHOWN_SECRET_CHARS] if len(value) >= SECRET_MIN_LENGTH else ""
+    return f"{base}/webhooks/amocrm/{shown}…/ (the full secret: WEBHOOK_SECRET, {_secret_source()})"
+
+
+def _secret_source() -> str:
+    """Where the settings took WEBHOOK_SECRET from: the environment wins over `.env`."""
+    if any(name.lower() == "webhook_secret" for name in os.environ):
+        return "from the environment"
+    return f"from {Path('.env').resolve()}"

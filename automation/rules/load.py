@@ -277,8 +277,12 @@ class RulesLoader:
         *,
         interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        announce: bool = True,
     ) -> None:
         self.path = Path(path)
+        #: Say the first load at INFO; False where a server said it already (the
+        #: workers of `automation serve`): every later reload is news and is said.
+        self.announce = announce
         self.interval = interval
         self._clock = clock
         self._lock = threading.Lock()
@@ -366,10 +370,17 @@ class RulesLoader:
             message = f"{self.path}: could not be read ({type(exc).__name__}: {exc})"
             self._fail(RulesError([message], str(self.path)), stamp, digest)
             return
+        first = self._state.current is None
         self._state = _LoaderState(rules, None, datetime.now(UTC), stamp, digest)
-        logger.info("rules loaded file=%s rules=%d hash=%s", self.path, len(rules), digest[:12])
+        # A worker of `automation serve` loads what its server has said already: said
+        # again, it would come once per worker. Every later reload is news.
+        level = logging.DEBUG if first and not self.announce else logging.INFO
+        logger.log(
+            level, "rules loaded file=%s rules=%d hash=%s", self.path, len(rules), digest[:12]
+        )
+        warn = logging.WARNING if level == logging.INFO else logging.DEBUG
         for warning in rules.warnings:  # `rules check` shows them too; the server says so once
-            logger.warning("rules warning file=%s warning=%s", self.path, warning)
+            logger.log(warn, "rules warning file=%s warning=%s", self.path, warning)
         if self.on_reload is not None:
             self.on_reload(True)
 

@@ -26,15 +26,18 @@ class Runtime:
     schema_revision: str
 
     @classmethod
-    def build(cls, settings: Settings) -> Runtime:
+    def build(cls, settings: Settings, *, announce: bool = True) -> Runtime:
         """Connect, bring the schema up to date (SQLite) or check it (PostgreSQL),
-        and load the rules; raise with a clear message when any of it is wrong."""
+        and load the rules; raise with a clear message when any of it is wrong.
+
+        `announce=False` loads the rules without the `rules loaded` line, for a worker
+        whose server has said it already."""
         engine = make_engine(settings.database_url)
         revision = ensure_schema(engine)
         # No last good rules to fall back on at start: a broken file refuses to start
         # (raising its RulesError) rather than store webhooks that launch nothing.
         load_rules_file(settings.rules_file)
-        rules = RulesLoader(settings.rules_file)
+        rules = RulesLoader(settings.rules_file, announce=announce)
         return cls(settings, engine, make_session_factory(engine), rules, revision)
 
     def init_app(self, app: Flask) -> None:

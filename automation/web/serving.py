@@ -36,7 +36,9 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         from automation import create_app
 
-        return create_app()
+        # The server said the warnings and `rules loaded` once already: a worker that
+        # said them again would say them once per worker, and again at each restart.
+        return create_app(announce=False)
 
 
 def run_server(
