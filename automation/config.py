@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     amocrm_timeout: Annotated[tuple[float, float], NoDecode] = (3.05, 10.0)
     dry_run: bool | None = None
     admin_token: SecretStr | None = None
+    #: IANA zone of the times the console shows (stored times stay UTC).
+    display_timezone: str = "UTC"
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     log_format: Literal["text", "json"] = "text"
     #: Days settled launches and old deliveries are kept; None keeps them forever.
@@ -98,6 +100,18 @@ class Settings(BaseSettings):
         would make every webhook miss the route (a 404 nobody can explain)."""
         if value is not None and not _PATH_SEGMENT.fullmatch(value.get_secret_value()):
             raise Invalid(f"expected {_EXPECTED['webhook_secret']}")
+        return value
+
+    @field_validator("display_timezone")
+    @classmethod
+    def _timezone_is_known(cls, value: str) -> str:
+        """An unknown zone would fail at the first page shown, not at start."""
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise Invalid(f"expected {_EXPECTED['display_timezone']}") from None
         return value
 
     @field_validator("amocrm_account_id", "dry_run", "retention_days", mode="before")
@@ -251,6 +265,7 @@ _EXPECTED = {
         f"seconds above 0, at most {MAX_TIMEOUT}: one number for connect and read, "
         "or CONNECT,READ such as 3,10"
     ),
+    "display_timezone": "an IANA time zone such as UTC or Europe/Moscow",
 }
 #: What a variable accepts, said for a value above its upper bound, where the entry in
 #: `_EXPECTED` names only the lower one.

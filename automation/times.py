@@ -16,8 +16,9 @@ raises `ValueError` with the message its caller shows. Pure: the standard librar
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cache
+from zoneinfo import ZoneInfo
 
 from automation.errors import BadAge
 
@@ -147,9 +148,27 @@ def format_instant(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
 
 
-def format_when(moment: datetime | None) -> str:
-    """A moment as tables show it: `2024-10-01 09:00:00Z`, or `-` for none."""
-    return "-" if moment is None else f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z"
+def format_when(moment: datetime | None, zone: tzinfo = UTC) -> str:
+    """A moment as tables show it: `2024-10-01 09:00:00Z` in UTC, with its offset in
+    another zone (`2024-10-01 12:00:00+03:00`), or `-` for none. Naive means UTC."""
+    if moment is None:
+        return "-"
+    local = as_utc(moment).astimezone(zone)
+    if zone is UTC:
+        return f"{local:%Y-%m-%d %H:%M:%S}Z"
+    return f"{local:%Y-%m-%d %H:%M:%S}{_offset(local)}"
+
+
+def display_zone(name: str) -> tzinfo:
+    """The zone times are shown in (DISPLAY_TIMEZONE, `--tz`): UTC itself for `UTC`, so
+    that times keep their `Z`. The name is checked where it is read (settings, option)."""
+    return UTC if name in {"UTC", "Etc/UTC"} else ZoneInfo(name)
+
+
+def _offset(local: datetime) -> str:
+    """`+03:00`: the zone's offset at that moment, as ISO 8601 writes it."""
+    text = local.strftime("%z")
+    return f"{text[:3]}:{text[3:5]}"
 
 
 # --------------------------------------------------------------------------- moments

@@ -78,6 +78,7 @@ BAD_VALUES = {
     "log_format": "xml",
     "retention_days": "1.5",
     "amocrm_timeout": "3,10,20",
+    "display_timezone": "MSK",
 }
 #: Free text (any value is a value) or secrets whose only check is "set or not".
 UNCHECKED = {

@@ -18,7 +18,7 @@ from automation.config import Settings, load_settings
 from automation.errors import AutomationError
 
 if TYPE_CHECKING:
-    from datetime import datetime
+    from datetime import datetime, tzinfo
     from pathlib import Path
 
     from sqlalchemy.orm import Session, sessionmaker
@@ -179,3 +179,29 @@ def parse_time_option(
         return parse_moment(value, datetime.now(UTC))
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx, param) from exc
+
+
+def parse_zone_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tzinfo:
+    """Option callback: an IANA zone, else DISPLAY_TIMEZONE (default UTC)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from automation.times import display_zone
+
+    name = value if value is not None else command_settings().display_timezone
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise click.BadParameter(
+            f"expected an IANA time zone such as UTC or Europe/Moscow, got {name!r}", ctx, param
+        ) from exc
+    return display_zone(name)
+
+
+#: `--tz ZONE` for commands that show times.
+TZ_OPTION = click.option(
+    "--tz",
+    "zone",
+    metavar="ZONE",
+    callback=parse_zone_option,
+    help="Show times in this IANA zone (default: DISPLAY_TIMEZONE, else UTC).",
+)

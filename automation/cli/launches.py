@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from automation.cli.common import command_sessions, parse_time_option, rules_path
+from automation.cli.common import TZ_OPTION, command_sessions, parse_time_option, rules_path
 from automation.limits import MAX_ID
 from automation.store.states import LaunchStatus
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from datetime import datetime
+    from datetime import datetime, tzinfo
 
     from automation.store.story import LaunchRecord
     from automation.store.transitions import Plan, Transition
@@ -29,6 +29,8 @@ CONFIRM_ABOVE = 10
 ID = click.IntRange(min=1, max=MAX_ID)
 #: Most rows `list` prints; more is a job for SQL on the `launch_log` view.
 MAX_LIMIT = 10_000
+#: `list` counts the matching launches up to here ("50 of more than 100,000").
+COUNT_CAP = 100_000
 
 
 @click.group("launches")
@@ -61,6 +63,7 @@ def launches_group() -> None:
 )
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1, max=MAX_LIMIT))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array, for scripts.")
+@TZ_OPTION
 def launches_list(
     statuses: tuple[str, ...],
     rule: str | None,
@@ -70,8 +73,10 @@ def launches_list(
     until: datetime | None,
     limit: int,
     as_json: bool,
+    zone: tzinfo,
 ) -> None:
-    """Launches, newest first, as a table (times in UTC) or JSON."""
+    """Launches, newest first, as a table (times in DISPLAY_TIMEZONE or --tz; when a
+    pending launch is due) or JSON (UTC, ISO 8601)."""
     from automation.store import launchlog, story
     from automation.web import schemas
 
@@ -88,12 +93,19 @@ def launches_list(
     with sessions() as session:
         rows = story.list_launches(session, query)
         codes = story.call_status_codes(session, rows) if as_json else {}
+        total = (
+            len(rows)
+            if as_json or len(rows) < limit
+            else story.count_launches(session, query, COUNT_CAP)
+        )
     if as_json:
         click.echo(schemas.launches_json(rows, codes))
     elif not rows:
         click.echo("no launches match" + _unknown_rule(rule))
     else:
-        click.echo("\n".join(launchlog.format_table(rows)))
+        lines = launchlog.format_table(rows, zone)
+        footer = launchlog.count_footer(len(rows), total, COUNT_CAP)
+        click.echo("\n".join([*lines, footer] if footer else lines))
 
 
 def _unknown_rule(rule: str | None) -> str:
@@ -123,7 +135,8 @@ def _unknown_rule(rule: str | None) -> str:
 @launches_group.command("show")
 @click.argument("launch_id", metavar="ID", type=ID)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for scripts.")
-def launches_show(launch_id: int, as_json: bool) -> None:
+@TZ_OPTION
+def launches_show(launch_id: int, as_json: bool, zone: tzinfo) -> None:
     """The whole story of launch ID: its webhook, rule, every API call, and why it
     ended where it did."""
     from automation.store import launchlog, story
@@ -134,7 +147,7 @@ def launches_show(launch_id: int, as_json: bool) -> None:
         told = story.launch_story(session, launch_id)
     if told is None:
         raise click.ClickException(f"launch #{launch_id} does not exist")
-    lines = [schemas.story_json(told)] if as_json else launchlog.describe_story(told)
+    lines = [schemas.story_json(told)] if as_json else launchlog.describe_story(told, zone)
     click.echo("\n".join(lines))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, Column, ColumnElement, Integer, MetaData, String, Table, Text
@@ -92,9 +92,10 @@ def launch_filters(columns: Any, query: LaunchQuery) -> Iterator[ColumnElement[b
 # ---------------------------------------------------------------------------- as text
 
 
-def format_table(rows: Sequence[LaunchRecord]) -> list[str]:
-    """A readable table, one line per launch, columns padded to their widest cell."""
-    header = ("ID", "STATUS", "RULE", "BOT", "ENTITY", "CREATED (UTC)", "ATTEMPTS", "REASON")
+def format_table(rows: Sequence[LaunchRecord], zone: tzinfo = UTC) -> list[str]:
+    """A readable table, one line per launch, columns padded to their widest cell; times
+    in `zone`, and when a pending launch is due (the operator's "why has it not gone?")."""
+    header = ("ID", "STATUS", "RULE", "BOT", "ENTITY", "CREATED", "DUE", "ATTEMPTS", "REASON")
     cells = [header] + [
         (
             str(row.id),
@@ -102,7 +103,8 @@ def format_table(rows: Sequence[LaunchRecord]) -> list[str]:
             row.rule,
             str(row.bot_id),
             row.target,
-            f"{row.created_at:%Y-%m-%d %H:%M:%S}",
+            format_when(row.created_at, zone),
+            format_when(row.not_before, zone) if row.status is LaunchStatus.PENDING else "",
             str(row.attempts),
             _shorten(row.reason or ""),
         )
@@ -114,12 +116,20 @@ def format_table(rows: Sequence[LaunchRecord]) -> list[str]:
     ]
 
 
+def count_footer(shown: int, total: int, cap: int) -> str:
+    """`50 of 611 launches, newest first; --limit shows more` under a cut list."""
+    if total <= shown:
+        return ""
+    of = f"more than {cap:,}" if total > cap else f"{total:,}"
+    return f"{shown:,} of {of} launches, newest first; --limit shows more"
+
+
 def _shorten(text: str, width: int = REASON_WIDTH) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def describe_story(story: LaunchStory) -> list[str]:
+def describe_story(story: LaunchStory, zone: tzinfo = UTC) -> list[str]:
     """`launches show` as text: the launch, where it came from, every call, the verdict."""
     row = story.launch
     return [
@@ -128,34 +138,35 @@ def describe_story(story: LaunchStory) -> list[str]:
         f"  bot:        {row.bot_id} on {row.target}",
         f"  event:      {row.event_type} ({row.event_group}[{row.event_index}])",
         f"  change:     {row.change_key}",
-        f"  created:    {format_when(row.created_at)}   not before {format_when(row.not_before)}",
-        f"  settled:    {format_when(row.settled_at)}",
+        f"  created:    {format_when(row.created_at, zone)}   "
+        f"not before {format_when(row.not_before, zone)}",
+        f"  settled:    {format_when(row.settled_at, zone)}",
         f"  attempts:   {row.attempts} API call(s), {row.retries} retry(ies)",
         f"  reason:     {row.reason or '-'}",
         f"  last error: {row.last_error or '-'}",
-        *_describe_delivery(story.delivery),
-        *_describe_calls(story.calls),
+        *_describe_delivery(story.delivery, zone),
+        *_describe_calls(story.calls, zone),
         f"why: {story.verdict}",
     ]
 
 
-def _describe_delivery(delivery: DeliveryRecord | None) -> list[str]:
+def _describe_delivery(delivery: DeliveryRecord | None, zone: tzinfo) -> list[str]:
     if delivery is None:
         return ["delivery: none (deleted, or the launch was not made from a webhook)"]
     account = delivery.account_subdomain or delivery.account_id or "unknown"
     return [
-        f"delivery #{delivery.id}: received {format_when(delivery.received_at)}, "
+        f"delivery #{delivery.id}: received {format_when(delivery.received_at, zone)}, "
         f"account {account}, {delivery.status.value}, {delivery.content_type}"
     ]
 
 
-def _describe_calls(calls: Sequence[CallRecord]) -> list[str]:
+def _describe_calls(calls: Sequence[CallRecord], zone: tzinfo) -> list[str]:
     if not calls:
         return ["API calls: none"]
     lines = [f"API calls: {len(calls)}"]
     for call in calls:
         code = call.status_code if call.status_code is not None else "no status"
-        started, finished = format_when(call.started_at), format_when(call.finished_at)
+        started, finished = format_when(call.started_at, zone), format_when(call.finished_at, zone)
         lines.append(
             f"  #{call.id} {started} → {finished}  {code}  "
             f"{call.outcome or 'no outcome (in flight or lost)'}  "

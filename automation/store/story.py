@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Self
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from automation.events.payloads import ENTITY_KINDS
@@ -182,6 +182,13 @@ def launch_page(session: Session, query: LaunchQuery) -> LaunchPage:
     page = tuple(rows[: query.limit])
     more = len(rows) > query.limit
     return LaunchPage(page, str(page[-1].id) if more else None)
+
+
+def count_launches(session: Session, query: LaunchQuery, cap: int) -> int:
+    """How many launches match `query` (its limit ignored), counting no further than
+    `cap` + 1: an exact total of a million rows costs more than saying "over 10,000"."""
+    matching = select(Launch.id).where(*launch_filters(Launch.__table__.c, query)).limit(cap + 1)
+    return session.execute(select(func.count()).select_from(matching.subquery())).scalar_one()
 
 
 def list_launches(session: Session, query: LaunchQuery) -> list[LaunchRecord]:

@@ -68,10 +68,40 @@ def test_list_prints_a_table_newest_first(
 
     assert (result.exit_code, result.output) == (
         0,
-        "ID  STATUS   RULE       BOT  ENTITY            CREATED (UTC)        ATTEMPTS  REASON\n"
-        "2   pending  new-chat   202  contact 93589657  2026-11-25 12:00:00  0\n"
-        "1   pending  qualified  101  lead 27754599     2026-11-25 12:00:00  0\n",
+        "ID  STATUS   RULE       BOT  ENTITY            CREATED               DUE"
+        "                   ATTEMPTS  REASON\n"
+        "2   pending  new-chat   202  contact 93589657  2026-11-25 12:00:00Z  2026-11-25 12:00:00Z"
+        "  0\n"
+        "1   pending  qualified  101  lead 27754599     2026-11-25 12:00:00Z  2026-11-25 12:00:00Z"
+        "  0\n",
     )
+
+
+def test_list_cut_by_its_limit_says_how_many_match_in_all(
+    sessions: sessionmaker[Session], env: dict[str, str]
+) -> None:
+    leads(sessions, 5)
+
+    cut = run(env, "list", "--limit", "2")
+    whole = run(env, "list", "--limit", "5")
+
+    assert cut.output.splitlines()[-1] == "2 of 5 launches, newest first; --limit shows more"
+    assert len(whole.output.splitlines()) == 6  # the header and five launches, no footer
+
+
+def test_list_and_show_print_times_in_the_zone_of_tz_or_display_timezone(
+    sessions: sessionmaker[Session], env: dict[str, str]
+) -> None:
+    store(sessions, fixture_body("status_lead"))
+
+    by_option = run(env, "list", "--tz", "Europe/Moscow")
+    by_setting = run({**env, "DISPLAY_TIMEZONE": "Asia/Yekaterinburg"}, "show", "1")
+    wrong = run(env, "list", "--tz", "MSK")
+
+    assert "2026-11-25 15:00:00+03:00" in by_option.output
+    assert "created:    2026-11-25 17:00:00+05:00" in by_setting.output
+    assert wrong.exit_code == 2
+    assert "expected an IANA time zone such as UTC or Europe/Moscow, got 'MSK'" in wrong.output
 
 
 def test_list_json_is_one_array_of_view_rows(

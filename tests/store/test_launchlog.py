@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 import pytest
 from alembic import command
@@ -245,11 +246,34 @@ def test_table_pads_columns_and_shortens_long_reasons(sessions: sessionmaker[Ses
         lines = launchlog.format_table(story.list_launches(session, LaunchQuery()))
 
     assert lines == [
-        "ID  STATUS   RULE       BOT  ENTITY            CREATED (UTC)        ATTEMPTS  REASON",
-        "2   pending  new-chat   202  contact 93589657  2026-11-25 12:00:00  0",
-        "1   pending  qualified  101  lead 27754599     2026-11-25 12:00:00  0         "
+        "ID  STATUS   RULE       BOT  ENTITY            CREATED               DUE"
+        "                   ATTEMPTS  REASON",
+        "2   pending  new-chat   202  contact 93589657  2026-11-25 12:00:00Z  2026-11-25 12:00:00Z"
+        "  0",
+        "1   pending  qualified  101  lead 27754599     2026-11-25 12:00:00Z  2026-11-25 12:00:00Z"
+        "  0         "
         + "x " * 29
         + "x…",  # 60 characters: the first 59 of the reason and an ellipsis
+    ]
+
+
+def test_table_shows_times_in_the_zone_asked_for_and_the_due_time_of_pending_only(
+    sessions: sessionmaker[Session],
+) -> None:
+    store(sessions, status_change(27754599))
+    store(sessions, status_change(27754600))
+    with sessions.begin() as session:
+        session.execute(update(Launch).where(Launch.id == 1).values(status=LaunchStatus.SENT))
+
+    with sessions() as session:
+        lines = launchlog.format_table(
+            story.list_launches(session, LaunchQuery()), ZoneInfo("Europe/Moscow")
+        )
+
+    created, due, attempts = (lines[0].index(name) for name in ("CREATED", "DUE", "ATTEMPTS"))
+    assert [[line[created:due].strip(), line[due:attempts].strip()] for line in lines[1:]] == [
+        ["2026-11-25 15:00:00+03:00", "2026-11-25 15:00:00+03:00"],
+        ["2026-11-25 15:00:00+03:00", ""],
     ]
 
 
