@@ -31,6 +31,23 @@ def test_every_unreserved_character_is_accepted() -> None:
     assert settings.webhook_secret.get_secret_value() == secret
 
 
+def logged_at_start(
+    make_app: Callable[[Settings], Any], settings: Settings
+) -> list[logging.LogRecord]:
+    """What building an app logs on the `automation` logger (it does not propagate, so
+    caplog sees nothing)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("automation")
+    logger.addHandler(handler)
+    try:
+        make_app(settings)
+    finally:
+        logger.removeHandler(handler)
+    return records
+
+
 @pytest.mark.parametrize(("secret", "warned"), [("change-me", True), ("x" * 16, False)])
 def test_a_short_secret_is_accepted_with_a_warning(
     make_settings: Callable[..., Settings],
@@ -38,15 +55,7 @@ def test_a_short_secret_is_accepted_with_a_warning(
     secret: str,
     warned: bool,
 ) -> None:
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("automation")  # it does not propagate: no caplog
-    logger.addHandler(handler)
-    try:
-        make_app(make_settings(webhook_secret=secret))
-    finally:
-        logger.removeHandler(handler)
+    records = logged_at_start(make_app, make_settings(webhook_secret=secret))
 
     warnings = [r.getMessage() for r in records if "WEBHOOK_SECRET" in r.getMessage()]
     assert bool(warnings) is warned
@@ -212,15 +221,9 @@ def test_an_amocrm_secret_too_short_to_mask_is_warned_about_at_start(
     secret: str,
     warned: bool,
 ) -> None:
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("automation")
-    logger.addHandler(handler)
-    try:
-        make_app(make_settings(amocrm_client_id="id", amocrm_client_secret=secret))
-    finally:
-        logger.removeHandler(handler)
+    records = logged_at_start(
+        make_app, make_settings(amocrm_client_id="id", amocrm_client_secret=secret)
+    )
 
     warnings = [r.getMessage() for r in records if "AMOCRM_CLIENT_SECRET" in r.getMessage()]
     assert bool(warnings) is warned

@@ -131,10 +131,10 @@ def test_oauth_without_any_token_says_how_to_get_one(
         TokenStore(integration_settings, sessions).access_token()
 
 
-def test_auth_exchange_command_stores_tokens(
-    database_url: str, rules_file: Path, fake: FakeAmoCRM, sessions: sessionmaker[Session]
-) -> None:
-    env = {
+@pytest.fixture
+def exchange_env(database_url: str, rules_file: Path, fake: FakeAmoCRM) -> dict[str, str]:
+    """An operator's shell for `auth exchange`: the integration set up, the fake as amoCRM."""
+    return {
         "DATABASE_URL": database_url,
         "RULES_FILE": str(rules_file),
         "AMOCRM_BASE_URL": fake.url,
@@ -142,6 +142,12 @@ def test_auth_exchange_command_stores_tokens(
         "AMOCRM_CLIENT_SECRET": CLIENT_SECRET,
         "AMOCRM_REDIRECT_URI": REDIRECT_URI,
     }
+
+
+def test_auth_exchange_command_stores_tokens(
+    exchange_env: dict[str, str], fake: FakeAmoCRM, sessions: sessionmaker[Session]
+) -> None:
+    env = exchange_env
     result = CliRunner().invoke(main, ["auth", "exchange", AUTH_CODE], env=env)
 
     assert result.exit_code == 0, result.output
@@ -194,17 +200,9 @@ def test_an_oauth_integration_without_tokens_yet_holds_the_launches_and_says_why
     ],
 )
 def test_auth_exchange_names_only_the_oauth_variable_that_is_missing(
-    database_url: str, rules_file: Path, fake: FakeAmoCRM, unset: str, named: str
+    exchange_env: dict[str, str], unset: str, named: str
 ) -> None:
-    env = {
-        "DATABASE_URL": database_url,
-        "RULES_FILE": str(rules_file),
-        "AMOCRM_BASE_URL": fake.url,
-        "AMOCRM_CLIENT_ID": CLIENT_ID,
-        "AMOCRM_CLIENT_SECRET": CLIENT_SECRET,
-        "AMOCRM_REDIRECT_URI": REDIRECT_URI,
-    }
-    del env[unset]
+    env = {name: value for name, value in exchange_env.items() if name != unset}
 
     result = CliRunner().invoke(main, ["auth", "exchange", AUTH_CODE], env=env)
 
@@ -212,15 +210,8 @@ def test_auth_exchange_names_only_the_oauth_variable_that_is_missing(
     assert result.output == f"Error: OAuth needs {named}: set it\n"
 
 
-def test_auth_exchange_loads_no_rules(database_url: str, tmp_path: Path, fake: FakeAmoCRM) -> None:
-    env = {
-        "DATABASE_URL": database_url,
-        "RULES_FILE": str(tmp_path / "absent.yaml"),
-        "AMOCRM_BASE_URL": fake.url,
-        "AMOCRM_CLIENT_ID": CLIENT_ID,
-        "AMOCRM_CLIENT_SECRET": CLIENT_SECRET,
-        "AMOCRM_REDIRECT_URI": REDIRECT_URI,
-    }
+def test_auth_exchange_loads_no_rules(exchange_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**exchange_env, "RULES_FILE": str(tmp_path / "absent.yaml")}
     result = CliRunner().invoke(main, ["auth", "exchange", AUTH_CODE], env=env)
 
     assert result.exit_code == 0, result.output
