@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from automation.errors import ConfigError
+from automation.errors import ConfigError, Invalid
 
 AMOCRM_DOMAINS = ("amocrm.ru", "kommo.com", "amocrm.com")
 #: DATABASE_URL schemes the server runs on (`postgres` and `postgresql` mean psycopg 3).
@@ -25,15 +25,6 @@ MAX_DEAD_AFTER = 86400
 #: Longest AMOCRM_TIMEOUT, in seconds: amoCRM answers in well under a second.
 MAX_TIMEOUT = 300
 MAX_RETENTION_DAYS = 36500
-
-
-class Invalid(ValueError):
-    """A validator's verdict: what the variable accepts, and a hint shown after the value."""
-
-    def __init__(self, expected: str, hint: str = "") -> None:
-        super().__init__(expected)
-        self.expected = expected
-        self.hint = hint
 
 
 class Settings(BaseSettings):

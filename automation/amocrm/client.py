@@ -53,7 +53,7 @@ from automation.amocrm.answers import (
     scrub,
 )
 from automation.config import Settings
-from automation.errors import AmoAuthError, AutomationError, ConfigError
+from automation.errors import AmoAuthError, ConfigError, WebhooksApiError
 
 logger = logging.getLogger("automation.amocrm")
 
@@ -537,14 +537,6 @@ _WEBHOOKS_HINTS = {
     403: "managing webhooks needs the token of an account administrator (or the account's "
     "API access is blocked)",
 }
-
-
-class WebhooksApiError(AutomationError):
-    """amoCRM's webhooks API refused the request or did not answer."""
-
-    def __init__(self, message: str | None = None, *, status_code: int | None = None) -> None:
-        self.status_code = status_code
-        super().__init__(message)
 
 
 def _webhooks_answer(method: str, response: requests.Response, secrets: Sequence[str]) -> Any:

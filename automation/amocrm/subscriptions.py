@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from automation.errors import AutomationError
+from automation.errors import WebhookUrlError
 from automation.events.payloads import ACTION_VERBS
 
 #: The path our webhook route listens on; the secret is its last segment.
@@ -42,10 +42,6 @@ SETTING_ACTIONS: Mapping[str, tuple[str, ...]] = {
 
 _VERB_ACTIONS: Mapping[str, str] = {verb: action for action, verb in ACTION_VERBS.items()}
 _SECRET_PATH = re.compile(r"(?P<prefix>.*)/webhooks/amocrm/(?P<secret>[^/]+)/?")
-
-
-class WebhookUrlError(AutomationError):
-    """The webhook URL must end in /webhooks/amocrm/<WEBHOOK_SECRET>/ or be a bare base URL."""
 
 
 class WebhooksApi(Protocol):

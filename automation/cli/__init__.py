@@ -8,6 +8,10 @@ One module per command group; this one builds the top-level group `main` from th
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from automation.cli import (
@@ -21,6 +25,7 @@ from automation.cli import (
     server,
     subscriptions,
 )
+from automation.errors import AutomationError
 
 
 @click.group()
@@ -38,3 +43,29 @@ main.add_command(launches.launches_group)
 main.add_command(replay.replay_command)
 main.add_command(subscriptions.webhooks_group)
 main.add_command(prune.prune_command)
+
+
+def _clean_errors(command: click.Command) -> None:
+    """The one place where our errors become CLI errors: every command's callback, in
+    `automation …` and in `flask --app wsgi …` alike, turns an `AutomationError` into
+    one clean line (`Error: …`, exit 1), never a traceback. Commands catch our errors
+    only to say something else (a file name in front, a usage error, a normal end)."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _clean_errors(sub)
+    elif command.callback is not None:
+        command.callback = _cleanly(command.callback)
+
+
+def _cleanly(callback: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except AutomationError as exc:  # messages never carry a token or secret
+            raise click.ClickException(str(exc)) from exc
+
+    return run
+
+
+_clean_errors(main)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from automation.cli.common import command_sessions, command_settings
-from automation.errors import AutomationError
 
 
 @click.group("auth")
@@ -21,8 +20,5 @@ def auth_exchange(code: str) -> None:
 
     # No rules here: an exchange needs the database and amoCRM only.
     settings = command_settings()
-    try:
-        tokens = exchange_code(settings, command_sessions(create=True), code)
-    except AutomationError as exc:
-        raise click.ClickException(str(exc)) from exc
+    tokens = exchange_code(settings, command_sessions(create=True), code)
     click.echo(f"tokens stored; the access token expires at {tokens.expires_at:%Y-%m-%d %H:%M}Z")

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from automation.config import Settings, load_settings
-from automation.errors import AutomationError
 
 if TYPE_CHECKING:
     from datetime import datetime, tzinfo
@@ -29,10 +28,7 @@ if TYPE_CHECKING:
 
 def command_settings() -> Settings:
     """The settings from the environment, or a clean CLI error naming what is wrong."""
-    try:
-        return load_settings()
-    except AutomationError as exc:
-        raise click.ClickException(str(exc)) from exc
+    return load_settings()
 
 
 def command_runtime() -> Runtime:
@@ -98,14 +94,12 @@ def database_errors(url: str) -> Iterator[None]:
     errors keep their own words."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from automation.store.database import SchemaOutdated
+    from automation.errors import SchemaOutdated
 
     try:
         yield
     except (SQLAlchemyError, SchemaOutdated) as exc:
         raise click.ClickException(f"database {safe_url(url)}: {first_line(exc)}") from exc
-    except AutomationError as exc:  # a missing driver, a broken rules file
-        raise click.ClickException(str(exc)) from exc
 
 
 def first_line(exc: BaseException) -> str:
@@ -159,10 +153,7 @@ def command_rules(path: Path) -> RuleSet:
     """The rules file loaded, or a clean CLI error with its file and line."""
     from automation.rules.load import load_rules_file
 
-    try:
-        return load_rules_file(path)
-    except AutomationError as exc:
-        raise click.ClickException(str(exc)) from exc
+    return load_rules_file(path)
 
 
 def parse_time_option(

@@ -198,10 +198,7 @@ def _show_payload(
 def _run_cases(cases_file: Path, rules_file: Path | None, now: datetime) -> None:
     from automation.rules.load import load_cases_file, run_case
 
-    try:
-        cases = load_cases_file(cases_file)
-    except AutomationError as exc:
-        raise click.ClickException(str(exc)) from exc
+    cases = load_cases_file(cases_file)
     ruleset = command_rules(rules_file or cases.rules or rules_path())
     failed = 0
     for case in cases.cases:

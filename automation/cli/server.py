@@ -18,7 +18,7 @@ from automation.cli.common import (
     command_sessions,
     command_settings,
 )
-from automation.errors import AutomationError
+from automation.errors import NotAlone
 
 if TYPE_CHECKING:
     from automation.config import Settings
@@ -56,10 +56,7 @@ def dispatch_command(once: bool) -> None:
     # the rules (and a broken rules file) are none of the dispatcher's business.
     settings = command_settings()
     configure_logging(settings.log_format)
-    try:
-        worker = dispatcher.build(settings, command_sessions(create=True))
-    except AutomationError as exc:
-        raise click.ClickException(str(exc)) from exc
+    worker = dispatcher.build(settings, command_sessions(create=True))
     stopped = threading.Event()
 
     def stop(*_: object) -> None:
@@ -70,7 +67,7 @@ def dispatch_command(once: bool) -> None:
         signal.signal(signum, stop)
     try:
         stats = worker.run(once=once)
-    except dispatcher.NotAlone as exc:
+    except NotAlone as exc:
         if not stopped.is_set():
             raise click.ClickException(str(exc)) from exc
         # Asked to stop while waiting its turn (README: "says so and waits"): that is a

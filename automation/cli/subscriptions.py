@@ -6,7 +6,6 @@ admin's), and reads the rules to know which events they need.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,21 +17,12 @@ from automation.errors import AutomationError
 from automation.times import format_age, format_when
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
     from sqlalchemy.orm import Session, sessionmaker
 
     from automation.amocrm.client import AmoCRMClient
     from automation.amocrm.subscriptions import SyncPlan, Webhook, WebhookUrl
-
-
-@contextmanager
-def _operator_errors() -> Iterator[None]:
-    """Our errors as one clean line (they never carry a token), no traceback."""
-    try:
-        yield
-    except AutomationError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _webhooks_client(settings: Settings, sessions: sessionmaker[Session]) -> AmoCRMClient:
@@ -74,13 +64,12 @@ def webhooks_sync(url: str, dry_run: bool) -> None:
     from automation.amocrm import subscriptions
 
     settings = command_settings()
-    with _operator_errors():
-        target = subscriptions.webhook_url(url, _secret(settings))
+    target = subscriptions.webhook_url(url, _secret(settings))
     ruleset = command_rules(Path(settings.rules_file))
     if dry_run and (settings.amocrm_url is None or not settings.has_credentials):
         _echo_offline_plan(subscriptions.plan_sync(target.url, ruleset.event_types(), None), target)
         return
-    with _operator_errors(), _webhooks_client(settings, command_sessions()) as client:
+    with _webhooks_client(settings, command_sessions()) as client:
         current = subscriptions.find_webhook(client, target.url)
         plan = subscriptions.plan_sync(target.url, ruleset.event_types(), current)
         _echo_sync_plan(plan, target)
@@ -150,10 +139,9 @@ def webhooks_status(url: str | None) -> None:
     secret = _secret(settings)
     if url is None and secret is None:
         raise click.UsageError("give the webhook URL, or set WEBHOOK_SECRET to find it")
-    with _operator_errors():
-        target = subscriptions.webhook_url(url, secret).url if url is not None else None
+    target = subscriptions.webhook_url(url, secret).url if url is not None else None
     sessions = command_sessions(read_only=True)
-    with _operator_errors(), _webhooks_client(settings, sessions) as client:
+    with _webhooks_client(settings, sessions) as client:
         if target is not None:
             found = subscriptions.find_webhook(client, target)
             webhooks = [found] if found else []

@@ -33,7 +33,7 @@ from automation.amocrm.client import (
 )
 from automation.config import Settings
 from automation.dispatch.tokens import TokenStore
-from automation.errors import AutomationError, ConfigError
+from automation.errors import AutomationError, ConfigError, NotAlone
 from automation.store import budget, dispatchers, outbox, retention
 from automation.store.outbox import Claimed
 from automation.store.states import LaunchStatus
@@ -91,10 +91,6 @@ class Stats:
     retried: int = 0
     uncertain: int = 0
     dry_run: int = 0
-
-
-class NotAlone(Exception):
-    """Another dispatcher runs on this SQLite database."""
 
 
 class Dispatcher:

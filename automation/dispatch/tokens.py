@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from automation.amocrm.answers import TokenSet
 from automation.amocrm.client import AmoCRMClient
 from automation.config import Settings
-from automation.errors import AutomationError
+from automation.errors import AutomationError, NoToken
 from automation.store import oauth
 from automation.store.oauth import StoredTokens
 
@@ -29,10 +29,6 @@ log = logging.getLogger("automation.tokens")
 REFRESH_MARGIN = timedelta(minutes=5)
 #: Re-read the stored token at most this often (another process may have refreshed).
 CACHE_SECONDS = 30.0
-
-
-class NoToken(AutomationError):
-    """No amoCRM token: set AMOCRM_ACCESS_TOKEN, or run `automation auth exchange CODE`."""
 
 
 def is_oauth(settings: Settings) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from automation.errors import PayloadError
+from automation.errors import UnfitId
 from automation.events.families import ENTITY_KINDS, ENTITY_TYPE_CODES
 from automation.events.form import shown_number
 from automation.events.values import is_digits, parse_int
@@ -20,15 +20,6 @@ from automation.limits import INT64_MAX
 def field_path(path: list[str]) -> str:
     """`["leads[status]", "0", "id"]` → `leads[status][0][id]`."""
     return path[0] + "".join(f"[{part}]" for part in path[1:])
-
-
-class UnfitId(PayloadError):
-    """An entity id that cannot be stored; `path` is its field within the item."""
-
-    def __init__(self, path: tuple[str, ...], problem: str) -> None:
-        self.path = path
-        self.problem = problem
-        super().__init__(f"field {field_path(list(path))!r}: {problem}")
 
 
 #: Field paths, for error messages, of two ids an unsorted item carries.

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from automation.errors import PayloadError
+from automation.errors import PayloadError, UnfitId
 from automation.events.changes import change_key, delivery_day, is_stage_move
-from automation.events.entities import UnfitId, entity_ids, field_path
+from automation.events.entities import entity_ids, field_path
 from automation.events.families import (
     ACTION_VERBS,
     ENTITY_KINDS,

@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation.errors import AutomationError, NoDatabase
+from automation.errors import MissingDriver, NoDatabase, SchemaOutdated
 
 
 def _migrations_directory() -> Path:
@@ -39,10 +39,6 @@ def _migrations_directory() -> Path:
 MIGRATIONS = _migrations_directory()
 #: How long a SQLite writer waits for the lock before giving up, in milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 5000
-
-
-class SchemaOutdated(AutomationError):
-    """The database schema is older than the code: run `automation db upgrade`."""
 
 
 def normalise_url(url: str) -> str:
@@ -70,10 +66,6 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     _require_psycopg()
     return create_engine(url, pool_pre_ping=True, **kwargs)
-
-
-class MissingDriver(AutomationError):
-    """DATABASE_URL is PostgreSQL, which needs psycopg: pip install 'amocrm-automation[postgres]'"""
 
 
 def _require_psycopg() -> None:

@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
+from automation.errors import BadParameter
 from automation.limits import MAX_ID
 from automation.store import story
 from automation.store.launchlog import LaunchQuery
@@ -57,13 +58,6 @@ _DIGITS = re.compile(r"^[0-9]{1,30}$")
 
 
 # --------------------------------------------------------------------------- filters
-
-
-class BadParameter(ValueError):
-    """A query parameter we cannot use; the message names it and what it accepts."""
-
-    def __init__(self, name: str, problem: str) -> None:
-        super().__init__(f"{name}: {problem}")
 
 
 def parse_launch_query(args: MultiDict[str, str], now: datetime) -> LaunchQuery:

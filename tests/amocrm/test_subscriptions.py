@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import insert
 
-from automation.amocrm.client import AmoCRMClient, WebhooksApiError
+from automation.amocrm.client import AmoCRMClient
 from automation.amocrm.subscriptions import (
     Webhook,
     WebhookUrlError,
@@ -24,6 +24,7 @@ from automation.amocrm.subscriptions import (
     webhook_url,
 )
 from automation.cli import main
+from automation.errors import WebhooksApiError
 from automation.events.payloads import EVENT_TYPES
 from automation.store.database import make_engine
 from automation.store.models import Delivery

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from automation.cli import main
 from automation.config import Settings
 from automation.dispatch import loop as dispatch
-from automation.dispatch.tokens import NoToken, TokenStore, exchange_code
+from automation.dispatch.tokens import TokenStore, exchange_code
+from automation.errors import NoToken
 from automation.store import budget
 from automation.store.models import Launch, OAuthToken, RateLimit
 from automation.store.states import LaunchStatus

@@ -7,8 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from automation.errors import SchemaOutdated
 from automation.store.database import (
-    SchemaOutdated,
     alembic_config,
     current_revision,
     ensure_schema,
