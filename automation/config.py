@@ -11,7 +11,14 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from automation.errors import ConfigError, Invalid
@@ -25,6 +32,7 @@ MAX_DEAD_AFTER = 86400
 #: Longest AMOCRM_TIMEOUT, in seconds: amoCRM answers in well under a second.
 MAX_TIMEOUT = 300
 MAX_RETENTION_DAYS = 36500
+MAX_SESSION_HOURS = 24 * 30
 
 
 class Settings(BaseSettings):
@@ -60,8 +68,15 @@ class Settings(BaseSettings):
     amocrm_timeout: Annotated[tuple[float, float], NoDecode] = (3.05, 10.0)
     dry_run: bool | None = None
     admin_token: SecretStr | None = None
+    #: A second console/API token that may read but never act.
+    viewer_token: SecretStr | None = None
     #: IANA zone of the times the console shows (stored times stay UTC).
     display_timezone: str = "UTC"
+    #: Hours a console login lasts, from the login on.
+    console_session_hours: int = Field(default=12, ge=1, le=MAX_SESSION_HOURS)
+    #: Mark the console's cookie `Secure` even when the request came over plain HTTP
+    #: (TLS ended at a proxy that does not say so).
+    console_secure_cookie: bool = False
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     log_format: Literal["text", "json"] = "text"
     #: Days settled launches and old deliveries are kept; None keeps them forever.
@@ -73,6 +88,7 @@ class Settings(BaseSettings):
         "amocrm_client_secret",
         "amocrm_refresh_token",
         "admin_token",
+        "viewer_token",
         "amocrm_subdomain",
         "amocrm_base_url",
         "amocrm_client_id",
@@ -103,6 +119,17 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise Invalid(f"expected {_EXPECTED['display_timezone']}") from None
+        return value
+
+    @field_validator("viewer_token")
+    @classmethod
+    def _viewer_differs_from_admin(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        """The same token for both roles would make every login ambiguous."""
+        admin = info.data.get("admin_token")
+        if value is not None and admin is not None and value == admin:
+            raise Invalid("expected a token different from ADMIN_TOKEN")
         return value
 
     @field_validator("amocrm_account_id", "dry_run", "retention_days", mode="before")
@@ -236,6 +263,7 @@ _SECRETS = {
     "amocrm_client_secret",
     "amocrm_refresh_token",
     "admin_token",
+    "viewer_token",
 }
 
 _EXPECTED = {
@@ -257,6 +285,8 @@ _EXPECTED = {
         "or CONNECT,READ such as 3,10"
     ),
     "display_timezone": "an IANA time zone such as UTC or Europe/Moscow",
+    "console_session_hours": f"a whole number of hours from 1 to {MAX_SESSION_HOURS}",
+    "console_secure_cookie": "a boolean (1/0, true/false)",
 }
 #: What a variable accepts, said for a value above its upper bound, where the entry in
 #: `_EXPECTED` names only the lower one.

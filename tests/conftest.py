@@ -32,6 +32,10 @@ for _name in list(os.environ):
         "MAX_BODY_BYTES",
         "LOG_FORMAT",
         "RETENTION_DAYS",
+        "VIEWER_TOKEN",
+        "DISPLAY_TIMEZONE",
+        "CONSOLE_SESSION_HOURS",
+        "CONSOLE_SECURE_COOKIE",
     }:
         del os.environ[_name]
 

@@ -88,6 +88,8 @@ BAD_VALUES = {
     "retention_days": "1.5",
     "amocrm_timeout": "3,10,20",
     "display_timezone": "MSK",
+    "console_session_hours": "0",
+    "console_secure_cookie": "sometimes",
 }
 #: Free text (any value is a value) or secrets whose only check is "set or not".
 UNCHECKED = {
@@ -97,6 +99,7 @@ UNCHECKED = {
     "amocrm_client_secret",
     "amocrm_refresh_token",
     "admin_token",
+    "viewer_token",  # checked against ADMIN_TOKEN: see the test below
 }
 
 
@@ -126,6 +129,15 @@ def test_amocrm_timeout_is_one_number_for_both_or_connect_then_read(
     given = {} if value is None else {"AMOCRM_TIMEOUT": value}
 
     assert load_settings(given).amocrm_timeout == timeouts
+
+
+def test_a_viewer_token_equal_to_the_admin_token_is_refused_without_showing_it() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"ADMIN_TOKEN": "same-token-1234", "VIEWER_TOKEN": "same-token-1234"})
+
+    assert str(raised.value).splitlines()[1] == (
+        "  VIEWER_TOKEN: expected a token different from ADMIN_TOKEN, got (hidden)"
+    )
 
 
 def test_max_rps_states_the_real_range() -> None:

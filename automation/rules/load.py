@@ -22,6 +22,7 @@ Pure: no Flask, SQLAlchemy or requests here.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -188,7 +189,13 @@ def _build_rule(
     if spec.outside_hours is not None and not windows:
         message = "has no effect without active_hours (on the rule or in defaults)"
         problems.append(Problem((*loc, "outside_hours"), message))
-    return _compile_rule(spec, defaults, condition, windows)
+    rule = _compile_rule(spec, defaults, condition, windows)
+    return replace(rule, when=_one_line(when or {}))
+
+
+def _one_line(when: Mapping[Any, Any]) -> str:
+    """`when:` as one line of JSON-like text; `-` for a rule without conditions."""
+    return json.dumps(when, ensure_ascii=False, default=str)[1:-1] or "-"
 
 
 def _compile_rule(

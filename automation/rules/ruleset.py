@@ -97,6 +97,8 @@ class Rule:
     outside_hours: str = "schedule"
     enabled: bool = True
     stop: bool = False
+    #: The rule's `when:` in one line, for people (the console's rules page).
+    when: str = ""
 
     @property
     def entity_type(self) -> int:

@@ -119,6 +119,9 @@ class Launch(Base):
         # Cooldown look-ups and "what ran on this lead?".
         Index("ix_launches_target", "entity_id", "entity_type", "bot_id", "created_at"),
         Index("ix_launches_rule_created", "rule", "created_at"),
+        # The console: a status tab or a bot, newest first, and capped counts of each.
+        Index("ix_launches_status_created", "status", "created_at"),
+        Index("ix_launches_bot_created", "bot_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -233,3 +236,35 @@ class OAuthToken(Base):
     refresh_token: Mapped[str | None] = mapped_column(Text)
     expires_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
+
+
+class AuditEntry(Base):
+    """One operator action (retry, cancel; one launch or a whole filter): who, what,
+    how many. Written in the transaction that made the change."""
+
+    __tablename__ = "audit_entries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    #: Which credential acted: `admin` (console), `cli`.
+    actor: Mapped[str] = mapped_column(String(16))
+    #: `retry` or `cancel`.
+    action: Mapped[str] = mapped_column(String(16))
+    #: What was asked for, as people read it (`launch #12`, `status=failed rule=welcome`).
+    target: Mapped[str] = mapped_column(Text)
+    #: Launches the action was asked to change, and those it did change.
+    requested: Mapped[int] = mapped_column(Integer)
+    changed: Mapped[int] = mapped_column(Integer)
+
+
+class AuditLaunch(Base):
+    """Which launches an audit entry changed, so each launch shows its own history."""
+
+    __tablename__ = "audit_launches"
+
+    audit_id: Mapped[int] = mapped_column(
+        ForeignKey("audit_entries.id", ondelete="CASCADE"), primary_key=True
+    )
+    launch_id: Mapped[int] = mapped_column(
+        ForeignKey("launches.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
