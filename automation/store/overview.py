@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from automation.store import budget
 from automation.store.browse import COUNT_CAP, LaunchFilter, capped_count, status_counts
 from automation.store.launchlog import LaunchQuery
-from automation.store.models import ApiCall, Delivery, Dispatcher, Launch, LaunchStatus
+from automation.store.models import ApiCall, DispatcherRow, Launch, LaunchStatus
+from automation.store.vitals import last_webhook_at
 
 HOUR = timedelta(hours=1)
 
@@ -73,7 +74,7 @@ def read_overview(session: Session, now: datetime) -> Overview:
         heartbeats=_heartbeats(session),
         hold_until=hold.hold_until if hold else None,
         hold_reason=hold.hold_reason if hold else None,
-        last_webhook=session.execute(select(func.max(Delivery.received_at))).scalar(),
+        last_webhook=last_webhook_at(session),
         calls=recent_calls(session),
         per_hour=per_hour(session, now),
     )
@@ -91,13 +92,13 @@ def _backlog(session: Session, now: datetime) -> tuple[int, datetime | None]:
 def _heartbeats(session: Session, limit: int = 5) -> list[Heartbeat]:
     rows = session.execute(
         select(
-            Dispatcher.id,
-            Dispatcher.host,
-            Dispatcher.pid,
-            Dispatcher.heartbeat_at,
-            Dispatcher.stopped_at,
+            DispatcherRow.id,
+            DispatcherRow.host,
+            DispatcherRow.pid,
+            DispatcherRow.heartbeat_at,
+            DispatcherRow.stopped_at,
         )
-        .order_by(Dispatcher.heartbeat_at.desc())
+        .order_by(DispatcherRow.heartbeat_at.desc())
         .limit(limit)
     )
     return [Heartbeat(**row._asdict()) for row in rows]

@@ -13,8 +13,8 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.config import Settings
-from automation.store import browse
-from automation.store.models import ApiCall, Dispatcher, LaunchStatus
+from automation.store import browse, dispatchers
+from automation.store.models import ApiCall, LaunchStatus
 from tests.web.console.conftest import ADMIN, log_in
 
 
@@ -33,7 +33,7 @@ def test_the_overview_shows_counts_backlog_dispatchers_calls_and_rules(
     add_launch(LaunchStatus.PENDING, age=600, not_before=datetime.now(UTC) - timedelta(minutes=9))
     now = datetime.now(UTC)
     with sessions.begin() as session:
-        session.add(Dispatcher(id="d-1", host="box", pid=42, started_at=now, heartbeat_at=now))
+        dispatchers.register(session, "d-1", "box", 42, now)
         session.execute(
             insert(ApiCall),
             [
