@@ -176,10 +176,13 @@ def _authorize() -> Response | None:
     """
     if request.endpoint == "api.openapi_document":
         return None
-    expected = runtime().settings.admin_token
-    if expected is None:
+    settings = runtime().settings
+    if settings.admin_token is None:
         abort(404)
-    if not _bearer_matches(request.headers.get("Authorization", ""), expected.get_secret_value()):
+    # VIEWER_TOKEN reads too: everything here is read-only.
+    tokens = [t.get_secret_value() for t in (settings.admin_token, settings.viewer_token) if t]
+    header = request.headers.get("Authorization", "")
+    if not any([_bearer_matches(header, token) for token in tokens]):  # no short-circuit
         response = _json(
             Error(error="missing or wrong bearer token: send Authorization: Bearer <ADMIN_TOKEN>"),
             401,

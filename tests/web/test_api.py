@@ -508,3 +508,18 @@ def test_unreachable_database_answers_503_without_a_traceback(
 
     assert [answer.status_code for answer in answers] == [503, 503, 503]
     assert answers[0].json == {"error": "database unavailable, retry later"}
+
+
+def test_the_viewer_token_reads_the_api_too(
+    make_settings: Callable[..., Settings], make_app: Callable[[Settings], Any]
+) -> None:
+    app = make_app(make_settings(admin_token=TOKEN, viewer_token="viewer-t0ken"))
+    client = app.test_client()
+    assert (
+        client.get("/api/launches", headers={"Authorization": "Bearer viewer-t0ken"}).status_code
+        == 200
+    )
+    assert (
+        client.get("/api/launches", headers={"Authorization": "Bearer viewer-t0kenx"}).status_code
+        == 401
+    )
