@@ -212,7 +212,7 @@ def _change(
     decides: on SQLite it would hold the write lock that webhooks wait for."""
     from datetime import UTC, datetime
 
-    from automation.store import transitions
+    from automation.store import audit, transitions
 
     sessions = command_sessions()
     with sessions.begin() as session:
@@ -227,7 +227,18 @@ def _change(
     if ask:
         click.confirm(f"{transition.verb} {len(plan.targets)} launches?", abort=True)
     with sessions.begin() as session:
-        changed, missed = transitions.apply_plan(session, plan, datetime.now(UTC))
+        now = datetime.now(UTC)
+        changed, missed = transitions.apply_plan(session, plan, now)
+        if plan.targets:  # the console shows it on each launch, like its own actions
+            audit.record(
+                session,
+                at=now,
+                actor="cli",
+                action=transition.verb,
+                target=_target(ids, statuses, rule, settled_since),
+                requested=len(plan.targets),
+                changed=changed,
+            )
     if not ask:  # a preview listed them already; otherwise list what did change
         done = set(changed)
         for row in plan.targets:
@@ -238,6 +249,24 @@ def _change(
     click.echo(f"{transition.done} {len(changed)} launch(es)")
     if plan.refused or missed:
         raise click.exceptions.Exit(1)
+
+
+def _target(
+    ids: Sequence[int],
+    statuses: Sequence[LaunchStatus],
+    rule: str | None,
+    settled_since: datetime | None,
+) -> str:
+    """What the command was asked to change, as the audit shows it."""
+    if ids:
+        shown = ", ".join(f"#{launch_id}" for launch_id in ids[:10])
+        return f"launch {shown}" + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+    words = ["every " + " or ".join(status.value for status in statuses) + " launch"]
+    if rule is not None:
+        words.append(f"of rule {rule!r}")
+    if settled_since is not None:
+        words.append(f"settled since {settled_since:%Y-%m-%d %H:%M:%S}Z")
+    return " ".join(words)
 
 
 def _echo_plan(plan: Plan, *, preview: bool) -> None:

@@ -530,3 +530,23 @@ def test_list_with_a_known_rule_and_no_launches_says_only_that_none_match(
     result = run(env, "list", "--rule", "qualified")
 
     assert (result.exit_code, result.output) == (0, "no launches match\n")
+
+
+def test_cli_actions_are_written_to_the_audit_the_console_shows(
+    sessions: sessionmaker[Session], env: dict[str, str]
+) -> None:
+    from automation.store import audit
+
+    leads(sessions, 2)
+    make(sessions, LaunchStatus.SENT, 2)
+    run(env, "cancel", "1", "2")
+    store(sessions, fixture_body("add_talk"))
+    run(env, "cancel", "--pending", "--rule", "new-chat")
+
+    with sessions() as session:
+        first, second = reversed(audit.recent(session))
+        trail = audit.for_launch(session, 1)
+    assert (first.actor, first.action, first.target) == ("cli", "cancel", "launch #1, #2")
+    assert (first.requested, first.changed) == (1, 1)
+    assert second.target == "every pending launch of rule 'new-chat'"
+    assert [entry.id for entry in trail] == [first.id]
