@@ -119,8 +119,9 @@ class Launch(Base):
         # Cooldown look-ups and "what ran on this lead?".
         Index("ix_launches_target", "entity_id", "entity_type", "bot_id", "created_at"),
         Index("ix_launches_rule_created", "rule", "created_at"),
-        # The console: a status tab or a bot, newest first, and capped counts of each.
-        Index("ix_launches_status_created", "status", "created_at"),
+        # The console: a status tab newest first, and each tab's capped count; rule and
+        # bot ride along so that counting a status of one rule or bot reads only this.
+        Index("ix_launches_status_created", "status", "created_at", "rule", "bot_id"),
         Index("ix_launches_bot_created", "bot_id", "created_at"),
     )
 

@@ -60,7 +60,9 @@ def upgrade() -> None:
             batch_op.f("ix_audit_launches_launch_id"), ["launch_id"], unique=False
         )
     with op.batch_alter_table("launches", schema=None) as batch_op:
-        batch_op.create_index("ix_launches_status_created", ["status", "created_at"], unique=False)
+        batch_op.create_index(
+            "ix_launches_status_created", ["status", "created_at", "rule", "bot_id"], unique=False
+        )
         batch_op.create_index("ix_launches_bot_created", ["bot_id", "created_at"], unique=False)
 
 

@@ -73,16 +73,18 @@ def bulk_preview(action: str) -> tuple[str, int] | str:
     transition = _transition(action)
     view = _view()
     with runtime().sessions() as db:
-        ids = browse.matching_ids(db, view.where, transition.allowed)
-        uncertain = len(browse.matching_ids(db, view.where, [LaunchStatus.UNCERTAIN]))
-        newest = browse.newest_id(db)
+        newest = browse.newest_id(db)  # first: what is counted next is at most this
+        matched = browse.matching_count(db, view.where, transition.allowed)
+        uncertain = 0
+        if transition is RETRY:
+            uncertain = browse.matching_count(db, view.where, [LaunchStatus.UNCERTAIN])
     return render_template(
         "bulk.html",
         transition=transition,
         view=view,
-        matched=len(ids),
+        matched=matched,
         limit=browse.BULK_LIMIT,
-        uncertain=uncertain if transition is RETRY else 0,
+        uncertain=uncertain,
         up_to=newest,
     )
 

@@ -9,8 +9,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from automation.limits import MAX_ID
 from automation.store import audit, browse, launchlog
-from automation.store.browse import COUNT_CAP
-from automation.store.overview import read_overview
+from automation.store.overview import DAY_CAP, read_overview
 from automation.web.api import BadParameter
 from automation.web.console import auth, bp
 from automation.web.console.query import View, parse_view, without_status
@@ -58,6 +57,7 @@ def overview() -> str:
         rules=rules,
         loader=state.rules,
         refresh=REFRESH_SECONDS,
+        day_cap=DAY_CAP,
     )
 
 
@@ -80,7 +80,6 @@ def launches() -> tuple[str, int] | str:
         rows=rows,
         counts=counts,
         total=total,
-        cap=COUNT_CAP,
         next_cursor=next_cursor.encode() if next_cursor else None,
         error=None,
         args=request.args,
