@@ -129,7 +129,12 @@ def require_login(lifetime: timedelta) -> BaseResponse | None:
         return None
     if current_role(lifetime) is None:
         wanted = request.full_path if request.method == "GET" else url_for("console.overview")
-        return redirect(url_for("console.login", next=wanted.rstrip("?")))
+        login = url_for("console.login", next=wanted.rstrip("?"))
+        if request.headers.get("HX-Request") == "true":
+            # A live refresh after the session ended: the whole page goes to the login
+            # form, rather than the form being swapped into the refreshed table.
+            return BaseResponse(status=204, headers={"HX-Redirect": login})
+        return redirect(login)
     return None
 
 

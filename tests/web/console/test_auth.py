@@ -47,6 +47,14 @@ def test_anonymous_visitors_are_sent_to_the_login_page(anonymous: FlaskClient, p
     assert answer.location.startswith("/ui/login?next=")
 
 
+def test_a_live_refresh_after_the_session_ended_sends_the_whole_page_to_login(
+    anonymous: FlaskClient,
+) -> None:
+    answer = anonymous.get("/ui/launches?rule=x", headers={"HX-Request": "true"})
+    assert answer.status_code == 204
+    assert answer.headers["HX-Redirect"] == "/ui/login?next=/ui/launches?rule%3Dx"
+
+
 def test_the_login_page_has_one_password_field_named_token(anonymous: FlaskClient) -> None:
     page = anonymous.get("/ui/login").get_data(as_text=True)
     assert page.count("<input") == 3  # csrf, next, token
