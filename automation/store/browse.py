@@ -20,7 +20,8 @@ from sqlalchemy import ColumnElement, Select, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from automation.store.launchlog import LaunchQuery, launch_filters
-from automation.store.models import Delivery, DeliveryStatus, Launch, LaunchStatus
+from automation.store.models import Delivery, Launch
+from automation.store.states import DeliveryStatus, LaunchStatus
 
 #: The list's counts stop here: "1,000+" says enough, and counting further costs an
 #: index scan per tab on every refresh.

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from automation.store import budget
 from automation.store.browse import LaunchFilter, capped_count, status_counts
 from automation.store.launchlog import LaunchQuery
-from automation.store.models import ApiCall, DispatcherRow, Launch, LaunchStatus
+from automation.store.models import ApiCall, DispatcherRow, Launch
+from automation.store.states import LaunchStatus
 from automation.store.vitals import last_webhook_at
 
 HOUR = timedelta(hours=1)

@@ -16,7 +16,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from automation.limits import MAX_ID
 from automation.store import audit, browse, launchlog
 from automation.store.launchlog import CANCEL, RETRY, Transition
-from automation.store.models import LaunchStatus
+from automation.store.states import LaunchStatus
 from automation.web.api import BadParameter
 from automation.web.console import auth, bp
 from automation.web.console.query import View, parse_view

@@ -15,7 +15,7 @@ from automation.limits import MAX_ID
 from automation.rules.cases import describe_event
 from automation.rules.ruleset import Decision
 from automation.store import browse
-from automation.store.models import DeliveryStatus
+from automation.store.states import DeliveryStatus
 from automation.web.api import BadParameter, parse_launch_query
 from automation.web.console import bp
 from automation.web.runtime import runtime
@@ -78,7 +78,7 @@ def delivery(delivery_id: int) -> str:
             abort(404, f"no delivery with id {delivery_id}")
         launches = browse.delivery_launches(db, delivery_id)
     row, body, content_type = found
-    judged, problem = _judge(body, content_type)
+    judged, problem = _judge(body, content_type, row.received_at)
     return render_template(
         "delivery.html",
         row=row,
@@ -91,10 +91,12 @@ def delivery(delivery_id: int) -> str:
     )
 
 
-def _judge(body: bytes, content_type: str) -> tuple[list[Judged], str | None]:
+def _judge(
+    body: bytes, content_type: str, received_at: datetime
+) -> tuple[list[Judged], str | None]:
     """The events and decisions, or why the body cannot be read (stored anyway)."""
     try:
-        payload = decode_body(body, content_type)
+        payload = decode_body(body, content_type, received_at=received_at)
     except PayloadError as exc:
         return [], str(exc)
     current = runtime().rules.maybe_reload()

@@ -43,15 +43,15 @@ def try_body() -> tuple[str, int] | str:
         return _page(body="", error=f"body: at most {MAX_TRY_BYTES:,} bytes"), 400
     if current is None:
         return _page(body=body.decode(), error="no rules are loaded: fix the file first"), 409
+    now = datetime.now(UTC)
     try:
-        payload = decode_payload(body)
+        payload = decode_payload(body, now)
     except PayloadError as exc:
         return _page(body=body.decode(), error=f"body: {exc}"), 400
-    return _page(body=body.decode(), tried=_decide(current, payload.events))
+    return _page(body=body.decode(), tried=_decide(current, payload.events, now))
 
 
-def _decide(current: RuleSet, events: object) -> list[Tried]:
-    now = datetime.now(UTC)
+def _decide(current: RuleSet, events: object, now: datetime) -> list[Tried]:
     return [
         Tried(describe_event(event), current.explain(event, now))
         for event in events  # type: ignore[attr-defined]

@@ -13,7 +13,8 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.config import Settings
-from automation.store.models import Launch, LaunchStatus
+from automation.store.models import Launch
+from automation.store.states import LaunchStatus
 from tests.launches import launch_values
 
 ADMIN = "admin-token-for-tests-0123456789"

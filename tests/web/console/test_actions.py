@@ -8,7 +8,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from automation.store.models import AuditEntry, AuditLaunch, Launch, LaunchStatus
+from automation.store.models import AuditEntry, AuditLaunch, Launch
+from automation.store.states import LaunchStatus
 from tests.web.console.conftest import csrf_token
 
 

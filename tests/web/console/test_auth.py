@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from freezegun import freeze_time
 
 from automation.config import Settings
-from automation.store.models import LaunchStatus
+from automation.store.states import LaunchStatus
 from automation.web.console import auth
 from tests.web.console.conftest import ADMIN, VIEWER, csrf_token, log_in
 

@@ -25,7 +25,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.store.database import make_engine, make_session_factory, upgrade
-from automation.store.models import Launch, LaunchStatus
+from automation.store.models import Launch
+from automation.store.states import LaunchStatus
 from tests.conftest import TEST_RULES, WEBHOOKS
 from tests.fake_amocrm import FakeAmoCRM
 from tests.launches import launch_values

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation.config import Settings
 from automation.store import browse, dispatchers
-from automation.store.models import ApiCall, LaunchStatus
+from automation.store.models import ApiCall
+from automation.store.states import LaunchStatus
 from tests.web.console.conftest import ADMIN, log_in
 
 
