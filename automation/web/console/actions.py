@@ -14,9 +14,9 @@ from flask import abort, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from automation.limits import MAX_ID
-from automation.store import audit, browse, launchlog
-from automation.store.launchlog import CANCEL, RETRY, Transition
+from automation.store import audit, browse, transitions
 from automation.store.states import LaunchStatus
+from automation.store.transitions import CANCEL, RETRY, Transition
 from automation.web.api import BadParameter
 from automation.web.console import auth, bp
 from automation.web.console.query import View, parse_view
@@ -44,14 +44,14 @@ def act(launch_id: int, action: str) -> BaseResponse | str:
         abort(404, f"no launch with id {launch_id}")
     sessions = runtime().sessions
     with sessions.begin() as db:
-        plan = launchlog.plan_by_ids(db, transition, [launch_id])
+        plan = transitions.plan_by_ids(db, transition, [launch_id])
         if plan.refused:
             flash(plan.refused[0].removeprefix(f"launch #{launch_id}: "), "error")
         elif plan.uncertain and request.form.get("confirm") != "yes":
             return render_template("confirm_uncertain.html", row=plan.targets[0])
         else:
             now = datetime.now(UTC)
-            changed, missed = launchlog.apply_plan(db, plan, now)
+            changed, missed = transitions.apply_plan(db, plan, now)
             audit.record(
                 db,
                 at=now,

@@ -8,7 +8,7 @@ from flask import abort, current_app, redirect, render_template, request, sessio
 from werkzeug.wrappers import Response as BaseResponse
 
 from automation.limits import MAX_ID
-from automation.store import audit, browse, launchlog
+from automation.store import audit, browse, launchlog, story, transitions
 from automation.store.overview import DAY_CAP, read_overview
 from automation.web.api import BadParameter
 from automation.web.console import auth, bp
@@ -94,18 +94,18 @@ def launch(launch_id: int) -> str:
     if launch_id > MAX_ID:
         abort(404, f"no launch with id {launch_id}")
     with runtime().sessions() as db:
-        story = launchlog.show_launch(db, launch_id)
-        if story is None:
+        told = story.launch_story(db, launch_id)
+        if told is None:
             abort(404, f"no launch with id {launch_id}")
         trail = audit.for_launch(db, launch_id)
     return render_template(
         "launch.html",
-        story=story,
-        row=story.launch,
-        text="\n".join(launchlog.describe_story(story)),
+        story=told,
+        row=told.launch,
+        text="\n".join(launchlog.describe_story(told)),
         trail=trail,
-        can_retry=story.launch.status in launchlog.RETRY.allowed,
-        can_cancel=story.launch.status in launchlog.CANCEL.allowed,
+        can_retry=told.launch.status in transitions.RETRY.allowed,
+        can_cancel=told.launch.status in transitions.CANCEL.allowed,
     )
 
 
