@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from flask import abort, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
+from automation.errors import BadParameter
 from automation.limits import MAX_ID
 from automation.store import audit, browse, transitions
 from automation.store.states import LaunchStatus
 from automation.store.transitions import CANCEL, RETRY, Transition
-from automation.web.api import BadParameter
 from automation.web.console import auth, bp
 from automation.web.console.query import View, parse_view
 from automation.web.runtime import runtime

@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 from flask import abort, render_template, request
 from werkzeug.datastructures import MultiDict
 
-from automation.errors import PayloadError
+from automation.errors import BadParameter, PayloadError
 from automation.events.payloads import decode_body
 from automation.limits import MAX_ID
 from automation.rules.cases import describe_event
 from automation.rules.ruleset import Decision
 from automation.store import browse
 from automation.store.states import DeliveryStatus
-from automation.web.api import BadParameter, parse_launch_query
+from automation.web.api import parse_launch_query
 from automation.web.console import bp
 from automation.web.runtime import runtime
 

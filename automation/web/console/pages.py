@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from flask import abort, current_app, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
+from automation.errors import BadParameter
 from automation.limits import MAX_ID
 from automation.store import audit, browse, launchlog, story, transitions
 from automation.store.overview import DAY_CAP, read_overview
-from automation.web.api import BadParameter
 from automation.web.console import auth, bp
 from automation.web.console.query import View, parse_view, without_status
 from automation.web.runtime import runtime

@@ -13,9 +13,10 @@ from datetime import datetime
 
 from werkzeug.datastructures import MultiDict
 
+from automation.errors import BadParameter
 from automation.events.payloads import ENTITY_TYPE_CODES
 from automation.store.browse import Cursor, LaunchFilter
-from automation.web.api import BadParameter, parse_launch_query
+from automation.web.api import parse_launch_query
 
 #: Parameters of the launches page besides the search box and the cursor.
 FILTERS = ("status", "rule", "bot_id", "entity_id", "since", "until")
