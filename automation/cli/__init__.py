@@ -46,22 +46,27 @@ main.add_command(prune.prune_command)
 
 
 def _clean_errors(command: click.Command) -> None:
-    """The one place where our errors become CLI errors: every command's callback, in
+    """The one place where our errors become CLI errors: every command of the tree, in
     `automation …` and in `flask --app wsgi …` alike, turns an `AutomationError` into
-    one clean line (`Error: …`, exit 1), never a traceback. Commands catch our errors
-    only to say something else (a file name in front, a usage error, a normal end)."""
+    one clean line (`Error: …`, exit 1), never a traceback.
+
+    A command's callback is wrapped (so a `ServerCommand` still sees a click error it
+    can print as JSON); a group's `invoke` too, because it parses its subcommands'
+    options, whose callbacks may read the settings. Commands catch our errors only to
+    say something else (a file name in front, a usage error, a normal end)."""
     if isinstance(command, click.Group):
+        command.invoke = _cleanly(command.invoke)  # type: ignore[method-assign]
         for sub in command.commands.values():
             _clean_errors(sub)
     elif command.callback is not None:
         command.callback = _cleanly(command.callback)
 
 
-def _cleanly(callback: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(callback)
+def _cleanly(function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return callback(*args, **kwargs)
+            return function(*args, **kwargs)
         except AutomationError as exc:  # messages never carry a token or secret
             raise click.ClickException(str(exc)) from exc
 
