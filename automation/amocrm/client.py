@@ -6,9 +6,10 @@ returns a `CallResult` whose `Outcome` tells the dispatcher what amoCRM did, and
 all whether the request certainly did not reach amoCRM (`NOT_SENT`: safe to resend) or
 may have (`UNCERTAIN`: resending could start a bot twice for the same customer).
 
-What an answer means is decided in `automation.amocrm_answers`, which holds no I/O; what
-stays here is sending, timing, logging, and what a transport exception means, which needs
-requests' and urllib3's exception classes.
+What an answer means is decided in `answers`, which holds no I/O; what a transport
+exception means (it needs requests' and urllib3's classes) in `transport`; what the
+token and webhooks endpoints answered, as our types and errors, in `replies`. What
+stays here is sending, timing and logging.
 """
 
 from __future__ import annotations
@@ -16,44 +17,40 @@ from __future__ import annotations
 import http.client
 import http.cookiejar
 import logging
-import math
 import re
-import ssl
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, TypeGuard
+from typing import Any
 from urllib.parse import urlencode
 
 import requests
 import requests.auth
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
 from urllib3.util.retry import Retry
 
 from automation import metrics
 from automation.amocrm.answers import (
-    ERROR_CHARS,
     CallResult,
     Outcome,
     SalesbotTask,
     TokenSet,
-    body_excerpt,
-    classify_answer,
-    http_error_text,
-    json_or_none,
-    scrub,
+)
+from automation.amocrm.replies import (
+    WEBHOOKS_PATH,
+    embedded_webhooks,
+    parse_tokens,
+    refused_error,
+    unreachable_error,
+    webhooks_answer,
+)
+from automation.amocrm.transport import (
+    Clock,
+    answered_call,
+    failed_call,
+    unsendable_token,
 )
 from automation.config import Settings
-from automation.errors import AmoAuthError, ConfigError, WebhooksApiError
+from automation.errors import ConfigError, WebhooksApiError
 
 logger = logging.getLogger("automation.amocrm")
 
@@ -61,8 +58,6 @@ SALESBOT_RUN_PATH = "/api/v2/salesbot/run"
 OAUTH_TOKEN_PATH = "/oauth2/access_token"
 #: amoCRM refuses a salesbot call with more tasks than this.
 MAX_TASKS_PER_CALL = 100
-#: The longest token lifetime we accept, in seconds (about 30 years).
-MAX_TOKEN_LIFETIME = 1e9
 DEFAULT_CONNECT_TIMEOUT = 3.05
 DEFAULT_READ_TIMEOUT = 10.0
 _USER_AGENT = "amocrm-automation/0.1"
@@ -81,18 +76,6 @@ class _BearerAuth(requests.auth.AuthBase):
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers["Authorization"] = f"Bearer {self._token}"
         return request
-
-
-@dataclass
-class _Clock:
-    """Wall-clock start for the record, monotonic start for the duration."""
-
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    _start: float = field(default_factory=time.perf_counter)
-
-    def stop(self) -> tuple[datetime, float]:
-        elapsed = time.perf_counter() - self._start
-        return self.started_at + timedelta(seconds=elapsed), round(elapsed * 1000, 3)
 
 
 class AmoCRMClient:
@@ -172,9 +155,9 @@ class AmoCRMClient:
         return result
 
     def _send_tasks(self, tasks: Sequence[SalesbotTask], token: str) -> CallResult:
-        clock = _Clock()
+        clock = Clock()
         if not _SENDABLE_TOKEN.fullmatch(token):
-            return _unsendable_token(clock)
+            return unsendable_token(clock)
         try:
             response = self._session.post(
                 self.base_url + SALESBOT_RUN_PATH,
@@ -184,8 +167,8 @@ class AmoCRMClient:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            return _failed_call(exc, clock, secrets=(token,))
-        return _answered_call(response, len(tasks), clock)
+            return failed_call(exc, clock, secrets=(token,))
+        return answered_call(response, len(tasks), clock)
 
     def exchange_code(
         self, client_id: str, client_secret: str, code: str, redirect_uri: str
@@ -223,7 +206,7 @@ class AmoCRMClient:
 
     def _request_tokens(self, body: dict[str, str], secrets: Sequence[str]) -> TokenSet:
         grant = body["grant_type"]
-        clock = _Clock()
+        clock = Clock()
         try:
             response = self._session.post(
                 self.base_url + OAUTH_TOKEN_PATH,
@@ -232,18 +215,18 @@ class AmoCRMClient:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            result = _failed_call(exc, clock, secrets=secrets)
+            result = failed_call(exc, clock, secrets=secrets)
             facts, outcome = f"grant_type={grant}", result.outcome.value
             _log_call(
                 OAUTH_TOKEN_PATH, facts, None, outcome, result.duration_ms, result.error or ""
             )
-            raise _unreachable_error(grant, result) from exc
+            raise unreachable_error(grant, result) from exc
         status, (_, duration_ms) = response.status_code, clock.stop()
         outcome = "ok" if status == 200 else "refused"
         _log_call(OAUTH_TOKEN_PATH, f"grant_type={grant}", status, outcome, duration_ms)
         if status != 200:
-            raise _refused_error(grant, response, secrets)
-        return _parse_tokens(response)
+            raise refused_error(grant, response, secrets)
+        return parse_tokens(response)
 
     # --- webhook subscriptions (`/api/v4/webhooks`) -----------------------------------
 
@@ -254,7 +237,7 @@ class AmoCRMClient:
         Raises `WebhooksApiError` for any other answer, or none; never quotes the token.
         """
         params = {"filter[destination]": destination} if destination else None
-        return _embedded_webhooks(self._call_webhooks("GET", params=params))
+        return embedded_webhooks(self._call_webhooks("GET", params=params))
 
     def subscribe_webhook(
         self, destination: str, settings: Sequence[str], sort: int | None = None
@@ -288,7 +271,7 @@ class AmoCRMClient:
             raise WebhooksApiError("the token provider returned a token with spaces or non-ASCII")
         secrets = [token, urlencode(params or {}), *(params or {}).values()]
         secrets += [value for value in (body or {}).values() if isinstance(value, str)]
-        clock = _Clock()
+        clock = Clock()
         try:
             response = self._session.request(
                 method,
@@ -300,12 +283,12 @@ class AmoCRMClient:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            result = _failed_call(exc, clock, secrets=secrets)
+            result = failed_call(exc, clock, secrets=secrets)
             _log_webhooks_call(method, None, result.duration_ms, result.error or "")
             where = f"{method} {WEBHOOKS_PATH} at {self.base_url}"
             raise WebhooksApiError(f"{where}: no answer from amoCRM: {result.error}") from exc
         _log_webhooks_call(method, response.status_code, clock.stop()[1])
-        return _webhooks_answer(method, response, secrets)
+        return webhooks_answer(method, response, secrets)
 
 
 def _make_session(pool_size: int) -> requests.Session:
@@ -336,174 +319,6 @@ def _check_batch(tasks: Sequence[SalesbotTask]) -> None:
         )
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    """Seconds a `Retry-After` header asks for (delay-seconds or an HTTP date), if any."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def _answered_call(response: requests.Response, task_count: int, clock: _Clock) -> CallResult:
-    finished_at, duration_ms = clock.stop()
-    outcome, indexes, error = classify_answer(response.status_code, response.content, task_count)
-    return CallResult(
-        outcome=outcome,
-        status_code=response.status_code,
-        body_excerpt=body_excerpt(response.content),
-        error=error,
-        bad_indexes=indexes,
-        started_at=clock.started_at,
-        finished_at=finished_at,
-        duration_ms=duration_ms,
-        retry_after=_retry_after(response) if outcome is Outcome.RATE_LIMITED else None,
-    )
-
-
-# --- transport failures ------------------------------------------------------------
-
-#: Causes meaning the request (or part of it) was written before things broke.
-_UNCERTAIN_CAUSES: tuple[type[BaseException], ...] = (
-    ReadTimeoutError,
-    ProtocolError,
-    http.client.HTTPException,
-    ConnectionResetError,
-    ConnectionAbortedError,
-    BrokenPipeError,
-)
-#: Causes raised while connecting, before any byte of the request was written.
-#: (NameResolutionError is a NewConnectionError; both subclass ConnectTimeoutError.)
-_NOT_SENT_CAUSES: tuple[type[BaseException], ...] = (
-    NewConnectionError,
-    ConnectTimeoutError,
-    ssl.SSLCertVerificationError,
-)
-#: requests raises these while preparing the request, before opening a connection.
-_UNSENDABLE = (
-    requests.exceptions.InvalidURL,
-    requests.exceptions.InvalidSchema,
-    requests.exceptions.MissingSchema,
-    requests.exceptions.InvalidHeader,
-    requests.exceptions.InvalidJSONError,
-)
-
-
-def classify_exception(exc: BaseException) -> Outcome:
-    """NOT_SENT when the request certainly never left, UNCERTAIN otherwise.
-
-    requests wraps urllib3's errors, so the whole cause chain is inspected. When in
-    doubt the answer is UNCERTAIN: a launch wrongly held back costs an operator a look,
-    a launch wrongly resent costs a customer a duplicate conversation.
-    """
-    if isinstance(exc, (requests.ConnectTimeout, *_UNSENDABLE)):
-        return Outcome.NOT_SENT
-    if isinstance(exc, (requests.ReadTimeout, requests.exceptions.ChunkedEncodingError)):
-        return Outcome.UNCERTAIN
-    causes = list(_causes(exc))
-    if any(isinstance(cause, _UNCERTAIN_CAUSES) for cause in causes):
-        return Outcome.UNCERTAIN
-    if any(isinstance(cause, _NOT_SENT_CAUSES) for cause in causes):
-        return Outcome.NOT_SENT
-    return Outcome.UNCERTAIN
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """`exc` and everything it wraps: args, urllib3's `reason`, `__cause__`, `__context__`."""
-    pending: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while pending and len(seen) < 50:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        linked = [*current.args, getattr(current, "reason", None)]
-        linked += [current.__cause__, current.__context__]
-        pending += [item for item in linked if isinstance(item, BaseException)]
-
-
-def _unsendable_token(clock: _Clock) -> CallResult:
-    """NOT_SENT: http.client would raise a bare ValueError quoting the token."""
-    error = "the token provider returned a token with spaces, line breaks or non-ASCII"
-    return _unanswered(Outcome.NOT_SENT, error, clock)
-
-
-def _failed_call(exc: BaseException, clock: _Clock, secrets: Sequence[str]) -> CallResult:
-    error = scrub(f"{type(exc).__name__}: {exc}", secrets)
-    return _unanswered(classify_exception(exc), error[:ERROR_CHARS], clock)
-
-
-def _unanswered(outcome: Outcome, error: str, clock: _Clock) -> CallResult:
-    finished_at, duration_ms = clock.stop()
-    return CallResult(
-        outcome=outcome,
-        status_code=None,
-        body_excerpt="",
-        error=error,
-        bad_indexes=(),
-        started_at=clock.started_at,
-        finished_at=finished_at,
-        duration_ms=duration_ms,
-    )
-
-
-# --- OAuth -------------------------------------------------------------------------
-
-
-def _unreachable_error(grant: str, result: CallResult) -> AmoAuthError:
-    message = f"token request ({grant}) did not get an answer: {result.error}"
-    if result.outcome is Outcome.UNCERTAIN and grant == "refresh_token":
-        message += (
-            "; the request may have reached amoCRM and spent the refresh token: if the"
-            " next refresh is refused, authorize again with `automation auth exchange CODE`"
-        )
-    return AmoAuthError(message)
-
-
-def _refused_error(grant: str, response: requests.Response, secrets: Sequence[str]) -> AmoAuthError:
-    """An error naming amoCRM's title, detail and hint, with every secret masked."""
-    document = json_or_none(response.content)
-    problem = document if isinstance(document, dict) else {}
-    title = scrub(str(problem.get("title") or response.reason or ""), secrets)
-    detail = scrub(str(problem.get("detail") or ""), secrets)
-    hint = scrub(str(problem.get("hint") or ""), secrets)
-    message = f"amoCRM refused the token request ({grant}): HTTP {response.status_code}"
-    message += "".join(f": {part}" for part in (title, detail) if part)
-    message += f" (hint: {hint})" if hint else ""
-    return AmoAuthError(
-        message[:ERROR_CHARS], status_code=response.status_code, title=title, detail=detail
-    )
-
-
-def _parse_tokens(response: requests.Response) -> TokenSet:
-    document = json_or_none(response.content)
-    answer = document if isinstance(document, dict) else {}
-    access, refresh = answer.get("access_token"), answer.get("refresh_token")
-    expires_in = answer.get("expires_in")
-    if not (isinstance(access, str) and access and isinstance(refresh, str) and refresh):
-        raise AmoAuthError("amoCRM answered the token request without access_token/refresh_token")
-    if not _is_token_lifetime(expires_in):
-        raise AmoAuthError(f"amoCRM answered the token request with expires_in={expires_in!r}")
-    # expires_in is relative: count it from our clock, not amoCRM's server_time.
-    expires_at = datetime.now(UTC) + timedelta(seconds=float(expires_in))
-    return TokenSet(access_token=access, refresh_token=refresh, expires_at=expires_at)
-
-
-def _is_token_lifetime(value: Any) -> TypeGuard[int | float]:
-    """A positive, finite number of seconds that a datetime can add (JSON allows
-    `Infinity`, and `timedelta` overflows long before it)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    return math.isfinite(value) and 0 < value < MAX_TOKEN_LIFETIME
-
-
 # --- logging -----------------------------------------------------------------------
 
 
@@ -524,49 +339,6 @@ def _log_call(
         extra={"path": path, "status": status, "outcome": outcome, "duration_ms": duration_ms},
     )
     metrics.amocrm_call(path, status, outcome, duration_ms)
-
-
-# --- webhook subscriptions -----------------------------------------------------------
-
-WEBHOOKS_PATH = "/api/v4/webhooks"
-
-#: What an operator can do about a refusal of the webhooks API.
-_WEBHOOKS_HINTS = {
-    401: "the access token is expired or revoked: set AMOCRM_ACCESS_TOKEN or run "
-    "`automation auth exchange CODE`",
-    403: "managing webhooks needs the token of an account administrator (or the account's "
-    "API access is blocked)",
-}
-
-
-def _webhooks_answer(method: str, response: requests.Response, secrets: Sequence[str]) -> Any:
-    """The JSON of a 2xx answer (None when empty); a `WebhooksApiError` for the rest.
-
-    amoCRM's error details may quote what we sent, and the destination holds the
-    webhook secret: every secret of the call is masked, not only the token.
-    """
-    status = response.status_code
-    document = json_or_none(response.content)
-    if not 200 <= status < 300:
-        text = scrub(http_error_text(status, document), secrets)
-        hint = _WEBHOOKS_HINTS.get(status)
-        message = f"amoCRM refused {method} {WEBHOOKS_PATH}: {text}" + (f"; {hint}" if hint else "")
-        raise WebhooksApiError(message, status_code=status)
-    if response.content.strip() and not isinstance(document, dict):
-        excerpt = scrub(body_excerpt(response.content), secrets)[:200]
-        raise WebhooksApiError(
-            f"amoCRM answered {method} {WEBHOOKS_PATH} with HTTP {status} and a body that is "
-            f"not a JSON object: {excerpt!r}",
-            status_code=status,
-        )
-    return document
-
-
-def _embedded_webhooks(document: Any) -> list[dict[str, Any]]:
-    """`_embedded.webhooks` of a list answer; nothing for an empty answer."""
-    embedded = document.get("_embedded") if isinstance(document, dict) else None
-    items = embedded.get("webhooks") if isinstance(embedded, dict) else None
-    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def _log_webhooks_call(

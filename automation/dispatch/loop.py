@@ -17,12 +17,9 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
+from datetime import datetime, timedelta
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-from tenacity import wait_exponential, wait_random_exponential
 
 from automation import metrics
 from automation.amocrm.answers import CallResult, Outcome, SalesbotTask
@@ -32,53 +29,22 @@ from automation.amocrm.client import (
     AmoCRMClient,
 )
 from automation.config import Settings
+from automation.dispatch.presence import Presence, utcnow
+from automation.dispatch.retry import retry_decision
 from automation.dispatch.tokens import TokenStore
-from automation.errors import AutomationError, ConfigError, NotAlone
+from automation.errors import AutomationError, ConfigError
 from automation.store import budget, dispatchers, outbox, retention
 from automation.store.outbox import Claimed
 from automation.store.states import LaunchStatus
 
 log = logging.getLogger("automation.dispatcher")
 
-HEARTBEAT_EVERY = 2.0
 #: How long an idle dispatcher sleeps before looking for due launches again.
 IDLE_SLEEP = 0.05
 #: `--once` waits out the rate limit and short back-offs, not a pause after a 403.
 ONCE_MAX_WAIT = 5.0
 #: How long sending pauses when there is no token to send with, before trying again.
 NO_TOKEN_PAUSE_SECONDS = 60.0
-#: Retry schedule, "equal jitter": attempt n waits between 2^(n-1) and 2^n seconds (half
-#: fixed, half random), at most 15 min. Full jitter could retry a failed call within
-#: milliseconds; the fixed half keeps a struggling amoCRM from being hit again at once,
-#: and the random half spreads the launches of a failed batch apart.
-RETRY_WAIT = wait_exponential(multiplier=1, max=450) + wait_random_exponential(
-    multiplier=1, max=450
-)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class RetryDecision:
-    """What to do with a launch after a retryable failure."""
-
-    give_up: bool
-    not_before: datetime | None
-
-
-def retry_decision(retries: int, max_attempts: int, now: datetime) -> RetryDecision:
-    """Pure: retry with back-off until `max_attempts` attempts were made, then give up.
-
-    `retries` counts earlier retryable failures of this launch; the current failure is
-    attempt `retries + 1`.
-    """
-    attempt = retries + 1
-    if attempt >= max_attempts:
-        return RetryDecision(give_up=True, not_before=None)
-    delay = RETRY_WAIT(SimpleNamespace(attempt_number=attempt))  # type: ignore[arg-type]
-    return RetryDecision(give_up=False, not_before=now + timedelta(seconds=delay))
 
 
 @dataclass
@@ -93,7 +59,7 @@ class Stats:
     dry_run: int = 0
 
 
-class Dispatcher:
+class Dispatcher(Presence):
     """One dispatcher process's loop. `run()` until `stop()`; `run(once=True)` drains."""
 
     def __init__(
@@ -150,69 +116,6 @@ class Dispatcher:
             heartbeat.join()
             self._unregister()
         return self.stats
-
-    def _register(self, wait: bool) -> None:
-        """Record this dispatcher; on SQLite, insist on being the only one."""
-        said_at = 0.0
-        while True:
-            now = utcnow()
-            with self.sessions.begin() as session:
-                other = self._live_other(session, now) if self._sqlite else None
-                if other is None:
-                    host, pid = socket.gethostname(), os.getpid()
-                    dispatchers.register(session, self.id, host, pid, now)
-                    self._recover(session, now)
-                    break
-            message = (
-                f"another dispatcher ({other}) runs on this SQLite database; only one "
-                "may. Use PostgreSQL to run several."
-            )
-            if not wait:
-                raise NotAlone(message)
-            if time.monotonic() - said_at > 60:
-                log.warning("%s Waiting for it to stop", message)
-                said_at = time.monotonic()
-            if self._stopping.wait(1):
-                raise NotAlone(message)
-        log.info("dispatcher started id=%s dry_run=%s", self.id, self.dry_run)
-
-    def _live_other(self, session: Session, now: datetime) -> str | None:
-        return dispatchers.live_other(session, self.id, now, self.dead_after)
-
-    def _beat_interval(self) -> float:
-        return min(HEARTBEAT_EVERY, self.dead_after.total_seconds() / 4)
-
-    def _start_heartbeat(self) -> threading.Thread:
-        """Beat from a thread of its own: a call stalled for its whole read timeout
-        must not make this dispatcher look dead to the others."""
-        thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
-        thread.start()
-        return thread
-
-    def _heartbeat_loop(self) -> None:
-        while not self._stopping.wait(self._beat_interval()):
-            try:
-                with self.sessions.begin() as session:
-                    dispatchers.beat(session, self.id, utcnow())
-            except SQLAlchemyError as exc:
-                log.error("heartbeat failed error=%s", type(exc).__name__)
-
-    def _maybe_recover(self) -> None:
-        """Now and then, settle what dead dispatchers left behind."""
-        if time.monotonic() - self._last_recovery < self._beat_interval():
-            return
-        self._last_recovery = time.monotonic()
-        with self.sessions.begin() as session:
-            self._recover(session, utcnow())
-
-    def _recover(self, session: Session, now: datetime) -> None:
-        """Settle what dead dispatchers left `sending`."""
-        live = dispatchers.live_ids(session, now, self.dead_after)
-        pending, uncertain = outbox.recover_orphans(session, [*live, self.id], now)
-        if pending or uncertain:
-            log.warning("recovered orphaned launches pending=%s uncertain=%s", pending, uncertain)
-            metrics.launches_settled(LaunchStatus.UNCERTAIN, uncertain)
-        dispatchers.bury_dead(session, now, self.dead_after)
 
     def _unregister(self) -> None:
         now = utcnow()

@@ -27,7 +27,8 @@ from urllib3.exceptions import (
 from urllib3.exceptions import SSLError as Urllib3SSLError
 
 from automation.amocrm.answers import Outcome, SalesbotTask, TokenSet, bad_indexes, classify_answer
-from automation.amocrm.client import MAX_TASKS_PER_CALL, AmoCRMClient, classify_exception
+from automation.amocrm.client import MAX_TASKS_PER_CALL, AmoCRMClient
+from automation.amocrm.transport import classify_exception
 from automation.errors import AmoAuthError, AutomationError
 from tests.fake_amocrm import (
     ACCESS_TOKEN,

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation.config import Settings
 from automation.dispatch import loop as dispatch
-from automation.dispatch.loop import Dispatcher, retry_decision
+from automation.dispatch.loop import Dispatcher
+from automation.dispatch.retry import retry_decision
 from automation.errors import NotAlone
 from automation.store.models import ApiCall, CallLaunch, Launch, OAuthToken, RateLimit
 from automation.store.states import LaunchStatus
