@@ -118,3 +118,8 @@ class BadParameter(ValueError):
 
     def __init__(self, name: str, problem: str) -> None:
         super().__init__(f"{name}: {problem}")
+
+
+class ClaimLost(AutomationError):
+    """Launches this dispatcher claimed are no longer its to send: another dispatcher
+    recovered them (this one stalled past DISPATCHER_DEAD_AFTER). Nothing was sent."""

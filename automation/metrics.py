@@ -95,6 +95,14 @@ LAUNCHES_SETTLED = Counter(
     ["status"],
     registry=REGISTRY,
 )
+DISPATCH_HOLDS = Counter(
+    "automation_dispatch_holds",
+    "Times every dispatcher was put on hold, by cause: rate_limited (429), server_error, "
+    "not_sent (connection failure), other, uncertain (with AMOCRM_RETRY_UNCERTAIN), "
+    "forbidden (403), unauthorized (401), no_token",
+    ["cause"],
+    registry=REGISTRY,
+)
 AMOCRM_REQUESTS = Counter(
     "automation_amocrm_requests",
     "Requests to amoCRM, by endpoint, HTTP status ('none': no answer) and outcome",
@@ -155,6 +163,11 @@ def _child(metric: Counter, label: str) -> Counter:
 def launches_settled(status: LaunchStatus, count: int) -> None:
     """Count launches the dispatcher moved to a final status."""
     _inc(LAUNCHES_SETTLED.labels(status.value), count)
+
+
+def dispatch_hold(cause: str) -> None:
+    """Count a hold that stops every dispatcher (its length is in the log and /healthz)."""
+    DISPATCH_HOLDS.labels(cause).inc()
 
 
 def amocrm_call(endpoint: str, status: int | None, outcome: str, duration_ms: float) -> None:

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from automation.cli.common import TZ_OPTION, command_sessions, parse_time_option, rules_path
+from automation.cli.common import (
+    TZ_OPTION,
+    command_sessions,
+    command_settings,
+    parse_time_option,
+    rules_path,
+)
 from automation.limits import MAX_ID
 from automation.store.states import LaunchStatus
 
@@ -147,7 +153,11 @@ def launches_show(launch_id: int, as_json: bool, zone: tzinfo) -> None:
         told = story.launch_story(session, launch_id)
     if told is None:
         raise click.ClickException(f"launch #{launch_id} does not exist")
-    lines = [schemas.story_json(told)] if as_json else launchlog.describe_story(told, zone)
+    if as_json:
+        lines = [schemas.story_json(told)]
+    else:
+        max_attempts = command_settings().amocrm_max_attempts
+        lines = launchlog.describe_story(told, zone, max_attempts)
     click.echo("\n".join(lines))
 
 

@@ -2,22 +2,19 @@
 
 What it must make impossible: a launch that silently never happens (every launch ends
 in a recorded status), a customer who gets a bot twice (a call whose answer was lost
-makes its launches `uncertain`, never silently resent), and an account that amoCRM
-blocks (a shared budget under AMOCRM_MAX_RPS; a 429 slows every dispatcher, a 403
-pauses them all).
+makes its launches `uncertain`, never silently resent; a dispatcher acts on a launch
+only while it holds the launch's claim token, see `outbox.Batch`), and an account that
+amoCRM blocks (a shared budget under AMOCRM_MAX_RPS; a 429 or a run of 5xx answers
+holds every dispatcher, a 403 pauses them all).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import os
-import socket
 import threading
-import time
-import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,22 +26,27 @@ from automation.amocrm.client import (
     AmoCRMClient,
 )
 from automation.config import Settings
-from automation.dispatch.presence import Presence, utcnow
-from automation.dispatch.retry import retry_decision
+from automation.dispatch.registry import Membership
 from automation.dispatch.tokens import TokenStore
-from automation.errors import AutomationError, ConfigError
-from automation.store import budget, dispatchers, outbox, retention
-from automation.store.outbox import Claimed
+from automation.errors import AutomationError, ClaimLost, ConfigError
+from automation.store import budget, outbox, retention
+from automation.store.outbox import Batch
 from automation.store.states import LaunchStatus
+
+__all__ = ["Dispatcher", "Stats", "build"]
 
 log = logging.getLogger("automation.dispatcher")
 
 #: How long an idle dispatcher sleeps before looking for due launches again.
 IDLE_SLEEP = 0.05
-#: `--once` waits out the rate limit and short back-offs, not a pause after a 403.
+#: `--once` waits out the rate limit and short holds, not a pause after a 403.
 ONCE_MAX_WAIT = 5.0
 #: How long sending pauses when there is no token to send with, before trying again.
 NO_TOKEN_PAUSE_SECONDS = 60.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -59,7 +61,7 @@ class Stats:
     dry_run: int = 0
 
 
-class Dispatcher(Presence):
+class Dispatcher:
     """One dispatcher process's loop. `run()` until `stop()`; `run(once=True)` drains."""
 
     def __init__(
@@ -74,14 +76,17 @@ class Dispatcher(Presence):
         self.client = client
         self.tokens = tokens
         self.dead_after = timedelta(seconds=settings.dispatcher_dead_after)
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats = Stats()
         self._stopping = threading.Event()
+        self.membership = Membership(sessions, self.dead_after, lambda s: self._stopping.wait(s))
         self._margin = timedelta(milliseconds=settings.amocrm_rate_margin_ms)
-        self._last_recovery = time.monotonic()
-        self._sqlite = sessions.kw["bind"].dialect.name == "sqlite"
         #: RETENTION_DAYS: a prune pass a day, one small batch per loop turn.
         self._retention = retention.DailyPrune(settings, sessions)
+
+    @property
+    def id(self) -> str:
+        """This dispatcher's name in the registry (a new one after a takeover)."""
+        return self.membership.id
 
     @property
     def dry_run(self) -> bool:
@@ -96,10 +101,12 @@ class Dispatcher(Presence):
     def run(self, once: bool = False, wait_if_not_alone: bool = True) -> Stats:
         """Send due launches until stopped (or, with `once`, until none is due)."""
         self._register(wait_if_not_alone)
-        heartbeat = self._start_heartbeat()
+        heartbeat = self.membership.start_heartbeat()
         try:
             while not self._stopping.is_set():
-                self._maybe_recover()
+                if not self.membership.registered:  # declared dead while stalled
+                    self._register(wait_if_not_alone)
+                self.membership.maybe_recover()
                 self._retention.tick()
                 waited = self.step()
                 if waited is None:
@@ -117,11 +124,12 @@ class Dispatcher(Presence):
             self._unregister()
         return self.stats
 
+    def _register(self, wait: bool) -> None:
+        self.membership.register(wait)
+        log.info("dispatcher started id=%s dry_run=%s", self.id, self.dry_run)
+
     def _unregister(self) -> None:
-        now = utcnow()
-        with self.sessions.begin() as session:
-            outbox.release_claims(session, self.id, now)
-            dispatchers.unregister(session, self.id, now)
+        self.membership.unregister()
         log.info(
             "dispatcher stopped id=%s calls=%s sent=%s", self.id, self.stats.calls, self.stats.sent
         )
@@ -130,14 +138,22 @@ class Dispatcher(Presence):
 
     def step(self) -> float | None:
         """Claim one batch and send it. None: nothing due; > 0: seconds to wait."""
+        try:
+            return self._step()
+        except ClaimLost as problem:
+            self.membership.taken_over(problem)
+            return 0.0
+
+    def _step(self) -> float | None:
         with self.sessions() as session:
+            self.membership.check(session)
             if not self.dry_run:
                 wait = budget.peek(session, self.settings.amocrm_max_rps, self._margin).wait
                 if wait > 0:
                     session.rollback()
                     return wait
             batch = outbox.claim_due(session, self.id, utcnow(), MAX_TASKS_PER_CALL)
-            if not batch:
+            if batch is None:
                 session.rollback()
                 return None
             call_id, wait = self._open_call(session, batch)
@@ -149,14 +165,15 @@ class Dispatcher(Presence):
         self._send(batch, call_id)
         return 0.0
 
-    def _open_call(self, session: Session, batch: Sequence[Claimed]) -> tuple[int | None, float]:
+    def _open_call(self, session: Session, batch: Batch) -> tuple[int | None, float]:
         """Record the call and take its request slot, in that order, in one transaction.
 
-        The slot is taken last, right before the commit, and the call's start time is
-        read then: the later the clock is read, the closer it is to the moment amoCRM
-        sees the request, and the tighter the shared budget can be kept.
+        `start_call` refuses (`ClaimLost`) unless every launch is still held by this
+        claim. The slot is taken last, right before the commit, and the call's start
+        time is read then: the later the clock is read, the closer it is to the moment
+        amoCRM sees the request, and the tighter the shared budget can be kept.
         """
-        call_id = outbox.start_call(session, self.id, SALESBOT_RUN_PATH, batch, utcnow())
+        call_id = outbox.start_call(session, batch, SALESBOT_RUN_PATH, utcnow())
         if self.dry_run:
             return call_id, 0.0
         verdict = budget.take(session, self.settings.amocrm_max_rps, call_id, self._margin)
@@ -165,13 +182,13 @@ class Dispatcher(Presence):
         outbox.stamp_call(session, call_id, verdict.now)
         return call_id, 0.0
 
-    def _send(self, batch: Sequence[Claimed], call_id: int, retried_401: bool = False) -> None:
+    def _send(self, batch: Batch, call_id: int, retried_401: bool = False) -> None:
         self.stats.calls += 1
         if self.dry_run:
             self._record_dry_run(batch, call_id)
             return
         assert self.client is not None
-        tasks = [SalesbotTask(c.bot_id, c.entity_id, c.entity_type) for c in batch]
+        tasks = [SalesbotTask(c.bot_id, c.entity_id, c.entity_type) for c in batch.launches]
         try:
             result = self.client.run_salesbots(tasks)
         except AutomationError as exc:  # no token (none exchanged yet, refresh refused)
@@ -187,7 +204,7 @@ class Dispatcher(Presence):
             return
         self._finish(call_id, result, settle=batch)
 
-    def _finish(self, call_id: int, result: CallResult, settle: Sequence[Claimed] = ()) -> None:
+    def _finish(self, call_id: int, result: CallResult, settle: Batch | None = None) -> None:
         """Record the call's end and, in the same transaction, the launches' outcome."""
         now = utcnow()
         with self.sessions.begin() as session:
@@ -200,87 +217,75 @@ class Dispatcher(Presence):
                 error=result.error,
                 excerpt=result.body_excerpt,
             )
-            if settle:
+            if settle is not None:
                 self._settle(session, settle, result, now)
 
-    def _record_dry_run(self, batch: Sequence[Claimed], call_id: int) -> None:
+    def _record_dry_run(self, batch: Batch, call_id: int) -> None:
         now = utcnow()
         with self.sessions.begin() as session:
             outbox.finish_call(session, call_id, now, outcome="dry_run")
-            outbox.settle(
-                session, [c.id for c in batch], LaunchStatus.DRY_RUN, now, "dry run: not sent"
-            )
-        self.stats.dry_run += len(batch)
-        metrics.launches_settled(LaunchStatus.DRY_RUN, len(batch))
+            done = outbox.settle(session, batch, LaunchStatus.DRY_RUN, now, "dry run: not sent")
+        self.stats.dry_run += done
+        metrics.launches_settled(LaunchStatus.DRY_RUN, done)
 
     # ------------------------------------------------------------- the outcomes
 
-    def _settle(
-        self, session: Session, batch: Sequence[Claimed], result: CallResult, now: datetime
-    ) -> None:
-        ids = [c.id for c in batch]
+    def _settle(self, session: Session, batch: Batch, result: CallResult, now: datetime) -> None:
         outcome = result.outcome
         if outcome is Outcome.ACCEPTED:
-            outbox.settle(session, ids, LaunchStatus.SENT, now, "accepted by amoCRM")
+            done = outbox.settle(session, batch, LaunchStatus.SENT, now, "accepted by amoCRM")
             budget.succeeded(session, now)
-            self.stats.sent += len(ids)
-            metrics.launches_settled(LaunchStatus.SENT, len(ids))
+            self.stats.sent += done
+            metrics.launches_settled(LaunchStatus.SENT, done)
+            _say_if_fenced(batch, done, "sent")
         elif outcome is Outcome.UNCERTAIN and not self.settings.amocrm_retry_uncertain:
             said = "no answer" if result.status_code is None else f"HTTP {result.status_code}"
             reason = f"uncertain: {said} from amoCRM ({result.error})"
-            outbox.settle(session, ids, LaunchStatus.UNCERTAIN, now, reason)
-            self.stats.uncertain += len(ids)
-            metrics.launches_settled(LaunchStatus.UNCERTAIN, len(ids))
-            log.error("call outcome unknown launches=%s error=%s", len(ids), result.error)
-        elif outcome is Outcome.FORBIDDEN:
-            self._pause(
-                session, ids, now, self.settings.amocrm_pause_on_403, result, "403 forbidden"
-            )
-        elif outcome is Outcome.UNAUTHORIZED:
-            self._pause(
-                session, ids, now, self.settings.amocrm_pause_on_403, result, "401 unauthorized"
-            )
+            done = outbox.settle(session, batch, LaunchStatus.UNCERTAIN, now, reason)
+            self.stats.uncertain += done
+            metrics.launches_settled(LaunchStatus.UNCERTAIN, done)
+            log.error("call outcome unknown launches=%s error=%s", len(batch), result.error)
+        elif outcome in (Outcome.FORBIDDEN, Outcome.UNAUTHORIZED):
+            what = "403 forbidden" if outcome is Outcome.FORBIDDEN else "401 unauthorized"
+            seconds = self.settings.amocrm_pause_on_403
+            self._hold(session, batch, now, seconds, f"{what} from amoCRM", str(result.error))
+            metrics.dispatch_hold(outcome.value)
+        elif outcome is Outcome.RATE_LIMITED:
+            # Our shared pacing met amoCRM's limit: everyone holds, the launches wait
+            # without it counting against their retry budget.
+            backoff = budget.rate_limited(session, now, result.retry_after)
+            reason = f"rate limited by amoCRM (429): all dispatchers hold {_secs(backoff)}"
+            outbox.release(session, batch, now, reason, not_before=now + backoff)
+            metrics.dispatch_hold(outcome.value)
+            log.warning("%s", reason)
         elif result.retryable or outcome is Outcome.UNCERTAIN:  # AMOCRM_RETRY_UNCERTAIN
-            if outcome is Outcome.RATE_LIMITED:
-                backoff = budget.rate_limited(session, now, result.retry_after)
-                log.warning(
-                    "amoCRM answered 429: all dispatchers back off %ss", backoff.total_seconds()
-                )
-            self._retry(session, batch, result, now)
+            what = result.error or f"HTTP {result.status_code}"
+            backoff = budget.failed(session, now, f"{outcome.value}: {what}")
+            metrics.dispatch_hold(outcome.value)
+            log.warning(
+                "amoCRM failing (%s): all dispatchers hold %s", outcome.value, _secs(backoff)
+            )
+            self._retry(session, batch, result, now, now + backoff)
         else:  # BAD_REQUEST and REFUSED are `_isolate`'s: they never reach here
             raise AssertionError(f"no rule settles a call with outcome {outcome}")
 
     def _retry(
-        self, session: Session, batch: Sequence[Claimed], result: CallResult, now: datetime
+        self, session: Session, batch: Batch, result: CallResult, now: datetime, due: datetime
     ) -> None:
+        """Back to `pending` together, due when the shared hold ends; a launch whose
+        AMOCRM_MAX_ATTEMPTS-th attempt this was fails instead."""
         error = f"{result.outcome.value}: {result.error or result.status_code}"
-        for launch in batch:
-            decision = retry_decision(launch.retries, self.settings.amocrm_max_attempts, now)
-            if decision.give_up:
-                reason = f"failed after {launch.retries + 1} attempts; last: {error}"
-                outbox.settle(session, [launch.id], LaunchStatus.FAILED, now, reason)
-                self.stats.failed += 1
-                metrics.launches_settled(LaunchStatus.FAILED, 1)
-            else:
-                assert decision.not_before is not None
-                outbox.retry_later(session, launch, decision.not_before, now, error)
-                self.stats.retried += 1
+        most = self.settings.amocrm_max_attempts
+        spent = [launch for launch in batch.launches if launch.retries + 1 >= most]
+        keep = [launch for launch in batch.launches if launch.retries + 1 < most]
+        for retries, group in itertools.groupby(spent, key=lambda launch: launch.retries):
+            reason = f"failed after {retries + 1} attempts; last: {error}"
+            done = outbox.settle(session, batch.part(list(group)), LaunchStatus.FAILED, now, reason)
+            self.stats.failed += done
+            metrics.launches_settled(LaunchStatus.FAILED, done)
+        self.stats.retried += outbox.retry_later(session, batch.part(keep), due, now, error)
 
-    def _pause(
-        self,
-        session: Session,
-        ids: list[int],
-        now: datetime,
-        seconds: float,
-        result: CallResult,
-        what: str,
-    ) -> None:
-        """Stop all sending for a while after amoCRM's `what` (a 403, a 401)."""
-        self._hold(session, ids, now, seconds, f"{what} from amoCRM", str(result.error))
-
-    def _without_token(
-        self, batch: Sequence[Claimed], call_id: int, problem: AutomationError
-    ) -> None:
+    def _without_token(self, batch: Batch, call_id: int, problem: AutomationError) -> None:
         """No token to send with: nothing left this host, so the launches wait unharmed
         and all sending pauses, to try again once `auth exchange` has stored tokens."""
         now = utcnow()
@@ -288,27 +293,21 @@ class Dispatcher(Presence):
             outbox.finish_call(
                 session, call_id, now, outcome=Outcome.NOT_SENT.value, error=str(problem)
             )
-            ids = [c.id for c in batch]
-            self._hold(
-                session,
-                ids,
-                now,
-                NO_TOKEN_PAUSE_SECONDS,
-                "no amoCRM token to send with",
-                str(problem),
-            )
+            why = "no amoCRM token to send with"
+            self._hold(session, batch, now, NO_TOKEN_PAUSE_SECONDS, why, str(problem))
+        metrics.dispatch_hold("no_token")
 
     def _hold(
-        self, session: Session, ids: list[int], now: datetime, seconds: float, why: str, detail: str
+        self, session: Session, batch: Batch, now: datetime, seconds: float, why: str, detail: str
     ) -> None:
         """Pause every dispatcher; the launches go back to waiting, they did nothing wrong."""
         until = now + timedelta(seconds=seconds)
         reason = f"{why}: sending paused until {until:%H:%M:%S}Z ({detail})"
         budget.hold(session, until, reason, now)
-        outbox.release(session, ids, now, reason=reason)
+        outbox.release(session, batch, now, reason=reason)
         log.error("%s", reason)
 
-    def _after_401(self, batch: Sequence[Claimed]) -> None:
+    def _after_401(self, batch: Batch) -> None:
         """Refresh the token and resend once; if that is impossible, pause."""
         if self.tokens is not None and self.tokens.refresh_after_401(self.tokens.last_token):
             self._resend(batch, retried_401=True)
@@ -327,48 +326,75 @@ class Dispatcher(Presence):
         with self.sessions.begin() as session:
             self._settle(session, batch, result, now)
 
-    def _isolate(self, batch: Sequence[Claimed], result: CallResult) -> None:
+    def _isolate(self, batch: Batch, result: CallResult) -> None:
         """amoCRM blamed the batch: fail the launches it names, or split and resend
         the halves until each bad launch is alone, so one bad bot id costs one launch."""
         if len(batch) == 1:
             now = utcnow()
             answer = f"{result.error or ''} {result.body_excerpt}".strip()
-            reason = f"rejected by amoCRM ({result.status_code}): {answer}"
+            reason = f"rejected by amoCRM ({result.status_code}): {answer}".strip()[:2000]
             with self.sessions.begin() as session:
-                outbox.settle(
-                    session, [batch[0].id], LaunchStatus.FAILED, now, reason.strip()[:2000]
-                )
-            self.stats.failed += 1
-            metrics.launches_settled(LaunchStatus.FAILED, 1)
+                done = outbox.settle(session, batch, LaunchStatus.FAILED, now, reason)
+            self.stats.failed += done
+            metrics.launches_settled(LaunchStatus.FAILED, done)
             return
-        named = [batch[i] for i in result.bad_indexes if i < len(batch)]
+        launches = batch.launches
+        named = [launches[i] for i in result.bad_indexes if i < len(launches)]
         if named:
             for launch in named:
-                self._isolate([launch], result)
-            rest = [launch for launch in batch if launch not in named]
+                self._isolate(batch.part([launch]), result)
+            rest = [launch for launch in launches if launch not in named]
             if rest:
-                self._resend(rest)
+                self._resend(batch.part(rest))
             return
-        middle = len(batch) // 2
-        for half in (batch[:middle], batch[middle:]):
-            self._resend(half)
+        middle = len(launches) // 2
+        for half in (launches[:middle], launches[middle:]):
+            self._resend(batch.part(half))
 
-    def _resend(self, batch: Sequence[Claimed], retried_401: bool = False) -> None:
-        """Send launches this dispatcher already holds, in a new call, when a slot frees."""
+    def _resend(self, batch: Batch, retried_401: bool = False) -> None:
+        """Send launches this dispatcher already holds, in a new call, when a slot frees.
+
+        It may have stalled while waiting: before the call, the registry row and the
+        claim are checked again, and a claim lost meanwhile stops everything held.
+        """
         while True:
-            with self.sessions() as session:
-                call_id, wait = self._open_call(session, batch)
-                if call_id is not None:
-                    session.commit()
-                    break
-                session.rollback()
+            try:
+                with self.sessions() as session:
+                    self.membership.check(session)
+                    call_id, wait = self._open_call(session, batch)
+                    if call_id is not None:
+                        session.commit()
+                        break
+                    session.rollback()
+            except ClaimLost:
+                self._give_back(batch, "claim lost: released by its old holder")
+                raise
             if wait > 60 or self._stopping.is_set():
                 # A long hold (403, 401): give the launches back instead of holding them.
-                with self.sessions.begin() as session:
-                    outbox.release(session, [c.id for c in batch], utcnow(), "sending on hold")
+                self._give_back(batch, "sending on hold")
                 return
             self._stopping.wait(wait)
         self._send(batch, call_id, retried_401=retried_401)
+
+    def _give_back(self, batch: Batch, reason: str) -> None:
+        """Release what is still held by this claim (nothing, once taken over)."""
+        with self.sessions.begin() as session:
+            outbox.release(session, batch, utcnow(), reason)
+
+
+def _say_if_fenced(batch: Batch, done: int, what: str) -> None:
+    if done < len(batch):
+        log.error(
+            "%s of %s launches were taken over by another dispatcher before they could be "
+            "marked %s; left as their new holder recorded them",
+            len(batch) - done,
+            len(batch),
+            what,
+        )
+
+
+def _secs(delta: timedelta) -> str:
+    return f"{delta.total_seconds():g}s"
 
 
 def build(

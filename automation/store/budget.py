@@ -30,6 +30,9 @@ SECOND = timedelta(seconds=1)
 MARGIN = timedelta(milliseconds=30)
 #: Longest back-off after repeated 429s.
 MAX_BACKOFF = timedelta(seconds=60)
+#: Longest hold after repeated 5xx answers or connection failures: amoCRM is down, and
+#: one probing call every 5 minutes is enough to notice it is back.
+MAX_FAILURE_HOLD = timedelta(minutes=5)
 #: The longest `Retry-After` a 429 can impose.
 MAX_RETRY_AFTER = timedelta(hours=1)
 
@@ -109,18 +112,37 @@ def rate_limited(session: Session, now: datetime, retry_after: float | None = No
     must not stop sending for good)."""
     state = _locked_row(session, now)
     state.consecutive_429 += 1
-    backoff = min(timedelta(seconds=2 ** (state.consecutive_429 - 1)), MAX_BACKOFF)
+    backoff = min(timedelta(seconds=2 ** min(state.consecutive_429 - 1, 20)), MAX_BACKOFF)
     if retry_after is not None:
         backoff = max(backoff, min(timedelta(seconds=retry_after), MAX_RETRY_AFTER))
     hold(session, now + backoff, f"rate limited by amoCRM (429 #{state.consecutive_429})", now)
     return backoff
 
 
-def succeeded(session: Session, now: datetime) -> None:
-    """A request went through: forget the 429 streak (holds run out by themselves)."""
+def failed(session: Session, now: datetime, what: str) -> timedelta:
+    """Record a 5xx answer or a connection failure: every dispatcher holds, longer with
+    each failure in a row (1 s, 2 s, 4 s … up to `MAX_FAILURE_HOLD`), so an amoCRM
+    outage gets one probing call at a time and the launches keep their batches."""
     state = _locked_row(session, now)
-    if state.consecutive_429:
+    state.consecutive_failures += 1
+    streak = state.consecutive_failures
+    backoff = failure_hold(streak)
+    hold(session, now + backoff, f"amoCRM failing: {what} (failure #{streak} in a row)", now)
+    return backoff
+
+
+def failure_hold(streak: int) -> timedelta:
+    """Pure: how long everyone holds after the `streak`-th failure in a row."""
+    return min(timedelta(seconds=2 ** min(streak - 1, 20)), MAX_FAILURE_HOLD)
+
+
+def succeeded(session: Session, now: datetime) -> None:
+    """A request went through: forget the 429 and failure streaks (holds run out by
+    themselves)."""
+    state = _locked_row(session, now)
+    if state.consecutive_429 or state.consecutive_failures:
         state.consecutive_429 = 0
+        state.consecutive_failures = 0
         state.updated_at = now
 
 
@@ -138,7 +160,7 @@ def _locked_row(session: Session, now: datetime) -> RateLimit:
     if state is None:  # first use: two dispatchers may both get here, one insert wins
         session.execute(
             insert_ignoring(session, RateLimit)
-            .values(name=NAME, consecutive_429=0, updated_at=now)
+            .values(name=NAME, consecutive_429=0, consecutive_failures=0, updated_at=now)
             .on_conflict_do_nothing()
         )
         state = session.execute(query).scalar_one()

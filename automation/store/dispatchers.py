@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from automation.store.database import rowcount
 from automation.store.models import DispatcherRow
 
 
@@ -46,15 +47,33 @@ def live_ids(session: Session, now: datetime, dead_after: timedelta) -> list[str
     return list(rows.scalars())
 
 
-def beat(session: Session, dispatcher: str, now: datetime) -> None:
-    """The heartbeat: `dispatcher` is alive at `now`."""
-    session.execute(
-        update(DispatcherRow).where(DispatcherRow.id == dispatcher).values(heartbeat_at=now)
+def beat(session: Session, dispatcher: str, now: datetime) -> bool:
+    """The heartbeat: `dispatcher` is alive at `now`. False when its row was stopped
+    (another dispatcher declared it dead): a stopped row is never revived."""
+    changed = session.execute(
+        update(DispatcherRow)
+        .where(DispatcherRow.id == dispatcher, DispatcherRow.stopped_at.is_(None))
+        .values(heartbeat_at=now)
     )
+    return rowcount(changed) == 1
+
+
+def is_stopped(session: Session, dispatcher: str) -> bool:
+    """Whether `dispatcher`'s row is stopped (or gone): its claims may have been taken
+    over, so it must not act on any of them again."""
+    stopped = session.execute(
+        select(DispatcherRow.stopped_at).where(DispatcherRow.id == dispatcher)
+    ).one_or_none()
+    return stopped is None or stopped[0] is not None
 
 
 def bury_dead(session: Session, now: datetime, dead_after: timedelta) -> None:
-    """Mark the dispatchers whose heartbeat stopped as stopped."""
+    """Mark the dispatchers whose heartbeat stopped as stopped.
+
+    Call it before `live_ids` with the same `now`: a dispatcher is then either buried
+    (stopped for good, and it notices) or counted live, never neither, so its claims
+    are recovered only once its row says it is dead.
+    """
     session.execute(
         update(DispatcherRow)
         .where(

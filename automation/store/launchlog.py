@@ -129,8 +129,11 @@ def _shorten(text: str, width: int = REASON_WIDTH) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def describe_story(story: LaunchStory, zone: tzinfo = UTC) -> list[str]:
-    """`launches show` as text: the launch, where it came from, every call, the verdict."""
+def describe_story(story: LaunchStory, zone: tzinfo = UTC, max_attempts: int = 8) -> list[str]:
+    """`launches show` as text: the launch, where it came from, every call, the verdict.
+
+    `max_attempts` is AMOCRM_MAX_ATTEMPTS: the retry budget is shown against it.
+    """
     row = story.launch
     return [
         f"launch #{row.id}: {row.status.value}",
@@ -141,13 +144,22 @@ def describe_story(story: LaunchStory, zone: tzinfo = UTC) -> list[str]:
         f"  created:    {format_when(row.created_at, zone)}   "
         f"not before {format_when(row.not_before, zone)}",
         f"  settled:    {format_when(row.settled_at, zone)}",
-        f"  attempts:   {row.attempts} API call(s), {row.retries} retry(ies)",
+        f"  attempts:   {_describe_budget(row, zone, max_attempts)}",
         f"  reason:     {row.reason or '-'}",
         f"  last error: {row.last_error or '-'}",
         *_describe_delivery(story.delivery, zone),
         *_describe_calls(story.calls, zone),
         f"why: {story.verdict}",
     ]
+
+
+def _describe_budget(row: LaunchRecord, zone: tzinfo, max_attempts: int) -> str:
+    """Where the launch stands in its retry budget (429s and bisects use none of it)."""
+    made = f"{row.attempts} API call(s)"
+    if row.status is LaunchStatus.PENDING:
+        due = format_when(row.not_before, zone)
+        return f"{made}; next: attempt {row.retries + 1} of {max_attempts}, due {due}"
+    return f"{made}; attempt {row.retries + 1} of {max_attempts}"
 
 
 def _describe_delivery(delivery: DeliveryRecord | None, zone: tzinfo) -> list[str]:

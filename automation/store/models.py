@@ -155,6 +155,9 @@ class Launch(Base):
     settled_at: Mapped[datetime | None]
     #: The dispatcher holding it while `sending`, so a dead one's claims can be recovered.
     claimed_by: Mapped[str | None] = mapped_column(String(100))
+    #: Fresh for every claim: a dispatcher acts on a launch only while it still holds
+    #: this token, so a claim that was recovered and taken by another is fenced off.
+    claim_token: Mapped[str | None] = mapped_column(String(32))
     #: The API call it is in while `sending`, then the call that settled it.
     call_id: Mapped[int | None] = mapped_column(
         ForeignKey("api_calls.id", ondelete="SET NULL"), index=True
@@ -211,6 +214,8 @@ class RateLimit(Base):
     hold_reason: Mapped[str | None] = mapped_column(Text)
     #: 429s in a row: the back-off grows with them, one success resets it.
     consecutive_429: Mapped[int] = mapped_column(Integer, default=0)
+    #: 5xx answers and connection failures in a row: the same, for an amoCRM outage.
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     updated_at: Mapped[datetime]
 
 

@@ -7,22 +7,21 @@ and releases them, and recovers what a crashed dispatcher left.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import BindParameter, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from automation.errors import ClaimLost
 from automation.store import states
 from automation.store.database import rowcount
 from automation.store.models import ApiCall, CallLaunch, Launch
 from automation.store.states import LaunchStatus
-
-if TYPE_CHECKING:
-    pass
 
 #: How much of amoCRM's answer an API call keeps.
 EXCERPT_CHARS = 2000
@@ -39,44 +38,91 @@ class Claimed:
     retries: int
 
 
-def claim_due(session: Session, dispatcher: str, now: datetime, limit: int = 100) -> list[Claimed]:
-    """Take up to `limit` due pending launches, oldest first, and mark them `sending`.
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Launches one claim holds: who claimed them, with which token.
+
+    Every statement that moves a claimed launch on (start a call, settle, retry,
+    release) matches "still `sending`, claimed by `dispatcher`, with `token`": a
+    dispatcher that stalled while another recovered and re-claimed its launches
+    changes nothing, and sends nothing, with a batch it held from before.
+    """
+
+    dispatcher: str
+    token: str
+    launches: tuple[Claimed, ...]
+
+    @property
+    def ids(self) -> list[int]:
+        return [launch.id for launch in self.launches]
+
+    def part(self, launches: Sequence[Claimed]) -> Batch:
+        """Some of this claim's launches (a half of a bisect), under the same claim."""
+        return Batch(self.dispatcher, self.token, tuple(launches))
+
+    def __len__(self) -> int:
+        return len(self.launches)
+
+
+def claim_due(session: Session, dispatcher: str, now: datetime, limit: int = 100) -> Batch | None:
+    """Take up to `limit` due pending launches, oldest first, and mark them `sending`
+    under a fresh claim token. None when nothing is due.
 
     On PostgreSQL rows locked by another dispatcher's claim are skipped
     (`FOR UPDATE SKIP LOCKED`); on SQLite the write lock taken at BEGIN does the same.
     """
     connection = session.connection()
     query = _claim_query(connection.dialect.name)
-    claimed = [Claimed(*row) for row in connection.execute(query, {"now_": now, "n": limit})]
-    if claimed:
-        ids = [launch.id for launch in claimed]
-        connection.execute(_MARK_SENDING, {"ids": ids, "now_": now, "by": dispatcher})
-    return claimed
+    claimed = tuple(Claimed(*row) for row in connection.execute(query, {"now_": now, "n": limit}))
+    if not claimed:
+        return None
+    batch = Batch(dispatcher, secrets.token_hex(8), claimed)
+    params = {"ids": batch.ids, "now_": now, "by": dispatcher, "token": batch.token}
+    connection.execute(_MARK_SENDING, params)
+    return batch
 
 
-def start_call(
-    session: Session, dispatcher: str, endpoint: str, launches: Sequence[Claimed], now: datetime
-) -> int:
+def start_call(session: Session, batch: Batch, endpoint: str, now: datetime) -> int:
     """Record an API call and the launches in it; commit this BEFORE sending.
 
     After a crash, a launch whose call row exists may have reached amoCRM; one
-    without may not. That is how recovery tells `uncertain` from `pending`.
+    without may not. That is how recovery tells `uncertain` from `pending`. Raises
+    `ClaimLost` (the caller rolls back, call row included) when any launch of the
+    batch is no longer held by this claim.
     """
     connection = session.connection()
-    values = {"dispatcher": dispatcher, "endpoint": endpoint, "launch_count": len(launches)}
+    values = {"dispatcher": batch.dispatcher, "endpoint": endpoint, "launch_count": len(batch)}
     call_id = int(connection.execute(_INSERT_CALL, {**values, "started_at": now}).scalar_one())
-    ids = [launch.id for launch in launches]
+    ids = batch.ids
     connection.execute(
-        insert(CallLaunch),
+        _INSERT_CALL_LAUNCHES,
         [{"call_id": call_id, "launch_id": id_, "position": i} for i, id_ in enumerate(ids)],
     )
-    connection.execute(_MARK_IN_CALL, {"ids": ids, "call": call_id, "now_": now})
+    marked = rowcount(
+        connection.execute(_MARK_IN_CALL, {**_held(batch), "call": call_id, "now_": now})
+    )
+    if marked != len(ids):
+        raise ClaimLost(
+            f"{len(ids) - marked} of {len(ids)} launches of claim {batch.token} are no longer "
+            f"held by {batch.dispatcher}"
+        )
     return call_id
+
+
+def _held(batch: Batch) -> dict[str, Any]:
+    return {"ids": batch.ids, "by": batch.dispatcher, "token": batch.token}
 
 
 # The dispatcher's statements are built once: with 100 ids a statement built per call
 # spent more time coercing parameters than the database spent running it.
 _IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
+#: The fence: still `sending`, claimed by this dispatcher, under this claim's token.
+_HELD = (
+    Launch.id.in_(_IDS)
+    & (Launch.status == LaunchStatus.SENDING)
+    & (Launch.claimed_by == bindparam("by"))
+    & (Launch.claim_token == bindparam("token"))
+)
 _MARK_SENDING = (
     update(Launch)
     .where(Launch.id.in_(_IDS))
@@ -85,14 +131,16 @@ _MARK_SENDING = (
         sending_at=bindparam("now_"),
         updated_at=bindparam("now_"),
         claimed_by=bindparam("by"),
+        claim_token=bindparam("token"),
     )
 )
 _MARK_IN_CALL = (
     update(Launch)
-    .where(Launch.id.in_(_IDS))
+    .where(_HELD)
     .values(call_id=bindparam("call"), attempts=Launch.attempts + 1, updated_at=bindparam("now_"))
 )
 _INSERT_CALL = insert(ApiCall).returning(ApiCall.id)
+_INSERT_CALL_LAUNCHES = insert(CallLaunch)
 
 
 @cache
@@ -108,7 +156,12 @@ def _claim_query(dialect: str) -> Any:
 
 def stamp_call(session: Session, call_id: int, started_at: datetime) -> None:
     """Set a call's start to the moment its request slot was granted."""
-    session.execute(update(ApiCall).where(ApiCall.id == call_id).values(started_at=started_at))
+    session.connection().execute(_STAMP_CALL, {"call": call_id, "at": started_at})
+
+
+_STAMP_CALL = (
+    update(ApiCall).where(ApiCall.id == bindparam("call")).values(started_at=bindparam("at"))
+)
 
 
 def finish_call(
@@ -122,77 +175,124 @@ def finish_call(
     excerpt: str | None = None,
 ) -> None:
     """Record how an API call ended."""
-    session.execute(
-        update(ApiCall)
-        .where(ApiCall.id == call_id)
-        .values(
-            finished_at=now,
-            outcome=outcome,
-            status_code=status_code,
-            error=error,
-            response_excerpt=excerpt[:EXCERPT_CHARS] if excerpt else excerpt,
-        )
+    session.connection().execute(
+        _FINISH_CALL,
+        {
+            "call": call_id,
+            "now_": now,
+            "outcome_": outcome,
+            "code": status_code,
+            "error_": error,
+            "excerpt": excerpt[:EXCERPT_CHARS] if excerpt else excerpt,
+        },
     )
+
+
+_FINISH_CALL = (
+    update(ApiCall)
+    .where(ApiCall.id == bindparam("call"))
+    .values(
+        finished_at=bindparam("now_"),
+        outcome=bindparam("outcome_"),
+        status_code=bindparam("code"),
+        error=bindparam("error_"),
+        response_excerpt=bindparam("excerpt"),
+    )
+)
 
 
 def settle(
     session: Session,
-    ids: Sequence[int],
+    batch: Batch,
     status: LaunchStatus,
     now: datetime,
     reason: str | None = None,
-) -> None:
-    """Move launches to a final status (`sent`, `failed`, `uncertain`, `dry_run`)."""
-    if not ids:
-        return
+) -> int:
+    """Move the batch's launches to a final status (`sent`, `failed`, `uncertain`,
+    `dry_run`). Returns how many moved: fewer than the batch when some were taken over."""
+    if not batch.launches:
+        return 0
     is_error = status in (LaunchStatus.FAILED, LaunchStatus.UNCERTAIN)
     statement = _SETTLE_WITH_ERROR if is_error else _SETTLE
-    params = {"ids": list(ids), "new_status": status, "now_": now, "why": reason}
-    session.connection().execute(statement, params)
+    params = {**_held(batch), "new_status": status, "now_": now, "why": reason}
+    return rowcount(session.connection().execute(statement, params))
 
 
 _SETTLE = (
     update(Launch)
-    .where(Launch.id.in_(_IDS))
+    .where(_HELD)
     .values(
         status=bindparam("new_status"),
         settled_at=bindparam("now_"),
         updated_at=bindparam("now_"),
         reason=bindparam("why"),
         claimed_by=None,
+        claim_token=None,
     )
 )
 _SETTLE_WITH_ERROR = _SETTLE.values(last_error=bindparam("why"))
 
 
 def retry_later(
-    session: Session, launch: Claimed, not_before: datetime, now: datetime, error: str
-) -> None:
-    """Back to `pending` after a retryable failure; it counts against the budget."""
-    session.execute(
-        update(Launch)
-        .where(Launch.id == launch.id)
-        .values(
-            status=LaunchStatus.PENDING,
-            not_before=not_before,
-            retries=Launch.retries + 1,
-            last_error=error,
-            reason=f"retry after: {error}",
-            claimed_by=None,
-            updated_at=now,
-        )
+    session: Session, batch: Batch, not_before: datetime, now: datetime, error: str
+) -> int:
+    """Back to `pending` after a retryable failure, all due at `not_before` so that
+    they go out together again; it counts against their retry budget. Returns how
+    many moved (fewer when some were taken over)."""
+    if not batch.launches:
+        return 0
+    params = {**_held(batch), "due": not_before, "now_": now, "error_": error}
+    params["why"] = f"retry after: {error}"
+    return rowcount(session.connection().execute(_RETRY_LATER, params))
+
+
+_RETRY_LATER = (
+    update(Launch)
+    .where(_HELD)
+    .values(
+        status=LaunchStatus.PENDING,
+        not_before=bindparam("due"),
+        retries=Launch.retries + 1,
+        last_error=bindparam("error_"),
+        reason=bindparam("why"),
+        claimed_by=None,
+        claim_token=None,
+        updated_at=bindparam("now_"),
     )
+)
 
 
-def release(session: Session, ids: Sequence[int], now: datetime, reason: str | None = None) -> None:
+def release(
+    session: Session,
+    batch: Batch,
+    now: datetime,
+    reason: str | None = None,
+    not_before: datetime | None = None,
+) -> int:
     """Back to `pending` without counting a retry: the launch was never at fault
-    (shutdown, a paused account)."""
-    if ids:
-        session.execute(
-            update(Launch)
-            .where(Launch.id.in_(ids), Launch.status == LaunchStatus.SENDING)
-            .values(status=LaunchStatus.PENDING, claimed_by=None, updated_at=now, reason=reason)
-        )
+    (shutdown, a paused account, a 429). With `not_before`, due again only then.
+    Returns how many moved (fewer when some were taken over)."""
+    if not batch.launches:
+        return 0
+    params = {**_held(batch), "now_": now, "why": reason}
+    statement = _RELEASE if not_before is None else _RELEASE_UNTIL
+    if not_before is not None:
+        params["due"] = not_before
+    return rowcount(session.connection().execute(statement, params))
+
+
+_RELEASE = (
+    update(Launch)
+    .where(_HELD)
+    .values(
+        status=LaunchStatus.PENDING,
+        claimed_by=None,
+        claim_token=None,
+        updated_at=bindparam("now_"),
+        reason=bindparam("why"),
+    )
+)
+_RELEASE_UNTIL = _RELEASE.values(not_before=bindparam("due"))
 
 
 def recover_orphans(session: Session, live: Sequence[str], now: datetime) -> tuple[int, int]:
@@ -201,19 +301,22 @@ def recover_orphans(session: Session, live: Sequence[str], now: datetime) -> tup
     If their call started but never finished, they become `uncertain`: amoCRM may have
     started the bot already, and a second launch would message the customer twice.
     Otherwise (no call yet, or a call that ended with an answer, such as a 400 being
-    bisected) nothing reached amoCRM's bots: back to `pending`. Returns (pending,
-    uncertain).
+    bisected) nothing reached amoCRM's bots: back to `pending`. Either way the claim's
+    token is cleared, so the dispatcher that held it can no longer act on them.
+    Returns (pending, uncertain).
     """
     orphaned = Launch.status == LaunchStatus.SENDING
     if live:
         orphaned = orphaned & (Launch.claimed_by.is_(None) | Launch.claimed_by.not_in(live))
     unfinished = select(ApiCall.id).where(ApiCall.finished_at.is_(None))
     in_unfinished_call = Launch.call_id.in_(unfinished)
+    unclaimed = {"claimed_by": None, "claim_token": None, "updated_at": now}
     unstarted = rowcount(
         session.execute(
             update(Launch)
             .where(orphaned, ~in_unfinished_call | Launch.call_id.is_(None))
-            .values(status=LaunchStatus.PENDING, claimed_by=None, updated_at=now)
+            .values(status=LaunchStatus.PENDING, **unclaimed)
+            .execution_options(synchronize_session=False)
         )
     )
     in_flight = rowcount(
@@ -223,9 +326,8 @@ def recover_orphans(session: Session, live: Sequence[str], now: datetime) -> tup
             .values(
                 status=LaunchStatus.UNCERTAIN,
                 settled_at=now,
-                updated_at=now,
-                claimed_by=None,
                 reason="uncertain: the dispatcher stopped while its request was in flight",
+                **unclaimed,
             )
             .execution_options(synchronize_session=False)
         )
@@ -233,16 +335,30 @@ def recover_orphans(session: Session, live: Sequence[str], now: datetime) -> tup
     return unstarted, in_flight
 
 
-def release_claims(session: Session, dispatcher: str, now: datetime) -> None:
-    """A stopping dispatcher gives back what it claimed but has not sent."""
-    held = session.execute(
-        select(Launch.id).where(
-            Launch.claimed_by == dispatcher,
-            Launch.status == LaunchStatus.SENDING,
-            Launch.call_id.is_(None),
+def release_claims(session: Session, dispatcher: str, now: datetime) -> int:
+    """A stopping dispatcher gives back what it claimed and has not sent: launches in
+    no call, or in a call that was answered (a bisect cut short). What is in a call
+    without an answer (an error stopped it mid-call) is left for recovery to settle
+    as `uncertain`."""
+    unfinished = select(ApiCall.id).where(ApiCall.finished_at.is_(None))
+    return rowcount(
+        session.execute(
+            update(Launch)
+            .where(
+                Launch.claimed_by == dispatcher,
+                Launch.status == LaunchStatus.SENDING,
+                Launch.call_id.is_(None) | Launch.call_id.not_in(unfinished),
+            )
+            .values(
+                status=LaunchStatus.PENDING,
+                claimed_by=None,
+                claim_token=None,
+                updated_at=now,
+                reason="released: dispatcher stopped",
+            )
+            .execution_options(synchronize_session=False)
         )
-    ).scalars()
-    release(session, list(held), now, reason="released: dispatcher stopped")
+    )
 
 
 # ------------------------------------------------------------------ the operator's side
@@ -258,7 +374,8 @@ def retry(
     left those statuses meanwhile are not touched; returns the ids that changed.
     """
     values = {"status": LaunchStatus.PENDING, "not_before": now, "settled_at": None}
-    values |= {"retries": 0, "reason": reason, "claimed_by": None, "updated_at": now}
+    values |= {"retries": 0, "reason": reason, "claimed_by": None, "claim_token": None}
+    values["updated_at"] = now
     return _transition(session, ids, states.RETRYABLE, values)
 
 
@@ -268,7 +385,7 @@ def cancel(
     """Pending launches to `cancelled`; a launch a dispatcher claimed meanwhile is
     not touched. Returns the ids that changed."""
     values = {"status": LaunchStatus.CANCELLED, "settled_at": now, "reason": reason}
-    values |= {"claimed_by": None, "updated_at": now}
+    values |= {"claimed_by": None, "claim_token": None, "updated_at": now}
     return _transition(session, ids, states.CANCELLABLE, values)
 
 

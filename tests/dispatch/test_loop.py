@@ -10,11 +10,12 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from automation import metrics
 from automation.config import Settings
 from automation.dispatch import loop as dispatch
 from automation.dispatch.loop import Dispatcher
-from automation.dispatch.retry import retry_decision
 from automation.errors import NotAlone
+from automation.store import budget
 from automation.store.models import ApiCall, CallLaunch, Launch, OAuthToken, RateLimit
 from automation.store.states import LaunchStatus
 from tests.fake_amocrm import (
@@ -158,24 +159,109 @@ def test_a_single_refused_launch_fails_with_amocrms_answer(
 # ---------------------------------------------------------------------------- retries
 
 
-def test_server_error_sends_the_batch_back_with_backoff_and_records_the_attempt(
+def test_server_error_sends_the_batch_back_until_the_shared_hold_ends(
     live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
 ) -> None:
     add_launches(sessions, 5)
     fake.fail_next(1, status=500)
-    before = datetime.now(UTC)
 
-    make(live_settings, sessions).run(once=True)
+    assert make(live_settings, sessions).step() == 0.0
 
     rows = launches(sessions)
     assert {row.status for row in rows} == {LaunchStatus.PENDING}
     assert all(row.retries == 1 and row.attempts == 1 for row in rows)
-    assert all(row.not_before > before for row in rows)
+    hold = current_hold(sessions)
+    assert {row.not_before for row in rows} == {hold.hold_until}  # due together
     assert rows[0].last_error is not None and rows[0].last_error.startswith("server_error")
 
     make_due(sessions)
     make(live_settings, sessions).run(once=True)
     assert statuses(sessions) == {"sent": 5}
+
+
+def current_hold(sessions: sessionmaker[Session]) -> RateLimit:
+    with sessions() as session:
+        state = session.get(RateLimit, "amocrm")
+        assert state is not None and state.hold_until is not None
+        return state
+
+
+def end_hold(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        session.execute(update(RateLimit).values(hold_until=None))
+
+
+def test_a_run_of_server_errors_holds_everyone_longer_each_time_and_keeps_batches_whole(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM, app: Any
+) -> None:
+    """Issue 15: 20 s of 500s made one dispatcher call 4.7 times a second, and random
+    per-launch back-off split 300 launches into 171 calls."""
+    add_launches(sessions, 300)
+    fake.fail_next(3, status=500)
+    first, second = make(live_settings, sessions), make(live_settings, sessions)
+    holds_before = metrics.REGISTRY.get_sample_value(
+        "automation_dispatch_holds_total", {"cause": "server_error"}
+    )
+
+    for streak in (1, 2, 3):
+        assert first.step() == 0.0
+        hold = current_hold(sessions)
+        with sessions() as session:
+            call = session.scalars(select(ApiCall).order_by(ApiCall.id.desc())).first()
+        assert call is not None and call.finished_at is not None
+        assert (hold.consecutive_failures, hold.hold_until - call.finished_at) == (
+            streak,
+            timedelta(seconds=2 ** (streak - 1)),
+        )
+        assert "amoCRM failing" in (hold.hold_reason or "")
+        waited = second.step()  # everyone holds: no call goes out
+        assert waited is not None and waited > 0
+        assert len(fake.salesbot_calls()) == streak
+        if streak == 1:
+            health = app.test_client().get("/healthz").json
+            assert "amoCRM failing" in health["dispatch"]["pause_reason"]
+        end_hold(sessions)
+
+    make_due(sessions)
+    make(live_settings, sessions).run(once=True)
+
+    assert statuses(sessions) == {"sent": 300}
+    calls = fake.salesbot_calls()
+    assert [len(call.body) for call in calls] == [100] * 6
+    failed = [frozenset(task["entity_id"] for task in call.body) for call in calls[:3]]
+    resent = [frozenset(task["entity_id"] for task in call.body) for call in calls[3:]]
+    assert sorted(map(min, resent)) == sorted(map(min, failed))
+    assert set(resent) == set(failed)  # each batch went out again whole
+    with sessions() as session:
+        state = session.get(RateLimit, "amocrm")
+        assert state is not None and state.consecutive_failures == 0  # reset by success
+    holds_after = metrics.REGISTRY.get_sample_value(
+        "automation_dispatch_holds_total", {"cause": "server_error"}
+    )
+    assert (holds_after or 0) - (holds_before or 0) == 3
+
+
+def test_429s_hold_everyone_and_do_not_use_up_the_retry_budget(
+    make_settings: Callable[..., Settings], sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    """Issue 15: a launch failed 'after 8 attempts; last: rate_limited' after five 500s
+    and three 429s. A 429 is our pacing meeting amoCRM's: not the launch's fault."""
+    settings = make_settings(
+        amocrm_base_url=fake.url, amocrm_access_token=ACCESS_TOKEN, amocrm_max_attempts=2
+    )
+    add_launches(sessions, 1)
+    fake.fail_next(3, status=429)
+    for _ in range(3):
+        make(settings, sessions).step()
+        [launch] = launches(sessions)
+        assert (launch.status, launch.retries) == (LaunchStatus.PENDING, 0)
+        assert launch.not_before == current_hold(sessions).hold_until
+        make_due(sessions)
+
+    make(settings, sessions).run(once=True)
+
+    assert statuses(sessions) == {"sent": 1}
+    assert [call.status for call in fake.salesbot_calls()] == [429, 429, 429, 202]
 
 
 def test_retry_budget_exhausted_fails_the_launch(
@@ -186,9 +272,9 @@ def test_retry_budget_exhausted_fails_the_launch(
     )
     add_launches(sessions, 1)
     fake.fail_next(5, status=503)
-    make(settings, sessions).run(once=True)
+    make(settings, sessions).step()
     make_due(sessions)
-    make(settings, sessions).run(once=True)
+    make(settings, sessions).step()
 
     [launch] = launches(sessions)
     assert launch.status is LaunchStatus.FAILED
@@ -201,7 +287,7 @@ def test_connection_refused_is_retried_not_failed(
 ) -> None:
     settings = make_settings(amocrm_base_url="http://127.0.0.1:9", amocrm_access_token="t")
     add_launches(sessions, 2)
-    make(settings, sessions).run(once=True)
+    make(settings, sessions).step()
     rows = launches(sessions)
     assert [row.status for row in rows] == [LaunchStatus.PENDING] * 2
     assert rows[0].last_error is not None and rows[0].last_error.startswith("not_sent")
@@ -215,7 +301,7 @@ def test_an_answer_from_something_else_than_the_salesbot_endpoint_is_retried(
     a 5xx, so fixing AMOCRM_BASE_URL in time loses nothing."""
     add_launches(sessions, 2)
     fake.fail_next(1, status=status)
-    make(live_settings, sessions).run(once=True)
+    make(live_settings, sessions).step()
 
     rows = launches(sessions)
     assert [(row.status, row.retries) for row in rows] == [(LaunchStatus.PENDING, 1)] * 2
@@ -228,29 +314,13 @@ def test_an_answer_from_something_else_than_the_salesbot_endpoint_is_retried(
 
 
 @pytest.mark.parametrize(
-    ("retries", "max_attempts", "give_up", "max_delay"),
-    [
-        (0, 8, False, 2),  # first failure: 1 to 2 s
-        (1, 8, False, 4),
-        (5, 8, False, 64),
-        (6, 8, False, 128),
-        (7, 8, True, None),  # the 8th attempt failed: give up
-        (0, 1, True, None),  # no retries allowed at all
-        (20, 30, False, 900),  # the wait is capped at 15 minutes
-    ],
+    ("streak", "seconds"),
+    [(1, 1), (2, 2), (3, 4), (6, 32), (9, 256), (10, 300), (1000, 300)],
 )
-def test_retry_decision_table(
-    retries: int, max_attempts: int, give_up: bool, max_delay: float | None
+def test_the_shared_hold_after_failures_doubles_up_to_five_minutes(
+    streak: int, seconds: float
 ) -> None:
-    for _ in range(200):  # the wait is random: look at many
-        decision = retry_decision(retries, max_attempts, NOW)
-        assert decision.give_up is give_up
-        if max_delay is None:
-            assert decision.not_before is None
-        else:
-            assert decision.not_before is not None
-            low, high = timedelta(seconds=max_delay / 2), timedelta(seconds=max_delay)
-            assert NOW + low <= decision.not_before <= NOW + high
+    assert budget.failure_hold(streak) == timedelta(seconds=seconds)
 
 
 # ------------------------------------------------------------- rate limit, 429, 403
@@ -386,8 +456,8 @@ def test_retry_uncertain_setting_resends_them(
     )
     add_launches(sessions, 2)
     fake.stall_next(1, seconds=3)
-    make(settings, sessions, read_timeout=1.0).run(once=True)
-    assert statuses(sessions) == {"pending": 2}  # not uncertain; due again in 1 to 2 s
+    make(settings, sessions, read_timeout=1.0).step()
+    assert statuses(sessions) == {"pending": 2}  # not uncertain; due again after a hold
     make_due(sessions)
     make(settings, sessions, read_timeout=1.0).run(once=True)
     assert statuses(sessions) == {"sent": 2}
@@ -477,7 +547,8 @@ def test_claims_of_a_dead_dispatcher_are_recovered(
 
     with sessions.begin() as session:
         claimed = outbox.claim_due(session, "dead:1", now, limit=2)
-        outbox.start_call(session, "dead:1", "/api/v2/salesbot/run", claimed[:1], now)
+        assert claimed is not None
+        outbox.start_call(session, claimed.part(claimed.launches[:1]), "/api/v2/salesbot/run", now)
     # "dead:1" never registered a heartbeat: it is gone.
     make(live_settings, sessions).run(once=True)
 
@@ -502,7 +573,8 @@ def test_launches_of_an_answered_call_left_sending_go_back_to_pending(
     now = datetime.now(UTC)
     with sessions.begin() as session:
         claimed = outbox.claim_due(session, "dead:2", now, limit=2)
-        call_id = outbox.start_call(session, "dead:2", "/api/v2/salesbot/run", claimed, now)
+        assert claimed is not None
+        call_id = outbox.start_call(session, claimed, "/api/v2/salesbot/run", now)
         outbox.finish_call(session, call_id, now, outcome="bad_request", status_code=400)
 
     make(live_settings, sessions).run(once=True)

@@ -78,7 +78,8 @@ def send(
     """Do what a dispatcher does with everything due at `at`: one call, one outcome."""
     with sessions.begin() as session:
         claimed = outbox.claim_due(session, "test-dispatcher", at)
-        call_id = outbox.start_call(session, "test-dispatcher", "/api/v2/salesbot/run", claimed, at)
+        assert claimed is not None
+        call_id = outbox.start_call(session, claimed, "/api/v2/salesbot/run", at)
     finished = at + timedelta(seconds=1)
     with sessions.begin() as session:
         outbox.finish_call(
@@ -90,10 +91,9 @@ def send(
             excerpt='{"success": true}',
         )
         if settle_as is not None:
-            outbox.settle(session, [c.id for c in claimed], settle_as, finished, reason)
+            outbox.settle(session, claimed, settle_as, finished, reason)
         else:
-            for launch in claimed:
-                outbox.retry_later(session, launch, finished, finished, f"{outcome}: 429")
+            outbox.retry_later(session, claimed, finished, finished, f"{outcome}: {status_code}")
     return call_id
 
 
@@ -346,7 +346,7 @@ def test_story_text_has_the_launch_the_delivery_the_calls_and_the_verdict(
         "  change:     lead:27754599@1727700894:s59936202",
         "  created:    2026-11-25 12:00:00Z   not before 2026-11-25 12:00:00Z",
         "  settled:    2026-11-25 12:00:01Z",
-        "  attempts:   1 API call(s), 0 retry(ies)",
+        "  attempts:   1 API call(s); attempt 1 of 8",
         "  reason:     accepted by amoCRM",
         "  last error: -",
         "delivery #1: received 2026-11-25 12:00:00Z, account mybrand, accepted, "
@@ -357,6 +357,21 @@ def test_story_text_has_the_launch_the_delivery_the_calls_and_the_verdict(
         '      answer: {"success": true}',
         f"why: sent: amoCRM accepted API call #{call_id} at 2026-11-25 12:00:01Z",
     ]
+
+
+def test_story_text_of_a_launch_waiting_to_retry_says_which_attempt_and_when(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Issue 15: `attempts: 4 API call(s), 4 retry(ies)` said nothing of the budget."""
+    store(sessions, fixture_body("status_lead"))
+    send(sessions, NOW, outcome="server_error", status_code=500, settle_as=None)
+
+    with sessions() as session:
+        story = launchlog.show_launch(session, 1)
+    assert story is not None
+
+    lines = launchlog.describe_story(story, max_attempts=5)
+    assert "  attempts:   1 API call(s); next: attempt 2 of 5, due 2026-11-25 12:00:01Z" in lines
 
 
 def test_story_of_a_launch_that_does_not_exist_is_none(sessions: sessionmaker[Session]) -> None:
