@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
 from automation.store.database import for_update, insert_ignoring
@@ -60,40 +60,53 @@ def take(session: Session, max_rps: float, call_id: int, margin: timedelta = MAR
     clock is read only once the lock is held: a time read before waiting for the lock
     would be stale, and a stale start time lets the next dispatcher go early.
     """
-    state = _locked_row(session, datetime.now(UTC))
-    return _verdict(session, state, max_rps, SECOND + margin, datetime.now(UTC), call_id)
+    locked = _HOLD.with_for_update() if session.get_bind().dialect.name == "postgresql" else _HOLD
+    hold_row = session.execute(locked).one_or_none()
+    if hold_row is None:  # first use: create the row, then lock it
+        _locked_row(session, datetime.now(UTC))
+        hold_row = session.execute(locked).one()
+    return _verdict(session, hold_row, max_rps, SECOND + margin, datetime.now(UTC), call_id)
 
 
 def peek(session: Session, max_rps: float, margin: timedelta = MARGIN) -> Verdict:
     """How long until a slot frees, without locking: a cheap look before claiming work
     that a refusal would only roll back."""
-    state = session.get(RateLimit, NAME)
-    return _verdict(session, state, max_rps, SECOND + margin, datetime.now(UTC), None)
+    hold_row = session.execute(_HOLD).one_or_none()
+    return _verdict(session, hold_row, max_rps, SECOND + margin, datetime.now(UTC), None)
+
+
+#: The hold, read with Core: the dispatcher reads it twice per call.
+_HOLD = select(RateLimit.hold_until, RateLimit.hold_reason).where(RateLimit.name == NAME)
 
 
 def _verdict(
     session: Session,
-    state: RateLimit | None,
+    hold_row: Row[datetime | None, str | None] | None,
     max_rps: float,
     window: timedelta,
     now: datetime,
     exclude: int | None,
 ) -> Verdict:
-    if state is not None and state.hold_until is not None and state.hold_until > now:
-        return Verdict((state.hold_until - now).total_seconds(), now, state.hold_reason)
+    until: datetime | None = hold_row.hold_until if hold_row is not None else None
+    if until is not None and until > now:
+        assert hold_row is not None
+        return Verdict((until - now).total_seconds(), now, hold_row.hold_reason)
+    # The limit-th most recent start inside the window, if there is one: the slot
+    # frees when it leaves the window. One row, however high AMOCRM_MAX_RPS is.
     limit = max(1, int(max_rps))
     query = (
         select(ApiCall.started_at)
         .where(ApiCall.started_at > now - window, ApiCall.outcome.is_distinct_from("dry_run"))
         .order_by(ApiCall.started_at.desc())
-        .limit(limit)
+        .offset(limit - 1)
+        .limit(1)
     )
     if exclude is not None:
         query = query.where(ApiCall.id != exclude)
-    starts = list(session.execute(query).scalars())
-    if len(starts) < limit:
+    oldest = session.execute(query).scalar()
+    if oldest is None:
         return Verdict(0.0, now)
-    wait = (starts[-1] + window - now).total_seconds()
+    wait = (oldest + window - now).total_seconds()
     return Verdict(max(wait, 0.001), now, "rate limit")
 
 
@@ -138,12 +151,16 @@ def failure_hold(streak: int) -> timedelta:
 
 def succeeded(session: Session, now: datetime) -> None:
     """A request went through: forget the 429 and failure streaks (holds run out by
-    themselves)."""
-    state = _locked_row(session, now)
-    if state.consecutive_429 or state.consecutive_failures:
-        state.consecutive_429 = 0
-        state.consecutive_failures = 0
-        state.updated_at = now
+    themselves). One UPDATE that usually matches nothing: no lock on the hot path."""
+    session.execute(
+        update(RateLimit)
+        .where(
+            RateLimit.name == NAME,
+            (RateLimit.consecutive_429 > 0) | (RateLimit.consecutive_failures > 0),
+        )
+        .values(consecutive_429=0, consecutive_failures=0, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def current_hold(session: Session, now: datetime) -> RateLimit | None:

@@ -24,7 +24,9 @@ def add_calls(session: Session, *started: datetime) -> int:
 
 @pytest.mark.parametrize(
     ("margin_ms", "goes"),
-    [(0, True), (30, True), (100, False)],  # the 7 calls started 1.05 s ago
+    # The 7 calls started 1.05 s ago. 1000 ms, not 100: on a loaded machine more than
+    # 50 ms can pass between writing the calls and taking the slot.
+    [(0, True), (30, True), (1000, False)],
 )
 def test_the_margin_lengthens_the_window(
     sessions: sessionmaker[Session], margin_ms: int, goes: bool
@@ -35,7 +37,7 @@ def test_the_margin_lengthens_the_window(
         verdict = budget.take(session, 7, call_id, timedelta(milliseconds=margin_ms))
     assert verdict.go is goes
     if not goes:
-        assert 0 < verdict.wait <= 0.05 + 0.01
+        assert 0 < verdict.wait <= 0.95 + 0.01
 
 
 def test_fewer_than_max_rps_calls_in_the_window_go_at_once(
