@@ -150,8 +150,11 @@ class Dispatcher:
             if not self.dry_run:
                 wait = budget.peek(session, self.settings.amocrm_max_rps, self._margin).wait
                 if wait > 0:
+                    # Nothing due (a failed batch waits for the hold's end): say so, and
+                    # `--once` stops instead of waiting to send what is not due yet.
+                    due = outbox.any_due(session, utcnow())
                     session.rollback()
-                    return wait
+                    return wait if due else None
             batch = outbox.claim_due(session, self.id, utcnow(), MAX_TASKS_PER_CALL)
             if batch is None:
                 session.rollback()

@@ -82,6 +82,18 @@ def claim_due(session: Session, dispatcher: str, now: datetime, limit: int = 100
     return batch
 
 
+def any_due(session: Session, now: datetime) -> bool:
+    """Whether some pending launch is due: is there anything to wait for a slot for?"""
+    return session.connection().execute(_ANY_DUE, {"now_": now}).first() is not None
+
+
+_ANY_DUE = (
+    select(Launch.id)
+    .where(Launch.status == LaunchStatus.PENDING, Launch.not_before <= bindparam("now_"))
+    .limit(1)
+)
+
+
 def start_call(session: Session, batch: Batch, endpoint: str, now: datetime) -> int:
     """Record an API call and the launches in it; commit this BEFORE sending.
 

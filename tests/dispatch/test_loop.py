@@ -215,7 +215,7 @@ def test_a_run_of_server_errors_holds_everyone_longer_each_time_and_keeps_batche
         )
         assert "amoCRM failing" in (hold.hold_reason or "")
         waited = second.step()  # everyone holds: no call goes out
-        assert waited is not None and waited > 0
+        assert waited is None or waited > 0  # None once every launch waits for the hold
         assert len(fake.salesbot_calls()) == streak
         if streak == 1:
             health = app.test_client().get("/healthz").json
