@@ -367,10 +367,10 @@ def test_story_text_of_a_launch_waiting_to_retry_says_which_attempt_and_when(
     send(sessions, NOW, outcome="server_error", status_code=500, settle_as=None)
 
     with sessions() as session:
-        story = launchlog.show_launch(session, 1)
-    assert story is not None
+        told = story.launch_story(session, 1)
+    assert told is not None
 
-    lines = launchlog.describe_story(story, max_attempts=5)
+    lines = launchlog.describe_story(told, max_attempts=5)
     assert "  attempts:   1 API call(s); next: attempt 2 of 5, due 2026-11-25 12:00:01Z" in lines
 
 
