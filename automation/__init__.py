@@ -29,13 +29,13 @@ def create_app(settings: Settings | None = None, *, announce: bool = True) -> Fl
     from werkzeug.exceptions import HTTPException
 
     from automation.cli import main as cli
-    from automation.logs import configure_logging
+    from automation.logs import configure_for
     from automation.web import console, health, metrics, webhooks
     from automation.web.api import bp as api_bp
     from automation.web.runtime import Runtime
 
     settings = settings or load_settings()
-    configure_logging(settings.log_format)
+    configure_for(settings)
     if announce:
         warn_at_start(settings)
     app = Flask(__name__)

@@ -7,7 +7,10 @@ libraries' warnings (through the root logger) and gunicorn's own (`GunicornLogge
 
 No secret belongs in a log line. Our code logs none; the webhook secret, a path
 segment of the webhook URL, is masked in the request lines and error messages of
-Flask, werkzeug and gunicorn before any handler sees them.
+Flask, werkzeug and gunicorn before any handler sees them: the segment after
+`/webhooks/amocrm/` however the path spells it (`%2F`, `//`, any case), and the
+secret's value wherever it appears in a logged path, query or header, percent-encoded
+or not.
 """
 
 from __future__ import annotations
@@ -19,15 +22,25 @@ import re
 import sys
 import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from gunicorn import glogging
+
+if TYPE_CHECKING:
+    from automation.config import Settings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 #: Loggers that print request paths verbatim: Flask's app logger (named after the
 #: package) on a 500, werkzeug's request lines, gunicorn's error and access lines.
 PATH_LOGGERS = ("automation", "werkzeug", "gunicorn.error", "gunicorn.access")
-_WEBHOOK_PATH = re.compile(r"(/webhooks/amocrm/)[^/\s?#\"']+")
+#: The webhook route however a client spells it: werkzeug routes `%2F` as `/`, and a
+#: doubled slash or another case still names the secret in the logged path.
+_WEBHOOK_PATH = re.compile(r"(/webhooks(?:/|%2f)+amocrm(?:/|%2f)+)[^/\s?#\"']+", re.IGNORECASE)
+#: A whitespace- or quote-delimited piece of a log line: a path, a query, a header value.
+_TOKEN = re.compile(r"[^\s\"']+")
+#: Characters a secret's neighbours must not be for it to be a whole occurrence.
+_WORD = "A-Za-z0-9_.~-"
 #: Attributes every LogRecord has; anything else on a record came from `extra`.
 _RECORD_ATTRIBUTES = frozenset(
     [*vars(logging.LogRecord("", 0, "", 0, "", None, None)), "message", "asctime", "taskName"]
@@ -55,11 +68,23 @@ class JsonFormatter(logging.Formatter):
 
 
 class MaskWebhookSecret(logging.Filter):
-    """Replace the secret segment of `/webhooks/amocrm/<secret>` in a record with `***`.
+    """Replace the secret segment of `/webhooks/amocrm/<secret>` in a record with `***`,
+    and, once `configure_logging` told it the secret, every whole occurrence of its
+    value in any token of the line (decoded first: `%73ecret` is the secret too).
 
     A logger filter, not a handler filter: it rewrites the record itself, so that no
     handler (a file, a log shipper, a test's capture) ever receives the secret.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secret: re.Pattern[str] | None = None
+
+    def remember(self, secret: str | None) -> None:
+        """Mask this value from now on (None: only the webhook path's segment)."""
+        self.secret = (
+            None if not secret else re.compile(rf"(?<![{_WORD}]){re.escape(secret)}(?![{_WORD}])")
+        )
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -67,17 +92,34 @@ class MaskWebhookSecret(logging.Filter):
         except (TypeError, ValueError):  # a broken format: leave it to the handler
             return True
         masked = _WEBHOOK_PATH.sub(r"\1***", message)
+        if self.secret is not None:
+            masked = _TOKEN.sub(self._mask_token, masked)
         if masked != message:
             record.msg, record.args = masked, None
         return True
+
+    def _mask_token(self, match: re.Match[str]) -> str:
+        """The token with the secret masked; decoded only when it held the secret."""
+        assert self.secret is not None
+        token = decoded = match[0]
+        for _ in range(3):  # a double-encoded path decodes twice
+            if self.secret.search(decoded):
+                return self.secret.sub("***", decoded)
+            if "%" not in decoded:
+                break
+            decoded = unquote(decoded)
+        return token
 
 
 MASK_WEBHOOK_SECRET = MaskWebhookSecret()
 
 
-def configure_logging(log_format: str, level: int = logging.INFO) -> None:
+def configure_logging(
+    log_format: str, level: int = logging.INFO, *, webhook_secret: str | None = None
+) -> None:
     """Send our loggers (at `level`) and other libraries' warnings to stderr in the
     chosen format, with the webhook secret masked (idempotent)."""
+    MASK_WEBHOOK_SECRET.remember(webhook_secret)
     formatter = make_formatter(log_format)
     logger = logging.getLogger("automation")
     logger.setLevel(level)
@@ -122,6 +164,14 @@ def wanted_log_format() -> str:
 
     value = os.environ.get("LOG_FORMAT") or dotenv_values(".env").get("LOG_FORMAT") or ""
     return value.strip().lower()
+
+
+def configure_for(settings: Settings) -> None:
+    """`configure_logging` as the settings ask, masking their webhook secret."""
+    secret = settings.webhook_secret
+    configure_logging(
+        settings.log_format, webhook_secret=None if secret is None else secret.get_secret_value()
+    )
 
 
 def make_formatter(log_format: str) -> logging.Formatter:

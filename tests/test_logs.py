@@ -147,6 +147,28 @@ def test_the_webhook_secret_is_masked_in_request_paths(
     assert logged.getMessage() == shown
 
 
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        ("POST /webhooks%2Famocrm%2Fs3cret-x/ HTTP/1.1", "POST /webhooks%2Famocrm%2F***/ HTTP/1.1"),
+        ("POST /webhooks/amocrm//s3cret-x/", "POST /webhooks/amocrm//***/"),
+        ("POST /Webhooks/AMOCRM/s3cret-x/", "POST /Webhooks/AMOCRM/***/"),
+        ("GET /healthz?token=s3cret-x&a=1", "GET /healthz?token=***&a=1"),
+        ("GET /x/%73%33cret-x/", "GET /x/***/"),
+        ("GET /x/%2573%2533cret-x/", "GET /x/***/"),
+        ('referer "https://h/s3cret-x"', 'referer "https://h/***"'),
+        ("GET /x/s3cret-xy/ s3cret-x.y", "GET /x/s3cret-xy/ s3cret-x.y"),  # not the secret
+    ],
+)
+def test_the_secrets_value_is_masked_however_a_path_spells_it(message: str, shown: str) -> None:
+    mask = MaskWebhookSecret()
+    mask.remember("s3cret-x")
+    logged = record(message)
+
+    assert mask.filter(logged) is True
+    assert logged.getMessage() == shown
+
+
 # ----------------------------------------------------------------------- secrets
 
 
@@ -324,3 +346,54 @@ def test_a_database_error_does_not_quote_the_values_it_was_writing(tmp_path: Pat
 
     assert "[SQL parameters hidden due to hide_parameters=True]" in str(failed.value)
     assert token not in str(failed.value)
+
+
+# ------------------------------------------------- the secret in a real server's logs
+
+
+def spellings(secret: str) -> list[bytes]:
+    """Requests that name the secret in ways the path-segment mask alone missed."""
+    encoded = "".join(f"%{byte:02X}" for byte in secret.encode())
+    body = lead_moved(7)
+    headers = f"Host: x\r\nContent-Type: {FORM}\r\nContent-Length: {len(body)}\r\n"
+    paths = [
+        f"/webhooks%2Famocrm%2F{secret}/",  # werkzeug routes it: answered 200
+        f"/webhooks/amocrm//{secret}/",
+        f"/Webhooks/amocrm/{secret}/",
+        f"/webhooks/amocrm/{encoded}/",
+        f"/webhooks/amocrm/{secret}/?again={secret}",
+        f"/healthz?token={secret}",
+        f"/webhooks%252Famocrm%252F{secret}/",
+    ]
+    requests = [
+        f"POST {path} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n".encode() + body
+        for path in paths
+    ]
+    garbled = f"POST /webhooks/amocrm/{secret}/ HTTP/1.1\r\nBad\x00Header: 1\r\n\r\n"
+    return [*requests, garbled.encode()]
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(("--access-logfile", "-", "--log-level", "debug"), id="gunicorn"),
+        pytest.param(None, id="automation serve"),
+    ],
+)
+def test_the_webhook_secret_never_reaches_a_real_servers_logs(
+    how: tuple[str, ...] | None, database_url: str, rules_file: Path, tmp_path: Path
+) -> None:
+    from tests.gunicorn import gunicorn, raw_exchange, running, serve, server_env, status_of
+
+    secret = f"whsec-{secrets.token_hex(8)}"
+    env = server_env(database_url, rules_file, WEBHOOK_SECRET=secret, LOG_FORMAT="text")
+    command = serve("--workers", "1") if how is None else gunicorn("-w", "1", *how)
+    with running(command, env, tmp_path / "server.log") as server:
+        statuses = [status_of(raw_exchange(server.port, sent)) for sent in spellings(secret)]
+        server.stop()
+        log = server.log()
+
+    assert statuses[0] == 200
+    encoded = "".join(f"%{byte:02X}" for byte in secret.encode())
+    assert [line for line in log.splitlines() if secret in line or encoded in line] == []
+    assert "/webhooks/amocrm/***" in log or how is None

@@ -37,11 +37,11 @@ def command_runtime() -> Runtime:
     A database that does not answer is an operator's error like a bad setting: one
     line naming the database (password hidden), not SQLAlchemy's traceback.
     """
-    from automation.logs import configure_logging
+    from automation.logs import configure_for
     from automation.web.runtime import Runtime
 
     settings = command_settings()
-    configure_logging(settings.log_format)
+    configure_for(settings)
     with database_errors(settings.database_url):
         state = Runtime.build(settings)
     # Close the pool when the command ends, not whenever the garbage collector runs.

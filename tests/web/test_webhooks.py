@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -320,3 +321,75 @@ def test_a_doubled_slash_gets_a_json_404_not_an_html_redirect(
     )
     assert answer.status_code == 404
     assert answer.is_json
+
+
+class Lines(logging.Handler):
+    """Keeps the messages of the webhook logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+REJECTIONS = [
+    # (settings, secret, body, content type, status, reason in the line)
+    ({}, "guess-me", b"account[id]=1", FORM, 404, "reason=wrong secret"),
+    ({}, "s3cret", b"leads%5Badd=1", FORM, 400, "reason="),
+    ({}, "s3cret", b"<xml/>", "text/xml", 415, "reason=content type 'text/xml'"),
+    ({"max_body_bytes": 10}, "s3cret", b"account[id]=1&x=1", FORM, 413, "MAX_BODY_BYTES=10"),
+    ({"amocrm_account_id": 5}, "s3cret", b"account[id]=1", FORM, 403, "AMOCRM_ACCOUNT_ID"),
+    ({"webhook_secret": None}, "s3cret", b"account[id]=1", FORM, 503, "set WEBHOOK_SECRET"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "secret", "body", "content_type", "status", "reason"),
+    REJECTIONS,
+    ids=[str(case[4]) for case in REJECTIONS],
+)
+def test_every_rejected_webhook_logs_one_line_with_why_remote_and_length(
+    make_settings: Callable[..., Any],
+    make_app: Callable[[Any], Any],
+    overrides: dict[str, Any],
+    secret: str,
+    body: bytes,
+    content_type: str,
+    status: int,
+    reason: str,
+) -> None:
+    app, lines = make_app(make_settings(**overrides)), Lines()
+    logger = logging.getLogger("automation.webhooks")
+    logger.addHandler(lines)
+    try:
+        answer = post(app.test_client(), body, secret=secret, content_type=content_type)
+    finally:
+        logger.removeHandler(lines)
+
+    assert answer.status_code == status
+    [line] = lines.lines
+    assert line.startswith(f"webhook rejected status={status} remote=127.0.0.1 length={len(body)} ")
+    assert reason in line
+    assert "s3cret" not in line and "guess-me" not in line
+
+
+def test_a_webhook_the_database_could_not_store_logs_why(
+    app: Any, client: Any, webhook_body: Callable[[str], bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from automation.store.database import make_engine
+
+    broken, lines = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"), Lines()
+    monkeypatch.setattr(app.extensions["automation"], "engine", broken)
+    logging.getLogger("automation.webhooks").addHandler(lines)
+    try:
+        answer = post(client, webhook_body("status_lead"))
+    finally:
+        logging.getLogger("automation.webhooks").removeHandler(lines)
+        broken.dispose()
+
+    assert answer.status_code == 503
+    [line] = lines.lines
+    assert line.startswith("webhook rejected status=503 remote=127.0.0.1 length=")
+    assert line.endswith("reason=database error OperationalError")
