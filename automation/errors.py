@@ -26,6 +26,10 @@ class PayloadError(AutomationError):
     """The request body is not an amoCRM webhook we can decode."""
 
 
+class CommitterUnavailable(AutomationError):
+    """The webhook was not stored: the server is stopping or overloaded; retry later."""
+
+
 class RulesError(AutomationError):
     """The rules file is invalid; every problem is listed with file:line."""
 

@@ -101,13 +101,28 @@ def dispatch_command(once: bool) -> None:
     help="gunicorn worker processes.",
 )
 @click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    envvar="WEB_THREADS",
+    show_envvar=True,
+    type=click.IntRange(min=1, max=256),
+    help="Request threads per worker (gunicorn's gthread workers): a slow upload holds "
+    "a thread, not a worker, and the threads' webhooks share one commit.",
+)
+@click.option(
     "--dispatcher/--no-dispatcher",
     default=True,
     show_default=True,
     help="Also run one dispatcher process.",
 )
-def serve(bind: str, workers: int, dispatcher: bool) -> None:
-    """Start the web server (gunicorn) and one dispatcher: the one-command start."""
+def serve(bind: str, workers: int, threads: int, dispatcher: bool) -> None:
+    """Start the web server (gunicorn) and one dispatcher: the one-command start.
+
+    Each worker process runs request threads (gunicorn's gthread worker) and one
+    committer thread that stores every webhook waiting in one transaction: durable
+    (synchronous=FULL) and fast, and a slow upload holds a thread, not a worker.
+    """
     from automation import warn_at_start
     from automation.web.serving import run_server
 
@@ -125,7 +140,7 @@ def serve(bind: str, workers: int, dispatcher: bool) -> None:
         announce(settings, banner, **fields)
 
     # Said once gunicorn listens: a busy port must not be preceded by "serving on".
-    run_server(bind, workers, with_dispatcher=dispatcher, on_ready=on_ready)
+    run_server(bind, workers, threads, with_dispatcher=dispatcher, on_ready=on_ready)
 
 
 def webhook_url(base: str, settings: Settings) -> str:

@@ -6,7 +6,7 @@ and CLI commands read it through `runtime()`. Nothing here runs at import time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask, current_app
 from sqlalchemy import Engine
@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from automation.config import Settings
 from automation.rules.load import RulesLoader, load_rules_file
 from automation.store.database import ensure_schema, make_engine, make_session_factory
+from automation.store.groupcommit import Committer
 
 
 @dataclass
@@ -24,6 +25,12 @@ class Runtime:
     sessions: sessionmaker[Session]
     rules: RulesLoader
     schema_revision: str
+    #: Stores the webhooks of a threaded web process, a batch per commit (see
+    #: `store.groupcommit`); a process of one request at a time stores its own.
+    committer: Committer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.committer = Committer(self.engine)
 
     @classmethod
     def build(cls, settings: Settings, *, announce: bool = True) -> Runtime:

@@ -44,6 +44,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 def run_server(
     bind: str,
     workers: int,
+    threads: int = 1,
     *,
     with_dispatcher: bool,
     on_ready: Callable[[], None] = lambda: None,
@@ -64,7 +65,16 @@ def run_server(
 
     hooks = {"when_ready": when_ready, "child_exit": mark_worker_dead}
     try:
-        options = {"bind": bind, "workers": workers, "timeout": 30, "graceful_timeout": 10}
+        options = {
+            "bind": bind,
+            "workers": workers,
+            # Threads: a slow body holds one thread, not the worker; the webhooks of a
+            # worker's threads share its committer's transactions (store.groupcommit).
+            "worker_class": "gthread",
+            "threads": threads,
+            "timeout": 30,
+            "graceful_timeout": 10,
+        }
         _Gunicorn(options | hooks | {"logger_class": GunicornLogger}).run()
     finally:
         # A worker leaves gunicorn's loop by SystemExit through here too: only the

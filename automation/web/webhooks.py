@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import ClientDisconnected
 
 from automation import metrics
-from automation.errors import PayloadError
+from automation.errors import CommitterUnavailable, PayloadError
 from automation.events.payloads import Payload, decode_body
 from automation.store.intake import Enqueued, Inbound, Rows, store
 from automation.web.runtime import Runtime, runtime
@@ -63,6 +63,8 @@ def receive(secret: str) -> tuple[Response, int]:
             "database unavailable; the webhook was not stored, retry later",
             why=f"database error {type(exc).__name__}",
         )
+    except CommitterUnavailable as exc:
+        return refuse(503, str(exc))
     _log_stored(stored, payload, started)
     return jsonify(
         delivery_id=stored.delivery_id, events=stored.events, launches=stored.launches
@@ -172,8 +174,11 @@ def _store(state: Runtime, body: bytes, payload: Payload, now: datetime) -> Enqu
     planned = [launch for event in payload.events for launch in rules.match(event, now)]
     inbound = Inbound(body, request.content_type or "", request.remote_addr, now, payload)
     rows = Rows.of(inbound, planned)  # built before the transaction: it holds the write lock
-    with state.engine.begin() as connection:
-        stored = store(connection, rows)
+    if request.environ.get("wsgi.multithread"):
+        stored = state.committer.store(rows)  # returns after the commit holding the rows
+    else:
+        with state.engine.begin() as connection:  # sync workers: one request at a time
+            stored = store(connection, rows)
     # Only here, after the commit, does the caller answer 200 (and count it).
     metrics.webhook_stored(payload, planned, stored)
     return stored
