@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     console_secure_cookie: bool = False
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     log_format: Literal["text", "json"] = "text"
+    #: Threaded web workers store the webhooks waiting at once in one transaction
+    #: (store.groupcommit); off, each request commits its own.
+    group_commit: bool = True
     #: Days settled launches and old deliveries are kept; None keeps them forever.
     retention_days: int | None = Field(default=None, gt=0, le=MAX_RETENTION_DAYS)
 
@@ -276,6 +279,7 @@ _EXPECTED = {
     "max_body_bytes": "a positive integer (bytes)",
     "amocrm_retry_uncertain": "a boolean (1/0, true/false)",
     "dry_run": "a boolean (1/0, true/false)",
+    "group_commit": "a boolean (1/0, true/false)",
     "amocrm_pause_on_403": f"a number of seconds from 0 to {MAX_PAUSE}",
     "amocrm_max_attempts": "an integer from 1 to 100",
     "dispatcher_dead_after": f"a number of seconds above 0, at most {MAX_DEAD_AFTER}",

@@ -79,9 +79,11 @@ class MaskWebhookSecret(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.secret: re.Pattern[str] | None = None
+        self.value = ""
 
     def remember(self, secret: str | None) -> None:
         """Mask this value from now on (None: only the webhook path's segment)."""
+        self.value = secret or ""
         self.secret = (
             None if not secret else re.compile(rf"(?<![{_WORD}]){re.escape(secret)}(?![{_WORD}])")
         )
@@ -91,8 +93,10 @@ class MaskWebhookSecret(logging.Filter):
             message = record.getMessage()
         except (TypeError, ValueError):  # a broken format: leave it to the handler
             return True
-        masked = _WEBHOOK_PATH.sub(r"\1***", message)
-        if self.secret is not None:
+        masked = _WEBHOOK_PATH.sub(r"\1***", message) if "/" in message else message
+        # Only a line with the secret or a percent-encoding needs looking into (not
+        # the one-per-webhook line, which has neither: this runs on every line).
+        if self.secret is not None and (self.value in masked or "%" in masked):
             masked = _TOKEN.sub(self._mask_token, masked)
         if masked != message:
             record.msg, record.args = masked, None

@@ -31,6 +31,7 @@ for _name in list(os.environ):
         "ADMIN_TOKEN",
         "MAX_BODY_BYTES",
         "LOG_FORMAT",
+        "GROUP_COMMIT",
         "RETENTION_DAYS",
         "VIEWER_TOKEN",
         "DISPLAY_TIMEZONE",

@@ -261,6 +261,7 @@ def _webhook_flows(hooks: Webhooks, keys: Secrets, monkeypatch: pytest.MonkeyPat
     assert hooks.post(keys.webhook, b"<xml/>", "text/xml") == 415
     with monkeypatch.context() as patch:
         patch.setattr("automation.web.webhooks.store", _broken_store)
+        patch.setattr("automation.store.groupcommit.store", _broken_store)  # threaded server
         assert hooks.post(keys.webhook, lead_moved(2)) == 500  # Flask logs the path
 
 

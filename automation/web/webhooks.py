@@ -15,14 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from gunicorn.http.errors import ParseException
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import ClientDisconnected
 
 from automation import metrics
 from automation.errors import CommitterUnavailable, PayloadError
 from automation.events.payloads import Payload, decode_body
 from automation.store.intake import Enqueued, Inbound, Rows, store
+from automation.web.bodies import Refusal, read_body
 from automation.web.runtime import Runtime, runtime
 
 log = logging.getLogger("automation.webhooks")
@@ -43,9 +42,9 @@ def receive(secret: str) -> tuple[Response, int]:
     problem = _check_request(state, secret)
     if problem is not None:
         return problem
-    body = _read_body(state.settings.max_body_bytes)
-    if isinstance(body, tuple):
-        return body
+    body = read_body(request, state.settings.max_body_bytes)
+    if isinstance(body, Refusal):
+        return refuse(body.status, body.message)
     received_at = datetime.now(UTC)
     try:
         # With its charset, if any; the arrival time keys changes the body cannot date.
@@ -88,44 +87,6 @@ def refuse(status: int, message: str, *, why: str | None = None) -> tuple[Respon
         why or message,
     )
     return error(status, message)
-
-
-def _read_body(limit: int) -> bytes | tuple[Response, int]:
-    """The whole body, or the refusal of one that is too long or did not arrive whole.
-
-    gunicorn marks its input as terminated (`wsgi.input_terminated`), so werkzeug reads
-    to the stream's end: a client that declared 954 bytes and closed after 460 would be
-    stored as a shorter webhook, the rest lost (amoCRM never resends a 200). A broken
-    chunked framing raises gunicorn's parse error or its NoMoreData (an OSError).
-    """
-    declared = request.content_length
-    try:
-        body = request.get_data(cache=False)
-    except ClientDisconnected:
-        return refuse(400, _cut_short(declared, None))
-    except (ParseException, OSError) as exc:
-        return refuse(400, f"the chunked body is malformed ({_named(exc)}); nothing was stored")
-    if len(body) > limit:  # chunked: read one byte past the limit (see create_app)
-        too_long = f"chunked body of more than {limit} bytes exceeds MAX_BODY_BYTES={limit}"
-        return refuse(413, too_long)
-    if declared is not None and len(body) != declared:
-        return refuse(400, _cut_short(declared, len(body)))
-    return body
-
-
-def _cut_short(declared: int | None, got: int | None) -> str:
-    arrived = "" if got is None else f" after {got}"
-    return (
-        f"the body ended{arrived} of the {declared} bytes its Content-Length declared; "
-        "nothing was stored, send it whole"
-    )
-
-
-def _named(exc: Exception) -> str:
-    """gunicorn's parse errors say what broke (`Invalid chunk size: …`); an OSError of
-    a vanished client says little beyond its type."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _check_request(state: Runtime, secret: str) -> tuple[Response, int] | None:
@@ -174,7 +135,7 @@ def _store(state: Runtime, body: bytes, payload: Payload, now: datetime) -> Enqu
     planned = [launch for event in payload.events for launch in rules.match(event, now)]
     inbound = Inbound(body, request.content_type or "", request.remote_addr, now, payload)
     rows = Rows.of(inbound, planned)  # built before the transaction: it holds the write lock
-    if request.environ.get("wsgi.multithread"):
+    if state.settings.group_commit and request.environ.get("wsgi.multithread"):
         stored = state.committer.store(rows)  # returns after the commit holding the rows
     else:
         with state.engine.begin() as connection:  # sync workers: one request at a time

@@ -3,6 +3,7 @@ body gunicorn hands over as if whole, and chunked framing gunicorn cannot parse.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,3 +99,50 @@ def test_chunked_framing_gunicorn_cannot_parse_gets_400_not_500(
     assert b"nothing was stored" in answer
     assert stored_bodies(database_url) == []
     assert "Traceback" not in server.log()
+
+
+# ------------------------------------------------------------ slow uploads, deadline
+
+
+def slow_upload(port: int) -> socket.socket:
+    """A client that declares 1000 bytes, sends 10 and stalls (the chaos run's case)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(head(1000) + b"account[id")
+    return sock
+
+
+def nothing_answered_yet(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)  # an answer, or the end of the connection
+    except BlockingIOError:
+        return True
+    finally:
+        sock.setblocking(True)
+    return False
+
+
+def test_slow_uploads_hold_threads_and_good_webhooks_are_answered_meanwhile(
+    database_url: str, rules_file: Path, tmp_path: Path
+) -> None:
+    """Four stalled uploads against 2 workers: under sync workers each held a worker
+    until gunicorn's 30 s timeout; now each holds a thread until the body deadline."""
+    env = server_env(database_url, rules_file)
+    with running(serve("--workers", "2"), env, tmp_path / "server.log") as server:
+        stalled = [slow_upload(server.port) for _ in range(4)]
+        try:
+            answers = [
+                raw_exchange(server.port, head(len(many_leads(1))) + many_leads(1))
+                for _ in range(5)
+            ]
+            pending = [nothing_answered_yet(sock) for sock in stalled]
+            late = [sock.makefile("rb").read() for sock in stalled]
+        finally:
+            for sock in stalled:
+                sock.close()
+
+    assert [status_of(answer) for answer in answers] == [200] * 5
+    assert pending == [True] * 4  # the good ones did not wait for the stalled ones
+    assert [status_of(answer) for answer in late] == [408] * 4
+    assert b"did not arrive within" in late[0]
+    assert len(stored_bodies(database_url)) == 5
