@@ -9,11 +9,8 @@ over MAX_BODY_BYTES must be a 413 whether or not it says its length up front.
 from __future__ import annotations
 
 import io
-import os
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ from sqlalchemy import func, select
 
 from automation.store.database import make_engine
 from automation.store.models import Delivery
+from tests.gunicorn import gunicorn, running, server_env
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -62,33 +60,11 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(database_url: str, rules_file: Path) -> Iterator[str]:
+def server(database_url: str, rules_file: Path, tmp_path: Path) -> Iterator[str]:
     """gunicorn with MAX_BODY_BYTES=2000, the way amoCRM (or a proxy) would meet it."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMOCRM_")}
-    env |= {
-        "DATABASE_URL": database_url,
-        "RULES_FILE": str(rules_file),
-        "WEBHOOK_SECRET": "s3cret",
-        "MAX_BODY_BYTES": str(LIMIT),
-    }
-    command = [str(BIN / "gunicorn"), "-w", "1", "-b", f"127.0.0.1:{port}", "wsgi:app"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, "gunicorn exited"
-            try:
-                requests.get(f"{url}/healthz", timeout=5)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(15)
+    env = server_env(database_url, rules_file, MAX_BODY_BYTES=str(LIMIT))
+    with running(gunicorn("-w", "1"), env, tmp_path / "server.log") as started:
+        yield started.url
 
 
 def many_leads(count: int) -> bytes:
