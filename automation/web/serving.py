@@ -6,8 +6,11 @@ crash of either side is visible and gunicorn's workers stay plain web workers.
 
 from __future__ import annotations
 
+import html
+import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
 
 from automation.logs import GunicornLogger
 
@@ -70,7 +74,7 @@ def run_server(
             "workers": workers,
             # Threads: a slow body holds one thread, not the worker; the webhooks of a
             # worker's threads share its committer's transactions (store.groupcommit).
-            "worker_class": "gthread",
+            "worker_class": "automation.web.serving.JsonErrorsWorker",
             "threads": threads,
             "timeout": 30,
             "graceful_timeout": 10,
@@ -116,3 +120,47 @@ def mark_worker_dead(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+class JsonErrorsWorker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker, whose own answers to malformed HTTP (a NUL in a
+    header, a bad Content-Length, a garbled request line, a URI over 4094 bytes) are
+    JSON `{"error": …}` like the app's, instead of an HTML page.
+
+    gunicorn writes those pages itself, before any app runs, and has no setting for
+    their format; its `handle_error` is given a socket that rewrites the page it
+    writes (status, reason and message kept).
+    """
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        super().handle_error(req, _JsonErrorSocket(client), addr, exc)
+
+
+class _JsonErrorSocket:
+    """The client socket, except that what is sent through it is `json_error_page`d."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(json_error_page(data))
+
+
+_ERROR_MESSAGE = re.compile(rb"</h1>\s*(.*?)\s*</body>", re.DOTALL)
+
+
+def json_error_page(data: bytes) -> bytes:
+    """gunicorn's HTML error answer as the same status with a JSON body."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0]
+    parts = status_line.split(b" ", 2)
+    if len(parts) < 3 or not parts[0].startswith(b"HTTP/"):
+        return data  # not the page we know: leave it as it is
+    found = _ERROR_MESSAGE.search(body)
+    message = html.unescape(found[1].decode("latin-1")) if found else ""
+    payload = json.dumps({"error": message or parts[2].decode("latin-1")}).encode()
+    headers = b"Connection: close\r\nContent-Type: application/json\r\nContent-Length: %d"
+    return status_line + b"\r\n" + headers % len(payload) + b"\r\n\r\n" + payload

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -168,3 +169,32 @@ def test_a_dispatcher_stopped_while_waiting_for_another_exits_quietly(
     assert second.returncode == 0, err
     assert out == "stopped while waiting for the other dispatcher on this SQLite database\n"
     assert "Error" not in err
+
+
+# ------------------------------------------------- gunicorn's own answers, as JSON
+
+
+MALFORMED = {
+    "a NUL in a header": b"POST /webhooks/amocrm/s3cret/ HTTP/1.1\r\nX-A: a\x00b\r\n\r\n",
+    "a negative Content-Length": (
+        b"POST /webhooks/amocrm/s3cret/ HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"
+    ),
+    "a garbled request line": b"POST\x01 / HTTP/1.1\r\nHost: x\r\n\r\n",
+    "a URI over 4094 bytes": b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("request_bytes", MALFORMED.values(), ids=MALFORMED.keys())
+def test_gunicorns_answers_to_malformed_http_are_json(
+    request_bytes: bytes, tmp_path: Path, rules_file: Path
+) -> None:
+    from tests.gunicorn import raw_exchange, running, serve, status_of
+
+    env = server_env(f"sqlite:///{tmp_path / 'automation.db'}", rules_file)
+    with running(serve("--workers", "1"), env, tmp_path / "server.log") as started:
+        answer = raw_exchange(started.port, request_bytes)
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert 400 <= status_of(answer) < 500, answer
+    assert b"Content-Type: application/json" in head
+    assert json.loads(body)["error"]
