@@ -83,6 +83,7 @@ BAD_VALUES = {
     "amocrm_max_attempts": "0",
     "dispatcher_dead_after": "nan",
     "dry_run": "perhaps",
+    "group_commit": "sometimes",
     "max_body_bytes": "-5",
     "log_format": "xml",
     "retention_days": "1.5",
