@@ -43,6 +43,7 @@ WEBHOOK_OUTCOMES = (
     "not_found",
     "too_large",
     "unsupported",
+    "too_slow",
     "unavailable",
     "error",
 )
@@ -50,6 +51,7 @@ _STATUS_OUTCOMES = {
     400: "bad_request",
     403: "forbidden",
     404: "not_found",
+    408: "too_slow",
     413: "too_large",
     415: "unsupported",
     503: "unavailable",
@@ -60,7 +62,7 @@ WEBHOOKS = Counter(
     "automation_webhooks",
     "Webhook requests answered, by outcome: accepted or unrecognized (stored, 200), "
     "bad_request, forbidden, not_found (wrong secret), too_large, unsupported (content "
-    "type), unavailable (503: not configured or not stored), error (500)",
+    "type), too_slow (408), unavailable (503: not configured or not stored), error (500)",
     ["outcome"],
     registry=REGISTRY,
 )
