@@ -40,8 +40,10 @@ class Refusal:
     message: str
 
 
-def read_body(request: Request, limit: int, seconds: float = BODY_SECONDS) -> bytes | Refusal:
-    """The whole body, or the refusal of one too long, cut short, malformed or late."""
+def read_body(request: Request, limit: int, seconds: float | None = None) -> bytes | Refusal:
+    """The whole body, or the refusal of one too long, cut short, malformed or late
+    (after `seconds`, by default BODY_SECONDS)."""
+    seconds = BODY_SECONDS if seconds is None else seconds
     declared = request.content_length
     deadline = time.monotonic() + seconds
     try:

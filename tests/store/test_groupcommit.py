@@ -47,7 +47,8 @@ def rows_of(rules_file: Path) -> Callable[[bytes], Rows]:
     rules = load_rules_file(str(rules_file))
 
     def build(body: bytes) -> Rows:
-        payload, now = decode_body(body), datetime.now(UTC)
+        now = datetime.now(UTC)
+        payload = decode_body(body, received_at=now)
         planned = [launch for item in payload.events for launch in rules.match(item, now)]
         return Rows.of(Inbound(body, "form", "127.0.0.1", now, payload), planned)
 

@@ -3,6 +3,7 @@ multi-worker `automation serve` (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import tempfile
@@ -131,6 +132,15 @@ def test_each_webhook_answer_is_counted_under_its_outcome(
     assert post(client, webhook_body("status_lead"), secret="guess").status_code == 404
     assert post(client, b"x=" + b"1" * 2000).status_code == 413
     assert post(client, b"<xml/>", content_type="text/xml").status_code == 415
+    with monkeypatch.context() as patch:
+        patch.setattr("automation.web.bodies.BODY_SECONDS", 0)  # any failing read is late
+        stalled = client.post(
+            "/webhooks/amocrm/s3cret",
+            input_stream=_Stalled(),
+            content_type=FORM,
+            environ_overrides={"CONTENT_LENGTH": "10"},
+        )
+        assert stalled.status_code == 408
     unconfigured = make_app(make_settings(webhook_secret=None)).test_client()
     assert post(unconfigured, webhook_body("status_lead")).status_code == 503
     monkeypatch.setattr("automation.web.webhooks.store", _broken_store)
@@ -144,11 +154,27 @@ def test_each_webhook_answer_is_counted_under_its_outcome(
     }
     assert grew == dict.fromkeys(metrics.WEBHOOK_OUTCOMES, 1.0)
     timed = "automation_webhook_duration_seconds_count"
-    assert value(after, timed) - value(before, timed) == 9
+    assert value(after, timed) - value(before, timed) == 10
 
 
 def _broken_store(*args: Any) -> Any:
     raise RuntimeError("a bug in storing")
+
+
+class _Stalled(io.RawIOBase):
+    """A client that sent its headers and then nothing, until the socket timed out."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, _buffer: Any) -> int:
+        raise TimeoutError("timed out")
+
+    def tell(self) -> int:  # werkzeug's test client measures the stream first
+        return 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
 
 
 def test_a_stored_webhook_counts_its_events_and_launches_by_rule_and_result(
