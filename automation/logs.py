@@ -123,7 +123,8 @@ def configure_logging(
 ) -> None:
     """Send our loggers (at `level`) and other libraries' warnings to stderr in the
     chosen format, with the webhook secret masked (idempotent)."""
-    MASK_WEBHOOK_SECRET.remember(webhook_secret)
+    if webhook_secret is not None:  # a later call without one keeps masking it
+        MASK_WEBHOOK_SECRET.remember(webhook_secret)
     formatter = make_formatter(log_format)
     logger = logging.getLogger("automation")
     logger.setLevel(level)
