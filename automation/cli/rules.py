@@ -174,7 +174,13 @@ def _show_payload(
     """Match a body's events at `moments[0]`; it arrived (or is taken to) at `moments[1]`."""
     import json
 
-    from automation.rules.load import decode_payload, describe_event, describe_launch
+    from automation.rules.load import (
+        busy_in_payload,
+        decode_payload,
+        describe_event,
+        describe_launch,
+        launch_key,
+    )
 
     now, received_at = moments
     try:
@@ -182,6 +188,7 @@ def _show_payload(
     except AutomationError as exc:
         raise click.ClickException(f"{label}: {exc}") from exc
     click.echo(f"{label}: {len(payload.events)} event(s), at {now.isoformat()}")
+    busy = busy_in_payload(ruleset, payload, now)
     for event in payload.events:
         click.echo(f"event {describe_event(event)}")
         click.echo(f"  data: {json.dumps(event.data, ensure_ascii=False, default=str)}")
@@ -192,7 +199,9 @@ def _show_payload(
             click.echo(f"  rule {decision.rule}: {decision.reason}")
         for decision in decisions:
             if decision.launch is not None:
-                click.echo(f"  launch {describe_launch(decision.launch)}")
+                held = busy.get(launch_key(decision.launch))
+                shown = f"; {held.reason}" if held else ""
+                click.echo(f"  launch {describe_launch(decision.launch)}{shown}")
 
 
 def _run_cases(cases_file: Path, rules_file: Path | None, now: datetime) -> None:

@@ -3,14 +3,14 @@
 A cases file names payloads (files beside it, or inline `body:`), the moment to
 match at and the launches each should make; `load_cases_file` reads it with the
 same file:line errors as a rules file, and `run_case` matches one case and diffs
-expected against actual launches.
+expected against actual launches (after the one-bot-per-chat guard within the payload).
 
 Pure: no Flask, SQLAlchemy or requests here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from pydantic import PlainValidator, model_validator
 
 from automation.errors import PayloadError, RulesError
 from automation.events.payloads import Event, Payload, decode_body
+from automation.rules.chat import Busy, guard_planned, launches_after_guard
 from automation.rules.ruleset import PlannedLaunch, RuleSet, check_moment
 from automation.rules.spec import BotId, Entity, Instant, Spec, Text, validate
 from automation.rules.yamlfile import Converter, Loc, Problem, compose, read_text, render, show
@@ -47,6 +48,18 @@ def describe_launch(launch: PlannedLaunch) -> str:
         f"{launch.rule}: bot {launch.bot_id} on {launch.entity} {launch.entity_id}, "
         f"not before {format_instant(launch.not_before)}, cooldown {cooldown}"
     )
+
+
+def busy_in_payload(rules: RuleSet, payload: Payload, now: datetime) -> dict[Hashable, Busy]:
+    """The guard's decisions on one payload's launches alone (no database: what ran
+    before is unknown), keyed by `launch_key`."""
+    planned = guard_planned(rules.plan(payload.events, now), now)
+    return {launch_key(launch): decision for launch, decision in planned if decision}
+
+
+def launch_key(launch: PlannedLaunch) -> Hashable:
+    """Tells a payload's launches apart: one per rule and event."""
+    return (launch.rule, launch.event.group, launch.event.index)
 
 
 def _case_time(value: Any) -> datetime:
@@ -167,7 +180,7 @@ def run_case(rules: RuleSet, case: Case, now: datetime) -> CaseResult:
         payload = decode_payload(case.body, moment)
     except PayloadError as exc:
         return CaseResult(case.name, False, error=f"payload: {exc}")
-    launches = [launch for event in payload.events for launch in rules.match(event, moment)]
+    launches = launches_after_guard(rules.plan(payload.events, moment), moment)
     diff = _diff(case.expect, launches)
     return CaseResult(case.name, all(line.startswith(" ") for line in diff), tuple(diff))
 

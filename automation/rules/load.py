@@ -40,12 +40,15 @@ from automation.rules.cases import (
     Case,
     CaseFile,
     CaseResult,
+    busy_in_payload,
     decode_payload,
     describe_event,
     describe_launch,
+    launch_key,
     load_cases_file,
     run_case,
 )
+from automation.rules.chat import DEFAULT_WINDOW, IF_BUSY
 from automation.rules.conditions import Condition, compile_condition
 from automation.rules.fieldcheck import check_fields
 from automation.rules.hours import ActiveHours, Window
@@ -91,12 +94,14 @@ __all__ = [
     "Window",
     "WindowSpec",
     "as_utc",
+    "busy_in_payload",
     "check_moment",
     "decode_payload",
     "describe_event",
     "describe_launch",
     "expand_pattern",
     "format_duration",
+    "launch_key",
     "load_cases_file",
     "load_rules",
     "load_rules_file",
@@ -189,6 +194,10 @@ def _build_rule(
     if spec.outside_hours is not None and not windows:
         message = "has no effect without active_hours (on the rule or in defaults)"
         problems.append(Problem((*loc, "outside_hours"), message))
+    guard = _first(spec.one_bot_per_chat, defaults.one_bot_per_chat, DEFAULT_WINDOW)
+    if spec.if_busy is not None and not guard:
+        message = "has no effect with one_bot_per_chat: 0s (the guard is off)"
+        problems.append(Problem((*loc, "if_busy"), message))
     rule = _compile_rule(spec, defaults, condition, windows)
     return replace(rule, when=_one_line(when or {}))
 
@@ -206,6 +215,7 @@ def _compile_rule(
 ) -> Rule:
     cooldown = spec.cooldown if spec.cooldown is not None else defaults.cooldown
     delay = spec.delay if spec.delay is not None else defaults.delay
+    guard = _first(spec.one_bot_per_chat, defaults.one_bot_per_chat, DEFAULT_WINDOW)
     return Rule(
         name=spec.name,
         on=spec.on,
@@ -217,9 +227,15 @@ def _compile_rule(
         delay=delay or timedelta(0),
         active_hours=_active_hours(windows),
         outside_hours=spec.outside_hours or defaults.outside_hours or "schedule",
+        one_bot_per_chat=guard or None,
+        if_busy=spec.if_busy or defaults.if_busy or IF_BUSY[0],
         enabled=spec.enabled,
         stop=spec.stop,
     )
+
+
+def _first(*values: timedelta | None) -> timedelta | None:
+    return next((value for value in values if value is not None), None)
 
 
 def _check_entity(spec: RuleSpec, loc: Loc, problems: list[Problem]) -> None:

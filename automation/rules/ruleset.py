@@ -2,7 +2,7 @@
 
 A `RuleSet` indexes its rules by concrete event type, so an event only meets the
 rules that listen to its type; `match` and `explain` are pure functions of (event,
-now). `conflicts` finds rules that can start two bots on one entity at once.
+now). `conflicts` finds rules that can start two bots in one chat at once.
 Rules are built from a file by `rules.load_rules`.
 
 Pure: no Flask, SQLAlchemy or requests here.
@@ -11,12 +11,13 @@ Pure: no Flask, SQLAlchemy or requests here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from automation.events.payloads import ENTITY_TYPE_CODES, EVENT_TYPES, Event
 from automation.rules.conditions import Condition
+from automation.rules.conflicts import conflicts as find_conflicts
 from automation.rules.hours import ActiveHours
 from automation.times import as_utc, format_duration, format_instant
 
@@ -54,6 +55,10 @@ class PlannedLaunch:
     event: Event
     not_before: datetime
     cooldown: timedelta | None
+    #: The rule's guard (`one_bot_per_chat`); None or zero when it is off.
+    one_bot_per_chat: timedelta | None = None
+    #: What the launch does when another bot holds its chat: `skip` or `wait`.
+    if_busy: str = "skip"
 
     @property
     def dedupe_key(self) -> str:
@@ -95,6 +100,8 @@ class Rule:
     delay: timedelta = timedelta(0)
     active_hours: ActiveHours | None = None
     outside_hours: str = "schedule"
+    one_bot_per_chat: timedelta | None = None
+    if_busy: str = "skip"
     enabled: bool = True
     stop: bool = False
     #: The rule's `when:` in one line, for people (the console's rules page).
@@ -151,6 +158,8 @@ class Rule:
             event,
             not_before,
             self.cooldown,
+            self.one_bot_per_chat,
+            self.if_busy,
         )
         return Decision(self.name, True, self._matched_reason(due, not_before), launch)
 
@@ -190,6 +199,7 @@ class RuleSet:
             for event_type in sorted(rule.event_types):
                 index.setdefault(event_type, []).append(rule)
         self._index: dict[str, tuple[Rule, ...]] = {k: tuple(v) for k, v in index.items()}
+        self._position = {rule.name: position for position, rule in enumerate(self.rules)}
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -197,6 +207,16 @@ class RuleSet:
     def match(self, event: Event, now: datetime) -> list[PlannedLaunch]:
         """Launches for one event at `now` (naive means UTC), in rule order."""
         return [d.launch for d in self.explain(event, now) if d.launch is not None]
+
+    def plan(self, events: Iterable[Event], now: datetime) -> list[PlannedLaunch]:
+        """Launches for all events of one delivery, rules in file order first.
+
+        The order is the order they are stored in, and so the order the one-bot-per-
+        chat guard judges them in: within one delivery the rule earlier in the file
+        wins, whichever event the body lists first.
+        """
+        launches = [launch for event in events for launch in self.match(event, now)]
+        return sorted(launches, key=lambda launch: self._position.get(launch.rule, 0))
 
     def explain(self, event: Event, now: datetime) -> list[Decision]:
         """One decision per rule listening to the event's type, in file order.
@@ -228,33 +248,6 @@ class RuleSet:
         return {event_type: count for event_type, count in counts.items() if count}
 
     def conflicts(self) -> list[str]:
-        """Pairs of rules that can start different bots on the same entity for one event.
-
-        amoCRM runs one Salesbot per chat at a time, so the second launch interrupts
-        the first. Rules whose top-level conditions exclude each other, and pairs whose
-        earlier rule has `stop: true`, cannot both fire and are not reported.
-        """
-        found: dict[tuple[Rule, Rule], list[str]] = {}
-        for event_type, rules in self._index.items():
-            enabled = [rule for rule in rules if rule.enabled]
-            for i, first in enumerate(enabled):
-                for second in enabled[i + 1 :]:
-                    if _can_collide(first, second, event_type):
-                        found.setdefault((first, second), []).append(event_type)
-        return [_conflict_text(first, second, types) for (first, second), types in found.items()]
-
-
-def _can_collide(first: Rule, second: Rule, event_type: str) -> bool:
-    if first.stop or first.entity != second.entity or first.bot_id == second.bot_id:
-        return False
-    one, other = first.exact_for(event_type), second.exact_for(event_type)
-    return not any(one[key].isdisjoint(other[key]) for key in one.keys() & other.keys())
-
-
-def _conflict_text(first: Rule, second: Rule, event_types: list[str]) -> str:
-    return (
-        f"rules {first.name!r} (bot {first.bot_id}) and {second.name!r} (bot {second.bot_id}) "
-        f"can both start on the same {first.entity} for {', '.join(event_types)}; the second "
-        f"bot interrupts the first (make their conditions exclusive or add stop: true "
-        f"to {first.name!r})"
-    )
+        """Pairs of rules that can start two bots in one chat at once, which the
+        one-bot-per-chat guard does not keep apart (see `rules/conflicts.py`)."""
+        return find_conflicts(self.rules)

@@ -134,6 +134,18 @@ def _timing_keys() -> dict[str, Schema]:
             "enum": ["schedule", "skip"],
             "default": "schedule",
         },
+        "one_bot_per_chat": _described(
+            "amoCRM runs one Salesbot per chat: while another bot's launch on the same "
+            "chat is due, or ran within this time, this launch is busy (default `10m`; "
+            "`0s`: off).",
+            "duration",
+        ),
+        "if_busy": {
+            "description": "A busy launch: `skip` stores it skipped, `wait` starts it after "
+            "the other bot's window.",
+            "enum": ["skip", "wait"],
+            "default": "skip",
+        },
     }
 
 

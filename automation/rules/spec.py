@@ -45,6 +45,7 @@ _SETTING_NAMES: Mapping[str, str] = {
     for action in actions
 }
 _OUTSIDE_HOURS = ("schedule", "skip")
+_IF_BUSY = ("skip", "wait")
 
 
 def expand_pattern(pattern: str) -> tuple[str, ...]:
@@ -125,6 +126,13 @@ def _outside_hours(value: Any) -> str:
     raise ValueError(f"must be one of {_quoted(_OUTSIDE_HOURS)}, got {show(value)}{hint}")
 
 
+def _if_busy(value: Any) -> str:
+    if isinstance(value, str) and value in _IF_BUSY:
+        return value
+    hint = did_you_mean(value, _IF_BUSY)
+    raise ValueError(f"must be one of {_quoted(_IF_BUSY)}, got {show(value)}{hint}")
+
+
 def _event_pattern(value: Any) -> str:
     """An event type (`lead.status_changed`) or a wildcard (`lead.*`, `*`)."""
     if not isinstance(value, str) or not value:
@@ -190,6 +198,7 @@ Entity = Annotated[str, PlainValidator(_entity)]
 Duration = Annotated[timedelta, PlainValidator(_duration)]
 Instant = Annotated[datetime, PlainValidator(_instant)]
 OutsideHours = Annotated[str, PlainValidator(_outside_hours)]
+IfBusy = Annotated[str, PlainValidator(_if_busy)]
 EventPattern = Annotated[str, PlainValidator(_event_pattern)]
 
 
@@ -235,6 +244,8 @@ class DefaultsSpec(Spec):
     delay: Duration | None = None
     active_hours: Windows | None = None
     outside_hours: OutsideHours | None = None
+    one_bot_per_chat: Duration | None = None
+    if_busy: IfBusy | None = None
 
 
 class RuleSpec(Spec):
@@ -248,6 +259,8 @@ class RuleSpec(Spec):
     delay: Duration | None = None
     active_hours: Windows | None = None
     outside_hours: OutsideHours | None = None
+    one_bot_per_chat: Duration | None = None
+    if_busy: IfBusy | None = None
     enabled: Flag = True
     stop: Flag = False
 

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy import Connection, insert, select, update
 
 from automation.events.payloads import Payload
-from automation.store import states
+from automation.rules.chat import Chat
+from automation.store import chatguard, states
 from automation.store.database import dialect_insert
 from automation.store.fastinsert import CompiledInsert
 from automation.store.models import Delivery, Launch
@@ -92,6 +93,7 @@ def store(connection: Connection, rows: Rows) -> Enqueued:
     inserted = INSERT_DELIVERY.execute(connection, rows.delivery)
     assert inserted is not None, "a delivery insert has no conflict clause"
     delivery_id = int(inserted[0])
+    chatguard.lock(connection, (launch for launch, _ in rows.launches))
     outcomes = [_store_launch(connection, delivery_id, *launch) for launch in rows.launches]
     added = outcomes.count(LaunchStatus.PENDING)
     skipped = outcomes.count(LaunchStatus.SKIPPED)
@@ -116,6 +118,7 @@ def enqueue_launches(
     `skipped` inside its cooldown) or None when its dedupe key existed already, so a
     replay adds only what no earlier delivery or replay added.
     """
+    chatguard.lock(connection, planned)
     return [
         _store_launch(connection, delivery_id, launch, launch_row(launch, now))
         for launch in planned
@@ -124,6 +127,7 @@ def enqueue_launches(
 
 def launch_row(launch: PlannedLaunch, now: datetime) -> dict[str, Any]:
     """A `pending` launch row without its delivery (`_store_launch` adds it)."""
+    chat = Chat.of(launch)
     return {
         "delivery_id": None,
         "rule": launch.rule,
@@ -133,6 +137,9 @@ def launch_row(launch: PlannedLaunch, now: datetime) -> dict[str, Any]:
         "bot_id": launch.bot_id,
         "entity_type": launch.entity_type,
         "entity_id": launch.entity_id,
+        "chat_lead_id": chat.lead_id,
+        "chat_contact_id": chat.contact_id,
+        "blocked_by": None,
         "change_key": launch.event.change[:300],
         "dedupe_key": dedupe_digest(launch),
         "status": LaunchStatus.PENDING,
@@ -154,11 +161,18 @@ def dedupe_digest(launch: PlannedLaunch) -> str:
 def _store_launch(
     connection: Connection, delivery_id: int, launch: PlannedLaunch, row: dict[str, Any]
 ) -> LaunchStatus | None:
-    """Insert unless the dedupe key exists; the status stored, or None if not stored."""
+    """Insert unless the dedupe key exists; the status stored, or None if not stored.
+
+    A launch inside its cooldown is `skipped`; otherwise one whose chat another bot
+    holds is `skipped` or, with `if_busy: wait`, `pending` for later (`chatguard`).
+    """
     row = {**row, "delivery_id": delivery_id}
-    reason = _cooldown_reason(connection, launch, row["created_at"])
+    now = row["created_at"]
+    reason = _cooldown_reason(connection, launch, now)
     if reason is not None:
-        row |= {"status": LaunchStatus.SKIPPED, "reason": reason, "settled_at": row["created_at"]}
+        row |= {"status": LaunchStatus.SKIPPED, "reason": reason, "settled_at": now}
+    elif (decision := chatguard.judge(connection, launch, now)) is not None:
+        row |= chatguard.busy_row(decision, now)
     if INSERT_LAUNCH.execute(connection, row) is None:
         return None
     return LaunchStatus(row["status"])
@@ -166,10 +180,14 @@ def _store_launch(
 
 def _cooldown_reason(connection: Connection, launch: PlannedLaunch, now: datetime) -> str | None:
     """Why the launch is skipped: the same bot ran on the same entity inside the
-    rule's cooldown. None when it is not (or the rule has no cooldown)."""
+    rule's cooldown. None when it is not (or the rule has no cooldown).
+
+    The check is a read, so two different changes of the same lead stored at the same
+    instant by two workers could both see "no earlier launch": `chatguard.lock` holds
+    the target (PostgreSQL: an advisory lock; SQLite: BEGIN IMMEDIATE) beforehand.
+    """
     if not launch.cooldown:
         return None
-    _lock_target(connection, launch)
     earlier = connection.execute(
         select(Launch.id, Launch.created_at)
         .where(
@@ -189,20 +207,6 @@ def _cooldown_reason(connection: Connection, launch: PlannedLaunch, now: datetim
         f"{earlier.created_at:%Y-%m-%d %H:%M:%S}Z is inside the "
         f"{format_duration(launch.cooldown)} cooldown"
     )
-
-
-def _lock_target(connection: Connection, launch: PlannedLaunch) -> None:
-    """Serialise cooldown checks of one bot on one entity until this transaction ends.
-
-    The check is a read, so two different changes of the same lead stored at the same
-    instant by two workers could both see "no earlier launch". SQLite already runs one
-    writer at a time; PostgreSQL takes a transaction-scoped advisory lock on the target.
-    """
-    if connection.dialect.name != "postgresql":
-        return
-    target = f"{launch.bot_id}:{launch.entity_type}:{launch.entity_id}".encode()
-    key = int.from_bytes(hashlib.blake2b(target, digest_size=8).digest(), "big", signed=True)
-    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 INSERT_DELIVERY = CompiledInsert(lambda _dialect: insert(Delivery).returning(Delivery.id))

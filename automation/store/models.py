@@ -138,6 +138,14 @@ class Launch(Base):
     entity_id: Mapped[int] = mapped_column(BigInteger)
     #: What changed in amoCRM (`lead:27754599@1727700894:s59936202`).
     change_key: Mapped[str] = mapped_column(String(300))
+    #: The chat this launch occupies (rules/chat.py): the lead and the contact its
+    #: event named together (talks, messages, unsorted), or just its own entity.
+    chat_lead_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    chat_contact_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    #: The launch this one yielded to (`skipped`) or waits for (`pending`) because
+    #: that bot held the chat. No foreign key: retention may prune the other first,
+    #: and the id stays as history.
+    blocked_by: Mapped[int | None] = mapped_column(BigInteger)
     #: sha256 of (rule, bot, entity, change): one launch per change, enforced here.
     dedupe_key: Mapped[str] = mapped_column(String(64), unique=True)
     status: Mapped[LaunchStatus]

@@ -18,7 +18,7 @@ from sqlalchemy import BindParameter, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from automation.errors import ClaimLost
-from automation.store import states
+from automation.store import chatguard, states
 from automation.store.database import rowcount
 from automation.store.models import ApiCall, CallLaunch, Launch
 from automation.store.states import LaunchStatus
@@ -70,10 +70,14 @@ def claim_due(session: Session, dispatcher: str, now: datetime, limit: int = 100
 
     On PostgreSQL rows locked by another dispatcher's claim are skipped
     (`FOR UPDATE SKIP LOCKED`); on SQLite the write lock taken at BEGIN does the same.
+    A `wait` launch is not due while the launch it waits for is still to be sent, and
+    of several due launches on one chat only the oldest is taken: one request never
+    starts two bots in one chat (`chatguard.one_per_chat`).
     """
     connection = session.connection()
     query = _claim_query(connection.dialect.name)
-    claimed = tuple(Claimed(*row) for row in connection.execute(query, {"now_": now, "n": limit}))
+    rows = connection.execute(query, {"now_": now, "n": limit}).all()
+    claimed = tuple(Claimed(*row[:5]) for row in chatguard.one_per_chat(rows))
     if not claimed:
         return None
     batch = Batch(dispatcher, secrets.token_hex(8), claimed)
@@ -158,12 +162,26 @@ _INSERT_CALL_LAUNCHES = insert(CallLaunch)
 @cache
 def _claim_query(dialect: str) -> Any:
     query = (
-        select(Launch.id, Launch.bot_id, Launch.entity_type, Launch.entity_id, Launch.retries)
-        .where(Launch.status == LaunchStatus.PENDING, Launch.not_before <= bindparam("now_"))
+        select(
+            Launch.id,
+            Launch.bot_id,
+            Launch.entity_type,
+            Launch.entity_id,
+            Launch.retries,
+            Launch.chat_lead_id,
+            Launch.chat_contact_id,
+        )
+        .where(
+            Launch.status == LaunchStatus.PENDING,
+            Launch.not_before <= bindparam("now_"),
+            ~chatguard.still_waiting(),
+        )
         .order_by(Launch.not_before, Launch.id)
         .limit(bindparam("n"))
     )
-    return query.with_for_update(skip_locked=True) if dialect == "postgresql" else query
+    if dialect == "postgresql":
+        return query.with_for_update(skip_locked=True, of=Launch)
+    return query
 
 
 def stamp_call(session: Session, call_id: int, started_at: datetime) -> None:
@@ -221,13 +239,17 @@ def settle(
     reason: str | None = None,
 ) -> int:
     """Move the batch's launches to a final status (`sent`, `failed`, `uncertain`,
-    `dry_run`). Returns how many moved: fewer than the batch when some were taken over."""
+    `dry_run`). Returns how many moved: fewer than the batch when some were taken over.
+    Launches that waited for a failed one are released: that bot never ran."""
     if not batch.launches:
         return 0
     is_error = status in (LaunchStatus.FAILED, LaunchStatus.UNCERTAIN)
     statement = _SETTLE_WITH_ERROR if is_error else _SETTLE
     params = {**_held(batch), "new_status": status, "now_": now, "why": reason}
-    return rowcount(session.connection().execute(statement, params))
+    moved = rowcount(session.connection().execute(statement, params))
+    if status == LaunchStatus.FAILED:
+        chatguard.release_waiters(session.connection(), batch.ids, now)
+    return moved
 
 
 _SETTLE = (
@@ -398,7 +420,9 @@ def cancel(
     not touched. Returns the ids that changed."""
     values = {"status": LaunchStatus.CANCELLED, "settled_at": now, "reason": reason}
     values |= {"claimed_by": None, "claim_token": None, "updated_at": now}
-    return _transition(session, ids, states.CANCELLABLE, values)
+    cancelled = _transition(session, ids, states.CANCELLABLE, values)
+    chatguard.release_waiters(session.connection(), cancelled, now)
+    return cancelled
 
 
 def _transition(

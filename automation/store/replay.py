@@ -75,7 +75,7 @@ def _decode(row: Any) -> Payload | None:
 
 
 def _planned(rules: RuleSet, payload: Payload, now: datetime) -> list[PlannedLaunch]:
-    return [launch for event in payload.events for launch in rules.match(event, now)]
+    return rules.plan(payload.events, now)
 
 
 # ------------------------------------------------------------------------- replay

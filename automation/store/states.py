@@ -28,7 +28,8 @@ class LaunchStatus(enum.StrEnum):
     DRY_RUN = "dry_run"
     #: Cancelled by an operator before it was sent.
     CANCELLED = "cancelled"
-    #: Never sent, by design: a rule's cooldown suppressed it (see `reason`).
+    #: Never sent, by design: a rule's cooldown, or another bot on the same chat
+    #: (one_bot_per_chat), suppressed it (see `reason`).
     SKIPPED = "skipped"
 
 

@@ -132,7 +132,7 @@ def _check_account(state: Runtime, payload: Payload) -> tuple[Response, int] | N
 def _store(state: Runtime, body: bytes, payload: Payload, now: datetime) -> Enqueued:
     rules = state.rules.maybe_reload()
     assert rules is not None, "Runtime.build refuses to start without rules"
-    planned = [launch for event in payload.events for launch in rules.match(event, now)]
+    planned = rules.plan(payload.events, now)
     inbound = Inbound(body, request.content_type or "", request.remote_addr, now, payload)
     rows = Rows.of(inbound, planned)  # built before the transaction: it holds the write lock
     if state.settings.group_commit and request.environ.get("wsgi.multithread"):

@@ -28,6 +28,8 @@ rules:
   - {name: welcome, on: lead.added, launch: {bot_id: 1, entity: lead}}
   - {name: upsell, on: lead.added, launch: {bot_id: 2, entity: lead}}
 """
+#: The same two rules with the one-bot-per-chat guard off: now they conflict.
+UNGUARDED = CONFLICTING.replace("rules:", "defaults: {one_bot_per_chat: 0s}\nrules:")
 UNKNOWN_FIELD = """\
 version: 1
 rules:
@@ -110,15 +112,16 @@ def test_check_defaults_to_rules_yaml_in_the_working_directory(
 
 def test_check_warns_about_conflicts_without_failing(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
-    path.write_text(CONFLICTING)
+    path.write_text(UNGUARDED)
 
     result = run("check", str(path))
 
     assert result.exit_code == 0
     assert result.output.splitlines()[-1] == (
         "warning: rules 'welcome' (bot 1) and 'upsell' (bot 2) can both start on the same "
-        "lead for lead.added; the second bot interrupts the first (make their conditions "
-        "exclusive or add stop: true to 'welcome')"
+        "lead for lead.added; the second bot interrupts the first. one_bot_per_chat is 0s "
+        "on 'upsell': set it (e.g. 10m) to make the later one yield (if_busy: skip) or wait "
+        "(if_busy: wait); or make their conditions exclusive, or add stop: true to 'welcome'"
     )
 
 
@@ -138,7 +141,7 @@ def test_check_warns_about_a_field_no_event_is_known_to_carry_without_failing(
     )
 
 
-@pytest.mark.parametrize("text", [UNKNOWN_FIELD, CONFLICTING], ids=["field", "conflict"])
+@pytest.mark.parametrize("text", [UNKNOWN_FIELD, UNGUARDED], ids=["field", "conflict"])
 def test_strict_check_fails_on_warnings(tmp_path: Path, text: str) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text(text)
@@ -151,6 +154,25 @@ def test_strict_check_fails_on_warnings(tmp_path: Path, text: str) -> None:
 
 def test_strict_check_of_a_file_without_warnings_passes() -> None:
     assert run("check", "--strict", "rules.yaml").exit_code == 0
+
+
+def test_check_is_silent_about_conflicts_the_guard_resolves(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(CONFLICTING)
+
+    result = run("check", str(path))
+
+    assert (result.exit_code, result.output.splitlines()) == (
+        0,
+        [f"{path}: ok, 2 rules (0 disabled)", "  lead.added  2"],
+    )
+
+
+def test_check_of_the_example_rules_prints_no_warning() -> None:
+    result = run("check", "rules.yaml")
+
+    assert result.exit_code == 0
+    assert "warning" not in result.output
 
 
 def test_check_lists_every_error_with_file_and_line_and_exits_1(tmp_path: Path) -> None:
@@ -268,7 +290,8 @@ def test_rules_option_chooses_the_rules_file(tmp_path: Path) -> None:
         "  launch welcome: bot 1 on lead 27754611, not before 2024-10-01T09:00:00+00:00, "
         "cooldown none",
         "  launch upsell: bot 2 on lead 27754611, not before 2024-10-01T09:00:00+00:00, "
-        "cooldown none",
+        "cooldown none; busy: yielded to the launch of bot 1 (rule 'welcome') on lead "
+        "27754611, due 2024-10-01T09:00:00+00:00 (one_bot_per_chat: 10m, if_busy: skip)",
     ]
 
 

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from textwrap import dedent, indent
@@ -506,7 +507,17 @@ def test_stage_change_rule_launches_its_bot_on_the_lead(webhook_body: Body) -> N
     launches = compile_rules(STAGE_RULE).match(event, NOW)
 
     assert launches == [
-        PlannedLaunch("welcome", 101, "lead", 2, LEAD, event, not_before=NOW, cooldown=None)
+        PlannedLaunch(
+            "welcome",
+            101,
+            "lead",
+            2,
+            LEAD,
+            event,
+            not_before=NOW,
+            cooldown=None,
+            one_bot_per_chat=timedelta(minutes=10),
+        )
     ]
 
 
@@ -1004,19 +1015,119 @@ def test_summary_counts_enabled_rules_per_event_type() -> None:
 # ------------------------------------------------------------------------ conflicts
 
 
+GUARD_OFF = "one_bot_per_chat: 0s\n"
+
+
 def test_two_bots_on_the_same_entity_for_one_event_type_are_a_conflict() -> None:
     rules = compile_rules(
         """\
         - {name: welcome, on: [lead.added, lead.status_changed], launch: {bot_id: 1, entity: lead}}
         - {name: upsell, on: lead.*, launch: {bot_id: 2, entity: lead}}
+        """,
+        GUARD_OFF,
+    )
+
+    assert rules.conflicts() == [
+        "rules 'welcome' (bot 1) and 'upsell' (bot 2) can both start on the same lead for "
+        "lead.added, lead.status_changed, lead.status_changed + lead.updated (sent together); "
+        "the second bot interrupts the first. one_bot_per_chat is 0s on 'welcome' and "
+        "'upsell': set it (e.g. 10m) to make the later one yield (if_busy: skip) or wait "
+        "(if_busy: wait)"
+    ]
+
+
+def test_a_conflict_on_one_event_needs_the_guard_on_the_later_rule_only() -> None:
+    rules = compile_rules(
+        """\
+        - {name: welcome, on: lead.added, launch: {bot_id: 1, entity: lead}}
+        - {name: upsell, on: lead.added, one_bot_per_chat: 0s, launch: {bot_id: 2, entity: lead}}
+        - {name: late, on: lead.added, launch: {bot_id: 3, entity: lead}}
         """
     )
 
     assert rules.conflicts() == [
         "rules 'welcome' (bot 1) and 'upsell' (bot 2) can both start on the same lead for "
-        "lead.added, lead.status_changed; the second bot interrupts the first (make their "
-        "conditions exclusive or add stop: true to 'welcome')"
+        "lead.added; the second bot interrupts the first. one_bot_per_chat is 0s on "
+        "'upsell': set it (e.g. 10m) to make the later one yield (if_busy: skip) or wait "
+        "(if_busy: wait); or make their conditions exclusive, or add stop: true to 'welcome'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "where", "events"),
+    [
+        pytest.param(
+            "{name: a, on: talk.added, launch: {bot_id: 1, entity: contact}}",
+            "{name: b, on: message.added, launch: {bot_id: 2, entity: contact}}",
+            "on the same contact",
+            "talk.added + message.added (sent together)",
+            id="a customer's first message",
+        ),
+        pytest.param(
+            "{name: a, on: unsorted.added, launch: {bot_id: 1, entity: contact}}",
+            "{name: b, on: lead.added, launch: {bot_id: 2, entity: lead}}",
+            "in one chat (contact and lead of the same chat)",
+            "unsorted.added + lead.added (sent together)",
+            id="a chat becomes a lead",
+        ),
+        pytest.param(
+            "{name: a, on: lead.updated, launch: {bot_id: 1, entity: lead}}",
+            "{name: b, on: lead.status_changed, launch: {bot_id: 2, entity: lead}}",
+            "on the same lead",
+            "lead.updated + lead.status_changed (sent together)",
+            id="a stage move",
+        ),
+        pytest.param(
+            "{name: a, on: talk.added, launch: {bot_id: 1, entity: lead}}",
+            "{name: b, on: talk.added, launch: {bot_id: 2, entity: contact}}",
+            "in one chat (lead and contact of the same chat)",
+            "talk.added",
+            id="lead and contact of one talk",
+        ),
+    ],
+)
+def test_events_sent_together_and_lead_against_contact_are_conflicts_without_the_guard(
+    first: str, second: str, where: str, events: str
+) -> None:
+    rules = compile_rules(f"- {first}\n- {second}\n", GUARD_OFF)
+
+    [warning] = rules.conflicts()
+
+    assert warning.startswith(f"rules 'a' (bot 1) and 'b' (bot 2) can both start {where} for ")
+    assert f" for {events}; the second bot interrupts the first." in warning
+    assert "one_bot_per_chat is 0s on 'a' and 'b'" in warning or "on 'b'" in warning
+
+
+@pytest.mark.parametrize(
+    "defaults",
+    ["", "one_bot_per_chat: 1m\n", "one_bot_per_chat: 10m\nif_busy: wait\n"],
+)
+def test_the_guard_resolves_every_conflict_so_none_is_a_warning(defaults: str) -> None:
+    rules = compile_rules(
+        """\
+        - {name: a, on: [talk.added, lead.*], launch: {bot_id: 1, entity: lead}}
+        - {name: b, on: message.added, launch: {bot_id: 2, entity: contact}}
+        - {name: c, on: [lead.added, unsorted.added], launch: {bot_id: 3, entity: lead}}
+        """,
+        defaults,
+    )
+
+    assert rules.conflicts() == []
+
+
+def test_a_guard_off_on_one_rule_of_events_sent_together_is_still_a_conflict() -> None:
+    rules = compile_rules(
+        """\
+        - {name: greet, on: talk.added, launch: {bot_id: 1, entity: contact}}
+        - {name: reply, on: message.added, launch: {bot_id: 2, entity: contact}}
+        """,
+        "one_bot_per_chat: 0s\n",
+    ).rules
+    guarded = RuleSet([rules[0], replace(rules[1], one_bot_per_chat=timedelta(minutes=10))])
+
+    [warning] = guarded.conflicts()
+
+    assert "one_bot_per_chat is 0s on 'greet': set it" in warning
 
 
 @pytest.mark.parametrize(
@@ -1039,21 +1150,27 @@ def test_two_bots_on_the_same_entity_for_one_event_type_are_a_conflict() -> None
             id="same bot (cooldown and dedupe deal with it)",
         ),
         pytest.param(
-            "{name: a, on: talk.added, launch: {bot_id: 1, entity: lead}}",
-            "{name: b, on: talk.added, launch: {bot_id: 2, entity: contact}}",
-            id="different entities",
+            "{name: a, on: lead.added, launch: {bot_id: 1, entity: lead}}",
+            "{name: b, on: contact.added, launch: {bot_id: 2, entity: contact}}",
+            id="a lead and a contact no event names together",
         ),
         pytest.param(
             "{name: a, on: lead.added, launch: {bot_id: 1, entity: lead}}",
             "{name: b, on: lead.added, enabled: false, launch: {bot_id: 2, entity: lead}}",
             id="one is disabled",
         ),
+        pytest.param(
+            "{name: a, on: talk.added, launch: {bot_id: 1, entity: contact}}",
+            "{name: b, on: message.added, when: {type: outgoing}, "
+            "launch: {bot_id: 2, entity: contact}}",
+            id="a talk and our own outgoing message",
+        ),
     ],
 )
 def test_rules_that_cannot_both_start_different_bots_are_not_a_conflict(
     first: str, second: str
 ) -> None:
-    rules = compile_rules(f"- {first}\n- {second}\n")
+    rules = compile_rules(f"- {first}\n- {second}\n", GUARD_OFF)
 
     assert rules.conflicts() == []
 
@@ -1066,7 +1183,8 @@ def test_incoming_and_outgoing_message_rules_are_not_a_conflict() -> None:
           on: message.added
           when: {type: outgoing}
           launch: {bot_id: 2, entity: contact}
-        """
+        """,
+        GUARD_OFF,
     )
 
     assert rules.conflicts() == []

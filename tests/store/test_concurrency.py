@@ -29,7 +29,7 @@ def _deliver(url: str, rules_path: str, body: bytes, barrier: object) -> int:
     rules = load_rules_file(rules_path)
     now = datetime.now(UTC)
     payload = decode_body(body, received_at=now)
-    planned = [launch for event in payload.events for launch in rules.match(event, now)]
+    planned = rules.plan(payload.events, now)
     barrier.wait()  # type: ignore[attr-defined]
     with sessions.begin() as session:
         inbound = Inbound(body, "form", None, now, payload)
@@ -110,3 +110,42 @@ def test_eight_different_messages_of_one_contact_at_once_respect_the_cooldown(
     engine.dispose()
     assert sorted(results) == [0] * (COPIES - 1) + [1]
     assert [status.value for status in statuses] == ["pending"] + ["skipped"] * (COPIES - 1)
+
+
+#: Eight rules files, each starting its own bot on a customer's chat message.
+ONE_BOT_RULES = """\
+version: 1
+rules:
+  - name: bot-{i}
+    on: message.added
+    launch: {{bot_id: {bot}, entity: {entity}}}
+"""
+
+
+def test_eight_webhooks_about_one_chat_on_eight_processes_start_one_bot(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Eight workers (or hosts), each with a different bot for the same chat, half on
+    its lead and half on its contact; all released at once. No dedupe key or cooldown
+    is shared: only the one-bot-per-chat guard, under its lock, may stop seven."""
+    paths = []
+    for i in range(COPIES):
+        path = tmp_path / f"rules-{i}.yaml"
+        entity = "lead" if i % 2 else "contact"
+        path.write_text(ONE_BOT_RULES.format(i=i, bot=500 + i, entity=entity))
+        paths.append(str(path))
+    bodies = [incoming_message(f"m-{i}") for i in range(COPIES)]
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(COPIES)
+        with context.Pool(COPIES) as pool:
+            arguments = [(database_url, paths[i], bodies[i], barrier) for i in range(COPIES)]
+            results = pool.starmap(_deliver, arguments)
+
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        rows = connection.execute(select(Launch.status, Launch.reason)).all()
+    engine.dispose()
+    assert sorted(results) == [0] * (COPIES - 1) + [1]
+    assert sorted(row.status.value for row in rows) == ["pending"] + ["skipped"] * (COPIES - 1)
+    assert all(row.reason.startswith("busy: yielded to launch #") for row in rows if row.reason)

@@ -52,7 +52,8 @@ def delivery_row(**changes: Any) -> dict[str, Any]:
 
 def launch_row(delivery_id: int, **changes: Any) -> dict[str, Any]:
     """Every column the webhook's launch INSERT binds."""
-    extra = {"delivery_id": delivery_id, "reason": None, "settled_at": None}
+    extra = {"delivery_id": delivery_id, "reason": None, "settled_at": None, "blocked_by": None}
+    extra |= {"chat_lead_id": 27754599, "chat_contact_id": None}
     return launch_values(NOW, dedupe_key="a" * 64, not_before=NOW + timedelta(minutes=1)) | (
         extra | changes
     )

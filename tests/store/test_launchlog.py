@@ -59,7 +59,7 @@ def store(
     """Store a webhook as the endpoint does (matched at `at`); returns its delivery id."""
     ruleset = load_rules(rules) if isinstance(rules, str) else rules
     payload = decode_body(body, content_type, received_at=at)
-    planned = [launch for event in payload.events for launch in ruleset.match(event, at)]
+    planned = ruleset.plan(payload.events, at)
     inbound = intake.Inbound(body, content_type, "127.0.0.1", at, payload)
     with sessions.begin() as session:
         rows = intake.Rows.of(inbound, planned)

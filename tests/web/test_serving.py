@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,52 @@ def test_every_webhook_fixture_posted_over_http_is_stored(server: str, database_
     ]
     assert answers["status_lead"]["launches"] == 1
     assert answers["add_contact"]["launches"] == 0
+
+
+@pytest.fixture
+def example_server(database_url: str) -> Iterator[str]:
+    """gunicorn with two workers serving the example rules.yaml of the repository."""
+    port = free_port()
+    command = [str(BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}", "wsgi:app"]
+    env = server_env(database_url, ROOT / "rules.yaml")
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+def test_a_customers_first_message_starts_one_bot_with_the_example_rules(
+    example_server: str, database_url: str
+) -> None:
+    """talk.added and message.added posted at once, to two workers: at night both
+    example chat rules fire, and one of them yields; by day only the greeting fires."""
+
+    def post(name: str) -> int:
+        answer = requests.post(
+            f"{example_server}/webhooks/amocrm/s3cret/",
+            data=(WEBHOOKS / f"{name}.form").read_bytes().strip(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        return int(answer.json()["launches"])
+
+    with ThreadPoolExecutor(2) as pool:
+        launches = list(pool.map(post, ["add_talk", "add_message"]))
+
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        rows = connection.execute(select(Launch.rule, Launch.status, Launch.reason)).all()
+    engine.dispose()
+    started = [row for row in rows if row.status.value != "skipped"]
+    assert sum(launches) == len(started) == 1
+    assert all(
+        row.reason.startswith("busy: yielded to launch #") for row in rows if row not in started
+    )
 
 
 # ------------------------------------------------------- starting and stopping cleanly
