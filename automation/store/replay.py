@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation.errors import PayloadError
 from automation.events.payloads import ENTITY_KINDS, Payload, decode_body
+from automation.rules.chat import Chat, Occupant, busy
 from automation.rules.load import PlannedLaunch, RuleSet
 from automation.store import intake
 from automation.store.models import Delivery
@@ -120,12 +121,14 @@ class _DryRunMemory:
     """What earlier batches of a dry run would have added, though they rolled back.
 
     A real replay commits batch by batch, so a later batch sees earlier launches as
-    duplicates, or as a cooldown's earlier launch (all replayed launches share one
-    `now`); a dry run must count them the same way to predict the real run exactly.
+    duplicates, as a cooldown's earlier launch, or as another bot holding the chat
+    (all replayed launches share one `now`); a dry run must count them the same way to
+    predict the real run exactly.
     """
 
     digests: set[str] = field(default_factory=set)
     targets: set[tuple[int, int, int]] = field(default_factory=set)
+    chats: list[Occupant] = field(default_factory=list)
 
     def recall(self, launch: PlannedLaunch, outcome: LaunchStatus | None) -> LaunchStatus | None:
         """The outcome the real run would have had, given what earlier batches added."""
@@ -135,9 +138,17 @@ class _DryRunMemory:
             return None
         if outcome is LaunchStatus.PENDING and launch.cooldown and target in self.targets:
             outcome = LaunchStatus.SKIPPED
+        chat = Chat.of(launch)
+        if outcome is LaunchStatus.PENDING:
+            decision = busy(launch, chat, self.chats, launch.not_before)
+            if decision is not None and decision.action == "skip":
+                outcome = LaunchStatus.SKIPPED
         self.digests.add(digest)
         if outcome is LaunchStatus.PENDING:
             self.targets.add(target)
+            self.chats.append(
+                Occupant(None, launch.rule, launch.bot_id, "pending", launch.not_before, chat)
+            )
         return outcome
 
 
@@ -201,7 +212,7 @@ def describe_replay(report: ReplayReport, dry_run: bool) -> list[str]:
 def _tally_text(tally: Tally, dry_run: bool) -> str:
     would = "would be " if dry_run else ""
     return (
-        f"{tally.added} {would}added, {tally.skipped} {would}skipped by cooldown, "
+        f"{tally.added} {would}added, {tally.skipped} {would}skipped (cooldown or busy chat), "
         f"{tally.duplicates} already stored"
     )
 

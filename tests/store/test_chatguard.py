@@ -7,13 +7,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.events.payloads import decode_body
 from automation.rules.load import load_rules
 from automation.store import intake, outbox
+from automation.store import replay as replaying
 from automation.store.models import Launch, LaunchStatus
+from automation.store.replay import Tally
 from tests.store.test_launchlog import (
     FORM,
     NOW,
@@ -331,3 +333,57 @@ def test_the_example_rules_start_one_bot_for_a_customers_first_message_at_any_ho
     ]
     assert len(started) == 1
     assert started[0].rule in {"new-chat-greeting", "after-hours-reply"}
+
+
+# -------------------------------------------------------------------------- replay
+
+#: The rules at replay time: a second bot on the same chat was added meanwhile.
+WITH_A_SECOND_BOT = (
+    RULES
+    + """\
+  - name: second-bot
+    on: talk.added
+    launch: {bot_id: 909, entity: lead}
+"""
+)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_replaying_a_delivery_does_not_start_a_second_bot_on_its_chat(
+    sessions: sessionmaker[Session], dry_run: bool
+) -> None:
+    store(sessions, fixture_body("add_talk"), NOW)
+
+    report = replaying.replay(
+        sessions,
+        load_rules(WITH_A_SECOND_BOT),
+        NOW - timedelta(hours=1),
+        None,
+        NOW + timedelta(minutes=1),
+        dry_run=dry_run,
+    )
+
+    assert report.rules == {"new-chat": Tally(0, 0, 1), "second-bot": Tally(0, 1, 0)}
+    if not dry_run:
+        assert statuses(sessions) == [
+            ("new-chat", LaunchStatus.PENDING),
+            ("second-bot", LaunchStatus.SKIPPED),
+        ]
+
+
+def test_a_dry_run_replay_counts_busy_chats_across_its_batches(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch of a dry run rolls back: the memory must know the earlier launch."""
+    monkeypatch.setattr(replaying, "BATCH", 1)
+    rules = SKIP.replace("defaults: {if_busy: skip}", "defaults: {one_bot_per_chat: 0s}")
+    store(sessions, status_change(LEAD), NOW, rules)
+    store(sessions, message(), NOW, rules)
+    with sessions.begin() as session:
+        session.execute(delete(Launch))
+
+    since = NOW - timedelta(hours=1)
+    dry = replaying.replay(sessions, load_rules(SKIP), since, None, NOW, dry_run=True)
+    real = replaying.replay(sessions, load_rules(SKIP), since, None, NOW)
+
+    assert dry.rules == real.rules == {"qualified": Tally(1, 0, 0), "first-message": Tally(0, 1, 0)}

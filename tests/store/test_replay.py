@@ -243,13 +243,13 @@ def test_replay_report_text_has_a_line_per_rule_and_the_totals() -> None:
 
     assert replaying.describe_replay(report, dry_run=False) == [
         "5 deliveries replayed (1 no longer decode and were left out)",
-        "  qualified: 2 added, 0 skipped by cooldown, 1 already stored",
-        "  first-message: 1 added, 1 skipped by cooldown, 0 already stored",
-        "total: 3 added, 1 skipped by cooldown, 1 already stored",
+        "  qualified: 2 added, 0 skipped (cooldown or busy chat), 1 already stored",
+        "  first-message: 1 added, 1 skipped (cooldown or busy chat), 0 already stored",
+        "total: 3 added, 1 skipped (cooldown or busy chat), 1 already stored",
     ]
     assert replaying.describe_replay(report, dry_run=True)[::3] == [
         "dry run, nothing written: 5 deliveries replayed (1 no longer decode and were left out)",
-        "total: 3 would be added, 1 would be skipped by cooldown, 1 already stored",
+        "total: 3 would be added, 1 would be skipped (cooldown or busy chat), 1 already stored",
     ]
 
 
@@ -357,11 +357,12 @@ def test_replay_command_prints_per_rule_counts_and_a_second_run_adds_nothing(
     assert (first.exit_code, first.output) == (
         0,
         "1 deliveries replayed\n"
-        "  qualified: 1 added, 0 skipped by cooldown, 0 already stored\n"
-        "total: 1 added, 0 skipped by cooldown, 0 already stored\n",
+        "  qualified: 1 added, 0 skipped (cooldown or busy chat), 0 already stored\n"
+        "total: 1 added, 0 skipped (cooldown or busy chat), 0 already stored\n",
     )
     assert (
-        second.output.splitlines()[-1] == "total: 0 added, 0 skipped by cooldown, 1 already stored"
+        second.output.splitlines()[-1]
+        == "total: 0 added, 0 skipped (cooldown or busy chat), 1 already stored"
     )
     assert count(sessions, Launch) == 1
 
