@@ -47,6 +47,9 @@ class LaunchRecord:
     change_key: str
     status: LaunchStatus
     reason: str | None
+    #: The launch this one yielded to (`skipped`) or waits for (`pending`): another
+    #: bot held the chat (one_bot_per_chat); `reason` says so in words.
+    blocked_by: int | None
     not_before: datetime
     attempts: int
     retries: int

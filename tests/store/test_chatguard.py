@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation.events.payloads import decode_body
 from automation.rules.load import load_rules
-from automation.store import intake, outbox
+from automation.store import intake, outbox, story
 from automation.store import replay as replaying
 from automation.store.models import Launch, LaunchStatus
 from automation.store.replay import Tally
@@ -387,3 +387,18 @@ def test_a_dry_run_replay_counts_busy_chats_across_its_batches(
     real = replaying.replay(sessions, load_rules(SKIP), since, None, NOW)
 
     assert dry.rules == real.rules == {"qualified": Tally(1, 0, 0), "first-message": Tally(0, 1, 0)}
+
+
+def test_the_launch_story_exposes_the_launch_a_busy_one_yielded_to(
+    sessions: sessionmaker[Session],
+) -> None:
+    store(sessions, fixture_body("add_talk"))
+    store(sessions, fixture_body("add_message"))
+    first, second = launch_rows(sessions)
+
+    with sessions() as session:
+        told = story.launch_story(session, second.id)
+
+    assert told is not None
+    assert (told.launch.status, told.launch.blocked_by) == (LaunchStatus.SKIPPED, first.id)
+    assert (told.launch.reason or "").startswith(f"busy: yielded to launch #{first.id} of bot 202")

@@ -204,6 +204,7 @@ def test_launch_is_listed_with_every_field(
                 "change_key": "lead:27754599@1727700894:s59936202",
                 "status": "failed",
                 "reason": "bad bot",
+                "blocked_by": None,
                 "not_before": "2024-10-01T09:00:00Z",
                 "attempts": 2,
                 "retries": 0,
