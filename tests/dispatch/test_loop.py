@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation import metrics
@@ -26,7 +26,7 @@ from tests.fake_amocrm import (
     REFRESH_TOKEN,
     FakeAmoCRM,
 )
-from tests.launches import add_launches
+from tests.launches import add_launches, launch_values
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -580,3 +580,61 @@ def test_launches_of_an_answered_call_left_sending_go_back_to_pending(
     make(live_settings, sessions).run(once=True)
 
     assert statuses(sessions) == {"sent": 2}
+
+
+# ---------------------------------------------------------------- one bot per chat
+
+
+def add_chat_launch(sessions: sessionmaker[Session], **values: Any) -> int:
+    """A pending launch due a second ago, with the chat columns the guard stores."""
+    due = datetime.now(UTC) - timedelta(seconds=1)
+    with sessions.begin() as session:
+        return int(
+            session.execute(
+                insert(Launch).values(launch_values(due, **values)).returning(Launch.id)
+            ).scalar_one()
+        )
+
+
+def test_one_request_never_starts_two_bots_in_one_chat(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    """Stored with the guard off (`one_bot_per_chat: 0s`): a bot on the lead and one on
+    the contact of the same chat, and one elsewhere."""
+    add_chat_launch(sessions, bot_id=1, entity_id=5, chat_lead_id=5)
+    add_chat_launch(
+        sessions, bot_id=2, entity_type=1, entity_id=9, chat_lead_id=5, chat_contact_id=9
+    )
+    add_chat_launch(sessions, bot_id=3, entity_id=6, chat_lead_id=6)
+
+    make(live_settings, sessions).run(once=True)
+
+    assert [[task["bot_id"] for task in call.body] for call in fake.salesbot_calls()] == [
+        [1, 3],
+        [2],
+    ]
+    assert statuses(sessions) == {"sent": 3}
+
+
+def test_a_launch_waiting_for_a_rejected_one_is_sent_in_the_same_run(
+    live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    fake.reject_bots({1})
+    blocker = add_chat_launch(sessions, bot_id=1, entity_id=5, chat_lead_id=5)
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    add_chat_launch(
+        sessions,
+        bot_id=2,
+        entity_type=1,
+        entity_id=9,
+        chat_lead_id=5,
+        chat_contact_id=9,
+        blocked_by=blocker,
+        not_before=later,
+        reason="busy: waits for launch #1",
+    )
+
+    make(live_settings, sessions).run(once=True)
+
+    assert statuses(sessions) == {"failed": 1, "sent": 1}
+    assert fake.launches() == [(2, 9, 1)]
