@@ -180,6 +180,16 @@ VALIDATION_CASES = [
         "(on the rule or in defaults)",
     ),
     (
+        "unknown_if_busy",
+        "6:5: rules[0] (name=\"welcome\"): if_busy: must be one of 'skip', 'wait', "
+        "got 'queue'",
+    ),
+    (
+        "if_busy_with_the_guard_off",
+        '7:5: rules[0] (name="welcome"): if_busy: has no effect with one_bot_per_chat: 0s '
+        "(the guard is off)",
+    ),
+    (
         "entity_the_event_never_carries",
         '5:27: rules[0] (name="welcome"): launch.entity: lead.status_changed events never '
         "carry a contact id (they carry: lead)",

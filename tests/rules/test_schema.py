@@ -29,6 +29,7 @@ CHECKED_ONLY_BY_THE_LOADER = {
     "empty_window": "needs 'from' and 'to' compared",
     "entity_the_event_never_carries": "needs 'on' and 'launch' together",
     "outside_hours_without_active_hours": "needs the rule and its defaults together",
+    "if_busy_with_the_guard_off": "needs the rule and its defaults together",
     "unknown_time_zone": "the zone list differs between machines",
     "condition_field_misspelt": "needs 'on' and 'when' together",
     "condition_field_without_id": "needs 'on' and 'when' together",
@@ -53,6 +54,8 @@ defaults:
   delay: 1h 30m
   active_hours: {timezone: Europe/Moscow, days: [mon-fri], from: "09:00", to: "18:00"}
   outside_hours: schedule
+  one_bot_per_chat: 10m
+  if_busy: skip
 rules:
   - name: qualified-lead-welcome
     on: lead.status_changed
@@ -73,6 +76,8 @@ rules:
     launch: {bot_id: 101, entity: lead}
     delay: 1m
     cooldown: 0s
+    one_bot_per_chat: 1h
+    if_busy: wait
   - name: chats
     on: [talk.added, "message.*", "*.added"]
     when:
@@ -89,6 +94,7 @@ rules:
   - name: everything
     on: "*"
     active_hours: always
+    one_bot_per_chat: 0s
     launch: {bot_id: 3, entity: contact}
 """
 
