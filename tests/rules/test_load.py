@@ -181,8 +181,7 @@ VALIDATION_CASES = [
     ),
     (
         "unknown_if_busy",
-        "6:5: rules[0] (name=\"welcome\"): if_busy: must be one of 'skip', 'wait', "
-        "got 'queue'",
+        "6:5: rules[0] (name=\"welcome\"): if_busy: must be one of 'skip', 'wait', got 'queue'",
     ),
     (
         "if_busy_with_the_guard_off",
