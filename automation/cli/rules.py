@@ -18,7 +18,7 @@ from automation.limits import MAX_ID
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from automation.rules.load import RuleSet
+    from automation.rules.load import PlannedChats, RuleSet
 
 
 @click.group("rules")
@@ -115,7 +115,8 @@ def rules_test(
     which launches result.
 
     Writes nothing. A payload is amoCRM's raw form body, or JSON when it starts
-    with `{`. Rules on other event types are not shown.
+    with `{`. Rules on other event types are not shown. Payloads given together are
+    judged as if they arrived in that order, so one bot per chat shows across them.
     """
     if bool(payloads or deliveries) == bool(cases_file):
         raise click.UsageError("give payload files or --delivery ID, or --cases FILE alone")
@@ -123,11 +124,15 @@ def rules_test(
     if cases_file is not None:
         _run_cases(cases_file, rules_file, now)
         return
+    from automation.rules.load import PlannedChats
+
     ruleset = command_rules(rules_path(rules_file))
+    chats = PlannedChats()
     for path in payloads:
-        _show_payload(ruleset, str(path), _read(path), (now, now))
+        _show_payload(ruleset, str(path), _read(path), (now, now), chats)
     for label, body, received_at in _stored(deliveries):
-        _show_payload(ruleset, label, body, (now if at else received_at, received_at))
+        moments = (now if at else received_at, received_at)
+        _show_payload(ruleset, label, body, moments, chats)
 
 
 def _read(path: Path) -> bytes:
@@ -169,9 +174,14 @@ def _match_time(at: str | None) -> datetime:
 
 
 def _show_payload(
-    ruleset: RuleSet, label: str, body: bytes, moments: tuple[datetime, datetime]
+    ruleset: RuleSet,
+    label: str,
+    body: bytes,
+    moments: tuple[datetime, datetime],
+    chats: PlannedChats,
 ) -> None:
-    """Match a body's events at `moments[0]`; it arrived (or is taken to) at `moments[1]`."""
+    """Match a body's events at `moments[0]`; it arrived (or is taken to) at `moments[1]`.
+    `chats` holds the launches of the payloads shown before (one bot per chat)."""
     import json
 
     from automation.rules.load import (
@@ -188,7 +198,7 @@ def _show_payload(
     except AutomationError as exc:
         raise click.ClickException(f"{label}: {exc}") from exc
     click.echo(f"{label}: {len(payload.events)} event(s), at {now.isoformat()}")
-    busy = busy_in_payload(ruleset, payload, now)
+    busy = busy_in_payload(ruleset, payload, now, chats)
     for event in payload.events:
         click.echo(f"event {describe_event(event)}")
         click.echo(f"  data: {json.dumps(event.data, ensure_ascii=False, default=str)}")

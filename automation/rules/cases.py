@@ -20,7 +20,7 @@ from pydantic import PlainValidator, model_validator
 
 from automation.errors import PayloadError, RulesError
 from automation.events.payloads import Event, Payload, decode_body
-from automation.rules.chat import Busy, guard_planned, launches_after_guard
+from automation.rules.chat import Busy, PlannedChats, launches_after_guard
 from automation.rules.ruleset import PlannedLaunch, RuleSet, check_moment
 from automation.rules.spec import BotId, Entity, Instant, Spec, Text, validate
 from automation.rules.yamlfile import Converter, Loc, Problem, compose, read_text, render, show
@@ -50,10 +50,13 @@ def describe_launch(launch: PlannedLaunch) -> str:
     )
 
 
-def busy_in_payload(rules: RuleSet, payload: Payload, now: datetime) -> dict[Hashable, Busy]:
-    """The guard's decisions on one payload's launches alone (no database: what ran
-    before is unknown), keyed by `launch_key`."""
-    planned = guard_planned(rules.plan(payload.events, now), now)
+def busy_in_payload(
+    rules: RuleSet, payload: Payload, now: datetime, chats: PlannedChats | None = None
+) -> dict[Hashable, Busy]:
+    """The guard's decisions on one payload's launches, keyed by `launch_key`: against
+    each other, and against what `chats` holds from payloads judged before (there is no
+    database here: what ran before is unknown)."""
+    planned = (chats or PlannedChats()).judge(rules.plan(payload.events, now), now)
     return {launch_key(launch): decision for launch, decision in planned if decision}
 
 

@@ -190,21 +190,33 @@ def _state(other: Occupant) -> str:
     return f"{other.status} at {format_instant(other.started)}"
 
 
+class PlannedChats:
+    """The guard without a database: launches judged in order, each against the ones
+    judged before (what `rules test` shows for payloads given together)."""
+
+    def __init__(self) -> None:
+        self.held: list[Occupant] = []
+
+    def judge(
+        self, launches: Sequence[PlannedLaunch], now: datetime
+    ) -> list[tuple[PlannedLaunch, Busy | None]]:
+        """Each launch with the guard's decision; those not skipped hold their chat."""
+        decided: list[tuple[PlannedLaunch, Busy | None]] = []
+        for launch in launches:
+            chat = Chat.of(launch)
+            decision = busy(launch, chat, self.held, now)
+            decided.append((launch, decision))
+            if decision is None or decision.action == "wait":
+                start = decision.not_before if decision else launch.not_before
+                self.held.append(Occupant(None, launch.rule, launch.bot_id, "pending", start, chat))
+        return decided
+
+
 def guard_planned(
     launches: Sequence[PlannedLaunch], now: datetime
 ) -> list[tuple[PlannedLaunch, Busy | None]]:
-    """The guard over one delivery's launches alone, in order (earlier ones win):
-    what `rules test` shows, where no database says what ran before."""
-    decided: list[tuple[PlannedLaunch, Busy | None]] = []
-    held: list[Occupant] = []
-    for launch in launches:
-        chat = Chat.of(launch)
-        decision = busy(launch, chat, held, now)
-        decided.append((launch, decision))
-        if decision is None or decision.action == "wait":
-            started = decision.not_before if decision else launch.not_before
-            held.append(Occupant(None, launch.rule, launch.bot_id, "pending", started, chat))
-    return decided
+    """The guard over one delivery's launches alone, in order (earlier ones win)."""
+    return PlannedChats().judge(launches, now)
 
 
 def launches_after_guard(launches: Sequence[PlannedLaunch], now: datetime) -> list[PlannedLaunch]:

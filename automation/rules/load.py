@@ -48,7 +48,7 @@ from automation.rules.cases import (
     load_cases_file,
     run_case,
 )
-from automation.rules.chat import DEFAULT_WINDOW, IF_BUSY
+from automation.rules.chat import DEFAULT_WINDOW, IF_BUSY, PlannedChats
 from automation.rules.conditions import Condition, compile_condition
 from automation.rules.fieldcheck import check_fields
 from automation.rules.hours import ActiveHours, Window
@@ -86,6 +86,7 @@ __all__ = [
     "DefaultsSpec",
     "FileSpec",
     "LaunchSpec",
+    "PlannedChats",
     "PlannedLaunch",
     "Rule",
     "RuleSet",

@@ -295,6 +295,24 @@ def test_rules_option_chooses_the_rules_file(tmp_path: Path) -> None:
     ]
 
 
+def test_payloads_given_together_show_one_bot_per_chat_across_them() -> None:
+    """The example rules at night: the first message's talk starts the greeting, and
+    the after-hours reply yields to it."""
+    talk, message = f"{WEBHOOKS}/add_talk.form", f"{WEBHOOKS}/add_message.form"
+
+    result = run("test", "--at", "2024-10-01T20:00:00", talk, message)
+
+    launches = [line for line in result.output.splitlines() if line.startswith("  launch ")]
+    assert launches == [
+        "  launch new-chat-greeting: bot 102 on contact 93589657, not before "
+        "2024-10-01T20:00:00+00:00, cooldown 1d",
+        "  launch after-hours-reply: bot 103 on contact 93589657, not before "
+        "2024-10-01T20:00:00+00:00, cooldown 12h; busy: yielded to the launch of bot 102 "
+        "(rule 'new-chat-greeting') on contact 93589657, due 2024-10-01T20:00:00+00:00 "
+        "(one_bot_per_chat: 10m, if_busy: skip)",
+    ]
+
+
 def test_test_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shutil.copy(REPO / "rules.yaml", tmp_path / "rules.yaml")
     shutil.copy(REPO / WEBHOOKS / "status_lead.form", tmp_path / "status_lead.form")
