@@ -174,7 +174,7 @@ def test_within_one_delivery_the_rule_earlier_in_the_file_wins(
     """The body lists the message first; `new-chat` comes first in the file."""
     talk, chat_message = fixture_body("add_talk"), fixture_body("add_message")
     body = b"&".join([chat_message, *[p for p in talk.split(b"&") if p.startswith(b"talk")]])
-    assert [event.type for event in decode_body(body, FORM).events] == [
+    assert [event.type for event in decode_body(body, FORM, received_at=NOW).events] == [
         "message.added",
         "talk.added",
     ]
@@ -194,7 +194,7 @@ def test_webhooks_in_savepoints_of_one_transaction_see_each_other(
     rules = load_rules(SKIP)
 
     def rows(body: bytes) -> intake.Rows:
-        payload = decode_body(body, FORM)
+        payload = decode_body(body, FORM, received_at=NOW)
         inbound = intake.Inbound(body, FORM, None, NOW, payload)
         return intake.Rows.of(inbound, rules.plan(payload.events, NOW))
 
