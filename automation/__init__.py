@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None, *, announce: bool = True) -> Fl
 
     from automation.cli import main as cli
     from automation.logs import configure_for
-    from automation.web import console, health, metrics, webhooks
+    from automation.web import console, deliveries, health, metrics, webhooks
     from automation.web.api import bp as api_bp
     from automation.web.runtime import Runtime
 
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, *, announce: bool = True) -> Fl
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(deliveries.bp)
     console.init_app(app, settings)
     metrics.init_app(app)
     app.register_error_handler(HTTPException, _json_error)

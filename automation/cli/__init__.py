@@ -18,6 +18,7 @@ from automation.cli import (
     auth,
     config,
     database,
+    deliveries,
     launches,
     prune,
     replay,
@@ -40,6 +41,7 @@ main.add_command(auth.auth)
 main.add_command(config.config_group)
 main.add_command(rules.rules_group)
 main.add_command(launches.launches_group)
+main.add_command(deliveries.deliveries_group)
 main.add_command(replay.replay_command)
 main.add_command(subscriptions.webhooks_group)
 main.add_command(prune.prune_command)

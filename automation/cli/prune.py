@@ -46,8 +46,9 @@ def prune_command(older_than: str | None, batch_size: int) -> None:
 
     settings = command_settings()
     age = _retention_age(older_than, settings)
-    cooldown = retention.longest_cooldown(command_rules(Path(settings.rules_file)))
-    cutoffs = retention.Cutoffs.at(datetime.now(UTC), age, cooldown)
+    rules = command_rules(Path(settings.rules_file))
+    cooldown = retention.longest_cooldown(rules)
+    cutoffs = retention.Cutoffs.at(datetime.now(UTC), age, cooldown, rules.content_hash)
     click.echo(f"pruning {retention.describe_cutoffs(cutoffs)}")
     pruned = retention.prune(command_sessions(), cutoffs, batch_size)
     click.echo(f"pruned {pruned}")

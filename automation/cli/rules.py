@@ -1,11 +1,13 @@
 """`automation rules …`: check rules files and try them on saved webhooks.
 
 `check`, `schema` and `test` read files only: no settings, database or app needed.
-`diff` reads the stored deliveries (DATABASE_URL).
+`diff`, `status` and `test --delivery` read the database (DATABASE_URL).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,6 +72,27 @@ def _echo_summary(ruleset: RuleSet) -> bool:
     return bool(warnings)
 
 
+@rules_group.command("status")
+def rules_status() -> None:
+    """Which rules version $RULES_FILE is, whether a server stored it, and the versions
+    stored last (deliveries and launches record the version that judged them)."""
+    from automation.store.versions import find_version, recent_versions
+
+    ruleset = command_rules(rules_path())
+    with command_sessions()() as session:
+        stored = find_version(session, ruleset.content_hash)
+        recent = recent_versions(session)
+    click.echo(f"{ruleset.filename}: sha256 {ruleset.content_hash[:12]}, {len(ruleset)} rules")
+    if stored is None:
+        click.echo(
+            "  not stored yet: no server has loaded this content (it will at its next reload)"
+        )
+    else:
+        click.echo(f"  stored as version {stored.describe()}")
+    for version in recent:
+        click.echo(f"version {version.describe()}")
+
+
 @rules_group.command("schema")
 def rules_schema() -> None:
     """Print the JSON Schema of rules files, with which editors complete keys and flag
@@ -101,8 +124,13 @@ def rules_schema() -> None:
     multiple=True,
     type=click.IntRange(1, MAX_ID),
     metavar="ID",
-    help="A webhook stored in DATABASE_URL (repeatable); judged as of its arrival "
-    "unless --at says otherwise.",
+    help="A webhook stored in DATABASE_URL (repeatable); judged as of its arrival, with "
+    "the rules version that judged it then, unless --at or --current say otherwise.",
+)
+@click.option(
+    "--current",
+    is_flag=True,
+    help="With --delivery: judge with today's rules file, not the stored version.",
 )
 def rules_test(
     payloads: tuple[Path, ...],
@@ -110,6 +138,7 @@ def rules_test(
     at: str | None,
     cases_file: Path | None,
     deliveries: tuple[int, ...],
+    current: bool,
 ) -> None:
     """Show which rules match saved webhook PAYLOADS (or stored deliveries) and
     which launches result.
@@ -126,11 +155,13 @@ def rules_test(
         return
     from automation.rules.load import PlannedChats
 
-    ruleset = command_rules(rules_path(rules_file))
+    if current and not deliveries:
+        raise click.UsageError("--current only applies to --delivery")
+    today = functools.cache(lambda: command_rules(rules_path(rules_file)))
     chats = PlannedChats()
     for path in payloads:
-        _show_payload(ruleset, str(path), _read(path), (now, now), chats)
-    for label, body, received_at in _stored(deliveries):
+        _show_payload(today(), str(path), _read(path), (now, now), chats)
+    for label, body, received_at, ruleset in _stored(deliveries, today, current):
         moments = (now if at else received_at, received_at)
         _show_payload(ruleset, label, body, moments, chats)
 
@@ -142,21 +173,25 @@ def _read(path: Path) -> bytes:
         raise click.ClickException(f"{path}: cannot read: {exc.strerror}") from exc
 
 
-def _stored(ids: tuple[int, ...]) -> list[tuple[str, bytes, datetime]]:
-    """The bodies of stored deliveries, to answer "why did my bot not start?"."""
+def _stored(
+    ids: tuple[int, ...], today: Callable[[], RuleSet], use_current: bool
+) -> list[tuple[str, bytes, datetime, RuleSet]]:
+    """The bodies of stored deliveries and the rules that judged them on arrival (or
+    today's, saying why), to answer "why did my bot not start?"."""
     if not ids:
         return []
-    from automation.store.story import delivery_story
+    from automation.store.explain import describe_rules, stored_body
 
     found = []
     with command_sessions(read_only=True)() as session:
         for delivery_id in ids:
-            told = delivery_story(session, delivery_id)
+            told = stored_body(session, delivery_id, today, use_current=use_current)
             if told is None:
                 raise click.ClickException(
                     f"delivery #{delivery_id}: not stored (never, or pruned since)"
                 )
-            found.append((f"delivery #{delivery_id}", told.body, told.delivery.received_at))
+            click.echo(f"delivery #{delivery_id}: rules {describe_rules(told.rules_used)}")
+            found.append((f"delivery #{delivery_id}", told.body, told.received_at, told.rules))
     return found
 
 

@@ -3,8 +3,9 @@
 `compile_condition` turns a rule's `when:` mapping (fields with a value, a list of
 values or operators; `any:`, `tags:` and `custom_fields:`) into a `Condition`,
 reporting every mistake as a `Problem`. A compiled test returns `None` when an
-event passes and the reason when it does not, which `rules test` shows; the tests
-themselves are in `matchers`, where they find their values in `lookups`.
+event passes and a `Failure` when it does not: the field, what the rule expected and
+what the event had, as data for `deliveries show` and as words for `rules test`; the
+tests themselves are in `matchers`, where they find their values in `lookups`.
 
 Pure: no Flask, SQLAlchemy or requests here.
 """
@@ -15,6 +16,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from automation.events.payloads import Event
 from automation.rules.lookups import (
     custom_field_enums,
     custom_field_values,
@@ -24,6 +26,7 @@ from automation.rules.lookups import (
 from automation.rules.matchers import (
     COMPARISONS,
     EventTest,
+    Failure,
     ValueTest,
     all_of,
     any_of,
@@ -53,15 +56,27 @@ _TAG_MODES = ("any", "all", "none")
 class Condition:
     """A compiled `when:`.
 
-    `test(event)` is None when the event passes, else the reason it does not.
-    `exact` maps top-level fields to the only values they accept, so `conflicts()`
-    can see that `status_id: 1` and `status_id: 2` never fire together.
-    `names_type` says whether `when` sets a message `type` (see loop safety).
+    `check(event)` is None when the event passes, else the first `Failure`; `test`
+    says it in words. `failures` lists every top-level condition the event fails
+    (explanations; matching stops at the first). `exact` maps top-level fields to
+    the only values they accept, so `conflicts()` can see that `status_id: 1` and
+    `status_id: 2` never fire together. `names_type` says whether `when` sets a
+    message `type` (see loop safety).
     """
 
-    test: EventTest
+    check: EventTest
     exact: Mapping[str, frozenset[Hashable]] = field(default_factory=dict)
     names_type: bool = False
+    parts: tuple[EventTest, ...] = ()
+
+    def test(self, event: Event) -> str | None:
+        """None when the event passes, else why not in words."""
+        failure = self.check(event)
+        return None if failure is None else str(failure)
+
+    def failures(self, event: Event) -> list[Failure]:
+        """Every top-level condition the event fails, in the file's order."""
+        return [failure for part in self.parts if (failure := part(event)) is not None]
 
 
 def compile_condition(
@@ -95,7 +110,8 @@ class _WhenCompiler:
             if (values := _exact_values(key, spec)) is not None
         }
         names_type = any(_field_key(key) == "type" for key in raw)
-        return Condition(all_of([t for t in tests if t]), exact, names_type)
+        parts = tuple(t for t in tests if t)
+        return Condition(all_of(parts), exact, names_type, parts)
 
     def conditions(self, raw: Any, loc: Loc) -> EventTest | None:
         """One branch of `any:`: a non-empty mapping of conditions, ANDed."""
@@ -103,7 +119,7 @@ class _WhenCompiler:
             self.fail(loc, f"must be a mapping of conditions, got {show(raw)}")
             return None
         made = self.condition(raw, loc)
-        return made.test if made else None
+        return made.check if made else None
 
     def entry(self, key: Any, spec: Any, loc: Loc) -> EventTest | None:
         """One `key: spec` of a `when:` mapping: `any`, `tags`, `custom_fields` or a field."""

@@ -153,7 +153,7 @@ def load_rules(text: str, filename: str = "rules.yaml") -> RuleSet:
         raise RulesError(render(shown, root, data, filename), filename)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     warnings = render(notices, root, data, filename)
-    return RuleSet(rules, content_hash=digest, filename=filename, warnings=warnings)
+    return RuleSet(rules, content_hash=digest, filename=filename, warnings=warnings, source=text)
 
 
 def load_rules_file(path: str | Path) -> RuleSet:
@@ -315,6 +315,9 @@ class RulesLoader:
         #: Called with True when a file loads and False when it is found broken
         #: (`metrics.rules_reloaded`); set by the server, None elsewhere.
         self.on_reload: Callable[[bool], None] | None = None
+        #: Called with the rules each time a file's content loads and is swapped in
+        #: (the server stores the version); its failure is logged, never raised.
+        self.on_loaded: Callable[[RuleSet], object] | None = None
         with self._lock:
             self._refresh()
 
@@ -407,6 +410,11 @@ class RulesLoader:
             logger.log(warn, "rules warning file=%s warning=%s", self.path, warning)
         if self.on_reload is not None:
             self.on_reload(True)
+        if self.on_loaded is not None:
+            try:
+                self.on_loaded(rules)
+            except Exception:  # the rules are good; recording them may be retried later
+                logger.exception("rules loaded but not recorded file=%s", self.path)
 
     def _fail(
         self, exc: RulesError, stamp: tuple[int, int] | None = None, digest: str | None = None

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from automation.events.payloads import Event
-from automation.rules.matchers import EventTest
+from automation.rules.matchers import EventTest, Failure
 from automation.rules.yamlfile import MISSING
 
 Getter = Callable[[Event], Any]
@@ -94,17 +94,18 @@ def _tag_names(event: Event) -> set[str]:
 
 
 def tags_test(mode: str, wanted: tuple[str, ...]) -> EventTest:
-    def check(event: Event) -> str | None:
+    def check(event: Event) -> Failure | None:
         names = _tag_names(event)
         found = [tag for tag in wanted if tag in names]
         have = sorted(names)
+        expected = f"{mode} of {list(wanted)!r}"
         if mode == "any" and not found:
-            return f"tags: none of {list(wanted)!r} in {have!r}"
+            return Failure("tags", expected, repr(have), f"none of {list(wanted)!r} in {have!r}")
         if mode == "all" and len(found) < len(wanted):
             missing = [tag for tag in wanted if tag not in names]
-            return f"tags: {missing!r} not in {have!r}"
+            return Failure("tags", expected, repr(have), f"{missing!r} not in {have!r}")
         if mode == "none" and found:
-            return f"tags: has {found!r}"
+            return Failure("tags", expected, repr(have), f"has {found!r}")
         return None
 
     return check

@@ -1,8 +1,10 @@
 """Tests of one value, and the ways `when:` combines tests.
 
-A test returns None when its subject passes and the reason when it does not (which
-`rules test` shows). Values compare as a sales-ops person means it: `15000` equals
-`"15000"`, and a list (a multi-value custom field) matches when an item does.
+A test returns None when its subject passes and, when it does not, a `Mismatch` (a
+value test) or a `Failure` (a condition on the event): what was expected and what was
+there, as data for `deliveries show` and in words for `rules test`. Values compare as
+a sales-ops person means it: `15000` equals `"15000"`, and a list (a multi-value
+custom field) matches when an item does.
 
 Pure: no Flask, SQLAlchemy or requests here.
 """
@@ -11,15 +13,41 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from automation.events.payloads import Event
 from automation.rules.yamlfile import MISSING, show
 
 T = TypeVar("T")
-Test = Callable[[T], str | None]
-EventTest = Callable[[Event], str | None]
-ValueTest = Callable[[Any], str | None]
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """What a value test found: what it expected, the value (None: missing), in words."""
+
+    expected: str
+    got: str | None
+    says: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A condition an event failed: the field, what the rule expects, what it had."""
+
+    field: str
+    expected: str
+    #: The event's value as shown (`142`, `'site'`); None when the field is missing.
+    got: str | None
+    says: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.says}"
+
+
+ValueTest = Callable[[Any], Mismatch | None]
+EventTest = Callable[[Event], Failure | None]
 
 COMPARISONS: Mapping[str, tuple[str, Callable[[float, float], bool]]] = {
     "gt": (">", operator.gt),
@@ -29,12 +57,12 @@ COMPARISONS: Mapping[str, tuple[str, Callable[[float, float], bool]]] = {
 }
 
 
-def all_of(tests: Sequence[Test[T]]) -> Test[T]:
+def all_of(tests: Sequence[Callable[[T], R | None]]) -> Callable[[T], R | None]:
     """AND: the first failing test's reason, or None."""
     if len(tests) == 1:
         return tests[0]
 
-    def check(subject: T) -> str | None:
+    def check(subject: T) -> R | None:
         for test in tests:
             reason = test(subject)
             if reason is not None:
@@ -47,14 +75,15 @@ def all_of(tests: Sequence[Test[T]]) -> Test[T]:
 def any_of(tests: Sequence[EventTest]) -> EventTest:
     """OR: None when any branch passes, else every branch's reason."""
 
-    def check(event: Event) -> str | None:
+    def check(event: Event) -> Failure | None:
         reasons = []
         for test in tests:
             reason = test(event)
             if reason is None:
                 return None
-            reasons.append(reason)
-        return f"any: no branch matched ({'; '.join(reasons)})"
+            reasons.append(str(reason))
+        got = "; ".join(reasons)
+        return Failure("any", "one branch to match", got, f"no branch matched ({got})")
 
     return check
 
@@ -104,37 +133,45 @@ def _present(value: Any) -> bool:
 
 
 def equals(expected: Any) -> ValueTest:
-    def test(value: Any) -> str | None:
+    def test(value: Any) -> Mismatch | None:
         if value is MISSING:
-            return "missing"
-        return None if _same(expected, value) else f"{show(value)} is not {expected!r}"
+            return Mismatch(repr(expected), None, "missing")
+        if _same(expected, value):
+            return None
+        return Mismatch(repr(expected), show(value), f"{show(value)} is not {expected!r}")
 
     return test
 
 
 def one_of(options: tuple[Any, ...]) -> ValueTest:
-    def test(value: Any) -> str | None:
+    def test(value: Any) -> Mismatch | None:
+        expected = f"one of {list(options)!r}"
         if value is MISSING:
-            return "missing"
+            return Mismatch(expected, None, "missing")
         if any(_same(option, value) for option in options):
             return None
-        return f"{show(value)} is not in {list(options)!r}"
+        return Mismatch(expected, show(value), f"{show(value)} is not in {list(options)!r}")
 
     return test
 
 
 def negated(inner: ValueTest, spec: Any) -> ValueTest:
-    def test(value: Any) -> str | None:
-        return f"{show(value)} matches not: {spec!r}" if inner(value) is None else None
+    def test(value: Any) -> Mismatch | None:
+        if inner(value) is not None:
+            return None
+        got = None if value is MISSING else show(value)
+        return Mismatch(f"not {spec!r}", got, f"{show(value)} matches not: {spec!r}")
 
     return test
 
 
 def exists(wanted: bool) -> ValueTest:
-    def test(value: Any) -> str | None:
+    def test(value: Any) -> Mismatch | None:
         if _present(value) == wanted:
             return None
-        return "missing" if wanted else f"{show(value)} is present"
+        if wanted:
+            return Mismatch("present", None if value is MISSING else show(value), "missing")
+        return Mismatch("absent", show(value), f"{show(value)} is present")
 
     return test
 
@@ -142,22 +179,23 @@ def exists(wanted: bool) -> ValueTest:
 def compare(name: str, bound: int | float) -> ValueTest:
     sign, compare = COMPARISONS[name]
 
-    def test(value: Any) -> str | None:
+    def test(value: Any) -> Mismatch | None:
+        expected = f"{sign} {bound!r}"
         if value is MISSING:
-            return "missing"
+            return Mismatch(expected, None, "missing")
         numbers = _numbers(value)
         if not numbers:
-            return f"{show(value)} is not a number"
+            return Mismatch(expected, show(value), f"{show(value)} is not a number")
         if any(compare(number, bound) for number in numbers):
             return None
-        return f"{show(value)} is not {sign} {bound!r}"
+        return Mismatch(expected, show(value), f"{show(value)} is not {sign} {bound!r}")
 
     return test
 
 
 def on_field(getter: Callable[[Event], Any], label: str, test: ValueTest) -> EventTest:
-    def check(event: Event) -> str | None:
-        reason = test(getter(event))
-        return None if reason is None else f"{label}: {reason}"
+    def check(event: Event) -> Failure | None:
+        found = test(getter(event))
+        return None if found is None else Failure(label, found.expected, found.got, found.says)
 
     return check

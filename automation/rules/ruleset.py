@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from automation.events.payloads import ENTITY_TYPE_CODES, EVENT_TYPES, Event
 from automation.rules.conditions import Condition
 from automation.rules.conflicts import conflicts as find_conflicts
 from automation.rules.hours import ActiveHours
+from automation.rules.verdicts import HoursCheck, Outcome, Why
 from automation.times import as_utc, format_duration, format_instant
 
 logger = logging.getLogger("automation.rules")
@@ -72,18 +73,37 @@ class Decision:
 
     `matched` means the rule's `on` and `when` accepted the event; a matched rule
     can still yield no launch (the event lacks the entity, or it is outside active
-    hours with `outside_hours: skip`), and `reason` then says so.
+    hours with `outside_hours: skip`), and `reason` then says so. `why` is the same
+    as data (`verdicts.Why`).
     """
 
     rule: str
     matched: bool
     reason: str
     launch: PlannedLaunch | None
+    why: Why = field(default=Why(Outcome.LAUNCH), compare=False)
 
 
 def _is_echo(event: Event) -> bool:
     """Outgoing `message.added`: answering it would make a bot talk to itself."""
     return event.type == "message.added" and event.data.get("type") != "incoming"
+
+
+_DISABLED = Why(Outcome.DISABLED)
+_OUTGOING = Why(Outcome.OUTGOING_MESSAGE)
+_UNREADABLE = Why(Outcome.UNREADABLE)
+
+
+def _words(why: Why, event: Event) -> str:
+    """A reason a rule did not match, as `rules test` prints it."""
+    if why.failure is not None:
+        return str(why.failure)
+    if why.outcome is Outcome.DISABLED:
+        return "disabled (enabled: false)"
+    if why.outcome is Outcome.OUTGOING_MESSAGE:
+        kind = event.data.get("type")
+        return f"message type is {kind!r}; without a 'type' condition only incoming match"
+    return "the event's data has a shape this rule's conditions cannot read"
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,41 +134,45 @@ class Rule:
 
     def decide(self, event: Event, now: datetime) -> Decision:
         """Match one event of a type this rule listens to, at `now` (aware UTC)."""
-        reason = self.why_not(event)
-        if reason is not None:
-            return Decision(self.name, False, reason, None)
+        why = self.why_not(event)
+        if why is not None:
+            return Decision(self.name, False, _words(why, event), None, why)
         return self._launch(event, now)
 
-    def why_not(self, event: Event) -> str | None:
+    def why_not(self, event: Event) -> Why | None:
         """None when the rule accepts the event, else the reason it does not."""
         if not self.enabled:
-            return "disabled (enabled: false)"
+            return _DISABLED
         if _is_echo(event) and not self.condition.names_type:
-            kind = event.data.get("type")
-            return f"message type is {kind!r}; without a 'type' condition only incoming match"
+            return _OUTGOING
         try:
-            return self.condition.test(event)
+            failure = self.condition.check(event)
         except Exception:  # a payload shape no test foresaw: no match, never a 500
             logger.exception("rule %r could not judge a %s event", self.name, event.type)
-            return "the event's data has a shape this rule's conditions cannot read"
+            return _UNREADABLE
+        return None if failure is None else Why(Outcome.CONDITIONS_FAILED, failure)
 
     def _launch(self, event: Event, now: datetime) -> Decision:
         entity_id = event.entities.get(self.entity)
         if entity_id is None:
             carried = ", ".join(event.entities) or "none"
             reason = f"matched, but the event carries no {self.entity} id (it has: {carried})"
-            return Decision(self.name, True, reason, None)
+            why = Why(Outcome.ENTITY_MISSING, entity=self.entity, carried=tuple(event.entities))
+            return Decision(self.name, True, reason, None, why)
         try:
             due = now + self.delay
             not_before = self.active_hours.next_open(due) if self.active_hours else due
         except OverflowError:  # `check_moment` keeps callers away; never a traceback
             reason = "matched, but its start time falls outside the calendar (years 1-9999)"
-            return Decision(self.name, True, reason, None)
-        if not_before != due and self.outside_hours == "skip":
+            return Decision(self.name, True, reason, None, Why(Outcome.OUTSIDE_CALENDAR))
+        hours = None
+        if not_before != due and self.active_hours is not None:
+            hours = HoursCheck.of(self.active_hours, due, not_before)
+        if hours is not None and self.outside_hours == "skip":
             reason = (
                 f"matched, but {format_instant(due)} is outside active hours (outside_hours: skip)"
             )
-            return Decision(self.name, True, reason, None)
+            return Decision(self.name, True, reason, None, Why(Outcome.OUTSIDE_HOURS, hours=hours))
         launch = PlannedLaunch(
             self.name,
             self.bot_id,
@@ -161,7 +185,8 @@ class Rule:
             self.one_bot_per_chat,
             self.if_busy,
         )
-        return Decision(self.name, True, self._matched_reason(due, not_before), launch)
+        reason = self._matched_reason(due, not_before)
+        return Decision(self.name, True, reason, launch, Why(Outcome.LAUNCH, hours=hours))
 
     def _matched_reason(self, due: datetime, not_before: datetime) -> str:
         parts = ["matched"]
@@ -187,6 +212,7 @@ class RuleSet:
         content_hash: str = "",
         filename: str = "rules.yaml",
         warnings: Sequence[str] = (),
+        source: str = "",
     ) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.content_hash = content_hash
@@ -194,6 +220,8 @@ class RuleSet:
         #: What loading found doubtful but not wrong (`file:line:col: …` each), such
         #: as a condition field no event of the rule is known to carry.
         self.warnings: tuple[str, ...] = tuple(warnings)
+        #: The file's text, kept so a server can store the version it judges with.
+        self.source = source
         index: dict[str, list[Rule]] = {}
         for rule in self.rules:
             for event_type in sorted(rule.event_types):
@@ -230,7 +258,8 @@ class RuleSet:
         for rule in self._index.get(event.type, ()):
             if stopper is not None:
                 reason = f"not considered: rule {stopper!r} matched first and has stop: true"
-                decisions.append(Decision(rule.name, False, reason, None))
+                why = Why(Outcome.STOPPED, stopped_by=stopper)
+                decisions.append(Decision(rule.name, False, reason, None, why))
                 continue
             decision = rule.decide(event, moment)
             decisions.append(decision)

@@ -16,7 +16,7 @@ token reaches a log.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,8 @@ class _Compiled:
 
 
 class CompiledInsert:
-    """`INSERT … RETURNING`, compiled per dialect on first use.
+    """`INSERT … RETURNING` (or a plain INSERT for `execute_many`), compiled per
+    dialect on first use.
 
     `build` makes the statement for a dialect name (`ON CONFLICT` comes from the
     dialect's own `insert`). The columns are the keys of the first row inserted;
@@ -79,6 +80,25 @@ class CompiledInsert:
                 compiled.sql, parameters, exc, dbapi.Error, hide_parameters=True, dialect=dialect
             ) from exc
         return None if row is None else tuple(row)
+
+    def execute_many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run the INSERT (without RETURNING) once per row, in one driver call."""
+        if not rows:
+            return
+        dialect = connection.dialect
+        compiled = self._compiled(dialect, rows[0])
+        parameters = [compiled.bind(row) for row in rows]
+        dbapi = dialect.loaded_dbapi
+        try:
+            cursor = connection.connection.cursor()
+            try:
+                cursor.executemany(compiled.sql, parameters)
+            finally:
+                cursor.close()
+        except dbapi.Error as exc:
+            raise DBAPIError.instance(
+                compiled.sql, parameters, exc, dbapi.Error, hide_parameters=True, dialect=dialect
+            ) from exc
 
     def _compiled(self, dialect: Dialect, values: Mapping[str, Any]) -> _Compiled:
         key = (dialect.name, dialect.driver, dialect.paramstyle)

@@ -1,4 +1,5 @@
-"""Storing a webhook: its delivery row and its launches, in the caller's transaction.
+"""Storing a webhook: its delivery row, the entities it names and its launches, in the
+caller's transaction.
 
 De-duplication is the database's job (a unique `dedupe_key`, `INSERT … ON CONFLICT DO
 NOTHING`), never read-then-write: two copies of one webhook arriving at the same instant
@@ -19,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from automation.events.mentions import named_entities
 from automation.events.payloads import Payload
 from automation.rules.chat import Chat
 from automation.store import chatguard, states
 from automation.store.database import dialect_insert
 from automation.store.fastinsert import CompiledInsert
-from automation.store.models import Delivery, Launch
+from automation.store.models import Delivery, DeliveryEntity, Launch
 from automation.store.states import DeliveryStatus, LaunchStatus
 from automation.times import format_duration
 
@@ -41,6 +43,8 @@ class Inbound:
     remote_addr: str | None
     received_at: datetime
     payload: Payload
+    #: The stored rules version that judged it (`store.versions`).
+    rules_version_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,8 @@ class Rows:
 
     delivery: dict[str, Any]
     launches: list[tuple[PlannedLaunch, dict[str, Any]]]
+    #: (entity type, entity id) its events name, for `delivery_entities`.
+    entities: list[tuple[str, int]]
 
     @classmethod
     def of(cls, inbound: Inbound, planned: Sequence[PlannedLaunch]) -> Rows:
@@ -78,9 +84,13 @@ class Rows:
             "launch_count": len(planned),
             "duplicate_count": 0,
             "status": status,
+            "rules_version_id": inbound.rules_version_id,
         }
-        launches = [(launch, launch_row(launch, inbound.received_at)) for launch in planned]
-        return cls(delivery, launches)
+        version = inbound.rules_version_id
+        launches = [
+            (launch, launch_row(launch, inbound.received_at, version)) for launch in planned
+        ]
+        return cls(delivery, launches, named_entities(payload))
 
 
 def store(connection: Connection, rows: Rows) -> Enqueued:
@@ -94,6 +104,10 @@ def store(connection: Connection, rows: Rows) -> Enqueued:
     assert inserted is not None, "a delivery insert has no conflict clause"
     delivery_id = int(inserted[0])
     chatguard.lock(connection, (launch for launch, _ in rows.launches))
+    INSERT_ENTITY.execute_many(
+        connection,
+        [{"delivery_id": delivery_id, "entity_type": k, "entity_id": i} for k, i in rows.entities],
+    )
     outcomes = [_store_launch(connection, delivery_id, *launch) for launch in rows.launches]
     added = outcomes.count(LaunchStatus.PENDING)
     skipped = outcomes.count(LaunchStatus.SKIPPED)
@@ -110,7 +124,11 @@ def store(connection: Connection, rows: Rows) -> Enqueued:
 
 
 def enqueue_launches(
-    connection: Connection, delivery_id: int, planned: Sequence[PlannedLaunch], now: datetime
+    connection: Connection,
+    delivery_id: int,
+    planned: Sequence[PlannedLaunch],
+    now: datetime,
+    rules_version_id: int | None = None,
 ) -> list[LaunchStatus | None]:
     """Store launches for an already stored delivery (a webhook, or a replay of one).
 
@@ -120,12 +138,14 @@ def enqueue_launches(
     """
     chatguard.lock(connection, planned)
     return [
-        _store_launch(connection, delivery_id, launch, launch_row(launch, now))
+        _store_launch(connection, delivery_id, launch, launch_row(launch, now, rules_version_id))
         for launch in planned
     ]
 
 
-def launch_row(launch: PlannedLaunch, now: datetime) -> dict[str, Any]:
+def launch_row(
+    launch: PlannedLaunch, now: datetime, rules_version_id: int | None = None
+) -> dict[str, Any]:
     """A `pending` launch row without its delivery (`_store_launch` adds it)."""
     chat = Chat.of(launch)
     return {
@@ -150,6 +170,7 @@ def launch_row(launch: PlannedLaunch, now: datetime) -> dict[str, Any]:
         "created_at": now,
         "updated_at": now,
         "settled_at": None,
+        "rules_version_id": rules_version_id,
     }
 
 
@@ -210,6 +231,7 @@ def _cooldown_reason(connection: Connection, launch: PlannedLaunch, now: datetim
 
 
 INSERT_DELIVERY = CompiledInsert(lambda _dialect: insert(Delivery).returning(Delivery.id))
+INSERT_ENTITY = CompiledInsert(lambda _dialect: insert(DeliveryEntity))
 INSERT_LAUNCH = CompiledInsert(
     lambda dialect: (
         dialect_insert(dialect)(Launch)

@@ -107,6 +107,45 @@ class Delivery(Base):
     #: the same move sent as both `leads[update]` and `leads[status]`).
     duplicate_count: Mapped[int] = mapped_column(Integer)
     status: Mapped[DeliveryStatus]
+    #: The `rules_versions` row that judged it; NULL for deliveries stored before
+    #: versions were recorded. No foreign key: a pruned version must not erase the
+    #: fact that this delivery was judged by it (`deliveries show` says it is gone).
+    rules_version_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+
+
+class DeliveryEntity(Base):
+    """An entity a delivery's events name: how `deliveries list --entity-id` finds it.
+
+    Stored in the delivery's transaction; `entity_type` is `lead`, `contact`,
+    `company`, `customer` or `chat_contact` (the contact a chat or message is with).
+    """
+
+    __tablename__ = "delivery_entities"
+    __table_args__ = (Index("ix_delivery_entities_entity", "entity_id", "delivery_id"),)
+
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True
+    )
+    entity_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    entity_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+
+class RulesVersion(Base):
+    """One distinct content of the rules file, stored once when a server loads it.
+
+    Deliveries and launches point at the version that judged them, so "why did no
+    bot start?" is answered with the rules of that moment, not today's file.
+    """
+
+    __tablename__ = "rules_versions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: sha256 of the text: two servers loading the same file share one row.
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    #: The file it was read from, as the first server to load it named it.
+    path: Mapped[str] = mapped_column(String(1000))
+    first_loaded_at: Mapped[datetime]
 
 
 class Launch(Base):
@@ -170,6 +209,8 @@ class Launch(Base):
     call_id: Mapped[int | None] = mapped_column(
         ForeignKey("api_calls.id", ondelete="SET NULL"), index=True
     )
+    #: The `rules_versions` row whose rules planned it (a webhook's, or a replay's).
+    rules_version_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
 
 
 class ApiCall(Base):

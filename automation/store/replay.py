@@ -22,9 +22,10 @@ from automation.errors import PayloadError
 from automation.events.payloads import ENTITY_KINDS, Payload, decode_body
 from automation.rules.chat import Chat, Occupant, busy
 from automation.rules.load import PlannedLaunch, RuleSet
-from automation.store import intake
+from automation.store import intake, versions
 from automation.store.models import Delivery
 from automation.store.states import LaunchStatus
+from automation.store.versions import StoredVersion
 
 #: Deliveries read per transaction by replays and diffs: short transactions, because on
 #: SQLite every transaction holds the write lock that webhooks wait for.
@@ -98,6 +99,9 @@ class ReplayReport:
     deliveries: int = 0
     undecodable: int = 0
     rules: dict[str, Tally] = field(default_factory=dict)
+    #: The rules version the replay judged with (recorded on the launches it added);
+    #: None for a dry run of a content no server stored yet.
+    version: StoredVersion | None = None
 
     def count(self, rule: str, outcome: LaunchStatus | None) -> None:
         """Count one planned launch: stored as `outcome`, or None for a duplicate."""
@@ -168,6 +172,11 @@ def replay(
     A dry run does the same inserts and rolls each batch back.
     """
     report = ReplayReport()
+    with sessions.begin() as session:
+        if dry_run:
+            report.version = versions.find_version(session, rules.content_hash)
+        else:
+            report.version = versions.record_in(session.connection(), rules, now)
     memory = _DryRunMemory() if dry_run else None
     for session, batch in stored_deliveries(sessions, since, until):
         for delivery in batch:
@@ -190,7 +199,8 @@ def _replay_one(
         report.undecodable += 1
         return
     planned = _planned(rules, delivery.payload, now)
-    outcomes = intake.enqueue_launches(session.connection(), delivery.id, planned, now)
+    version = report.version.id if report.version else None
+    outcomes = intake.enqueue_launches(session.connection(), delivery.id, planned, now, version)
     for launch, stored in zip(planned, outcomes, strict=True):
         report.count(launch.rule, memory.recall(launch, stored) if memory else stored)
 
@@ -202,7 +212,8 @@ def describe_replay(report: ReplayReport, dry_run: bool) -> list[str]:
         head = f"dry run, nothing written: {report.deliveries} deliveries replayed"
     if report.undecodable:
         head += f" ({report.undecodable} no longer decode and were left out)"
-    lines = [head]
+    version = report.version
+    lines = [head, f"rules: version {version.describe()}" if version else "rules: not stored yet"]
     for rule, tally in report.rules.items():
         lines.append(f"  {rule}: {_tally_text(tally, dry_run)}")
     lines.append(f"total: {_tally_text(report.total(), dry_run)}")
@@ -243,6 +254,9 @@ class RulesDiff:
     added: tuple[DiffKey, ...]
     dropped: tuple[DiffKey, ...]
     kept: Counter[str]
+    #: The stored versions of the two files, None where no server loaded that content.
+    old_version: StoredVersion | None = None
+    new_version: StoredVersion | None = None
 
     def per_rule(self) -> dict[str, tuple[int, int, int]]:
         """rule → (kept, added, dropped), rules sorted by name."""
@@ -276,7 +290,10 @@ def diff_rules(
                 before.update(_keys(old, delivery))
                 after.update(_keys(new, delivery))
     kept = Counter(key.rule for key in before & after)
-    return RulesDiff(count, tuple(sorted(after - before)), tuple(sorted(before - after)), kept)
+    with sessions() as session:
+        stored = [versions.find_version(session, rules.content_hash) for rules in (old, new)]
+    added, dropped = tuple(sorted(after - before)), tuple(sorted(before - after))
+    return RulesDiff(count, added, dropped, kept, *stored)
 
 
 def _keys(rules: RuleSet, delivery: StoredDelivery) -> Iterator[DiffKey]:
@@ -290,6 +307,8 @@ def _keys(rules: RuleSet, delivery: StoredDelivery) -> Iterator[DiffKey]:
 def describe_diff(diff: RulesDiff, old_name: str, new_name: str) -> list[str]:
     """`rules diff` as text: counts per rule, then `+`/`-` per launch added/dropped."""
     lines = [f"{old_name} → {new_name}: {diff.deliveries} stored deliveries compared"]
+    for name, version in ((old_name, diff.old_version), (new_name, diff.new_version)):
+        lines.append(f"  {name}: " + (f"version {version.describe()}" if version else "not stored"))
     for rule, (kept, added, dropped) in diff.per_rule().items():
         lines.append(f"  {rule}: {kept} kept, {added} added, {dropped} dropped")
     if not diff.added and not diff.dropped:

@@ -4,7 +4,8 @@ Every webhook body and every launch is kept, so the launch log can answer "why d
 bot (not) start?". Kept forever they grow without bound. A prune removes launches that
 are settled (`sent`, `failed`, `dry_run`, `cancelled`, `skipped`) and older than the
 cut-off, their `call_launches` links, the API calls nothing references any more, and
-the deliveries older than the cut-off that no launch points to. `pending`, `sending`
+the deliveries older than the cut-off that no launch points to, and the rules versions
+first loaded before it that no delivery or launch names any more. `pending`, `sending`
 and `uncertain` launches are never touched, nor the deliveries they came from, nor the
 other launches of those deliveries: a delivery and its launches go together.
 
@@ -31,6 +32,7 @@ from sqlalchemy import (
     and_,
     delete,
     exists,
+    func,
     or_,
     select,
 )
@@ -42,7 +44,7 @@ from automation.errors import AutomationError
 from automation.rules.load import RuleSet, load_rules_file
 from automation.store import states
 from automation.store.database import for_update, rowcount
-from automation.store.models import ApiCall, CallLaunch, Delivery, Launch
+from automation.store.models import ApiCall, CallLaunch, Delivery, Launch, RulesVersion
 
 log = logging.getLogger("automation.retention")
 
@@ -62,14 +64,25 @@ def longest_cooldown(rules: RuleSet) -> timedelta:
 
 @dataclass(frozen=True, slots=True)
 class Cutoffs:
-    """What is old: rows before `settled` go; sent and dry-run launches before `counted`."""
+    """What is old: rows before `settled` go; sent and dry-run launches before `counted`.
+
+    `rules_hash` is the rules file's content in use, whose version is kept however
+    old: servers write its id into every new delivery.
+    """
 
     settled: datetime
     counted: datetime
+    rules_hash: str | None = None
 
     @classmethod
-    def at(cls, now: datetime, older_than: timedelta, cooldown: timedelta) -> Cutoffs:
-        return cls(settled=now - older_than, counted=now - max(older_than, cooldown))
+    def at(
+        cls,
+        now: datetime,
+        older_than: timedelta,
+        cooldown: timedelta,
+        rules_hash: str | None = None,
+    ) -> Cutoffs:
+        return cls(now - older_than, now - max(older_than, cooldown), rules_hash)
 
 
 @dataclass(slots=True)
@@ -80,11 +93,13 @@ class Pruned:
     call_links: int = 0
     api_calls: int = 0
     deliveries: int = 0
+    rules_versions: int = 0
 
     def __str__(self) -> str:
         return (
             f"launches={self.launches} call_links={self.call_links} "
-            f"api_calls={self.api_calls} deliveries={self.deliveries}"
+            f"api_calls={self.api_calls} deliveries={self.deliveries} "
+            f"rules_versions={self.rules_versions}"
         )
 
 
@@ -179,6 +194,39 @@ def prune_deliveries(session: Session, cutoffs: Cutoffs, limit: int, pruned: Pru
     return len(ids)
 
 
+def _unreferenced_version(cutoffs: Cutoffs) -> ColumnElement[bool]:
+    """No delivery or launch names it, and it is not the rules file in use."""
+    conditions = [
+        ~exists().where(Delivery.rules_version_id == RulesVersion.id),
+        ~exists().where(Launch.rules_version_id == RulesVersion.id),
+    ]
+    if cutoffs.rules_hash is not None:
+        conditions.append(RulesVersion.content_hash != cutoffs.rules_hash)
+    return and_(*conditions)
+
+
+def prune_versions(session: Session, cutoffs: Cutoffs, limit: int, pruned: Pruned) -> int:
+    """Delete up to `limit` rules versions first loaded before the cut-off that nothing
+    refers to any more. The newest version stays too: a server may have loaded it and
+    be about to write its id, even when the file in use is not known here."""
+    newest = select(func.max(RulesVersion.id)).scalar_subquery()
+    query = (
+        select(RulesVersion.id)
+        .where(
+            RulesVersion.first_loaded_at < cutoffs.settled,
+            RulesVersion.id < newest,
+            _unreferenced_version(cutoffs),
+        )
+        .order_by(RulesVersion.id)
+        .limit(limit)
+    )
+    ids = list(session.scalars(_locked(session, query)))
+    if ids:
+        condition = _unreferenced_version(cutoffs)
+        pruned.rules_versions += _delete(session, RulesVersion, RulesVersion.id.in_(ids), condition)
+    return len(ids)
+
+
 def _delete(session: Session, model: type[Any], *conditions: ColumnElement[bool]) -> int:
     statement = delete(model).where(*conditions).execution_options(synchronize_session=False)
     return rowcount(session.execute(statement))
@@ -187,8 +235,9 @@ def _delete(session: Session, model: type[Any], *conditions: ColumnElement[bool]
 # ---------------------------------------------------------------------------- passes
 
 Batch = Callable[[Session, Cutoffs, int, Pruned], int]
-#: In this order: launches free their calls and deliveries of references.
-_STAGES: tuple[Batch, ...] = (prune_launches, prune_api_calls, prune_deliveries)
+#: In this order: launches free their calls and deliveries of references, and both
+#: free rules versions.
+_STAGES: tuple[Batch, ...] = (prune_launches, prune_api_calls, prune_deliveries, prune_versions)
 
 
 @dataclass
@@ -273,11 +322,13 @@ class DailyPrune:
 
     def _start(self, older_than: timedelta) -> PrunePass | None:
         try:
-            cooldown = longest_cooldown(load_rules_file(self._rules_file))
+            rules = load_rules_file(self._rules_file)
         except AutomationError as exc:
             log.error("retention skipped today: cannot read the rules' cooldowns: %s", exc)
             return None
-        cutoffs = Cutoffs.at(datetime.now(UTC), older_than, cooldown)
+        cutoffs = Cutoffs.at(
+            datetime.now(UTC), older_than, longest_cooldown(rules), rules.content_hash
+        )
         return PrunePass(self._sessions, cutoffs)
 
     def _step(self, current: PrunePass) -> None:

@@ -135,12 +135,16 @@ def _amocrm(state: Runtime, now: datetime) -> dict[str, Any]:
 def _rules(state: Runtime) -> dict[str, Any]:
     loader = state.rules
     rules = loader.maybe_reload()
+    # From memory only: the version is recorded at load, and a health check writes nothing.
+    version = state.versions.get(rules.content_hash) if rules is not None else None
     return {
         "file": str(loader.path),
         "loaded": rules is not None,
         "loaded_at": _iso(loader.loaded_at),
         "rule_count": len(rules.rules) if rules is not None else 0,
         "content_hash": rules.content_hash if rules is not None else None,
+        "version_id": version.id if version is not None else None,
+        "version_first_loaded_at": _iso(version.first_loaded_at) if version else None,
         "last_error": loader.error,
     }
 

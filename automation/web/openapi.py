@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.json_schema import models_json_schema
 
 from automation.limits import MAX_ID
-from automation.store.states import LaunchStatus
+from automation.store.deliveries import DeliveryPage
+from automation.store.explain import DeliveryExplanation
+from automation.store.states import DeliveryStatus, LaunchStatus
 from automation.times import RELATIVE_PATTERN
 from automation.web.api import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT, RULE_PATTERN
 from automation.web.schemas import DeliveryDetail, Error, LaunchDetail, LaunchPage
@@ -67,6 +69,9 @@ class HealthRules(_Doc):
     loaded_at: datetime | None
     rule_count: int
     content_hash: str | None
+    #: The stored rules version (`rules_versions`) new deliveries record.
+    version_id: int | None
+    version_first_loaded_at: datetime | None
     last_error: str | None
 
 
@@ -139,6 +144,8 @@ _MODELS: tuple[type[BaseModel], ...] = (
     LaunchPage,
     LaunchDetail,
     DeliveryDetail,
+    DeliveryPage,
+    DeliveryExplanation,
 )
 
 
@@ -167,7 +174,9 @@ def _document() -> JSON:
             "/metrics": {"get": _metrics()},
             "/api/launches": {"get": _list_launches()},
             "/api/launches/{launch_id}": {"get": _show("launch", "LaunchDetail")},
+            "/api/deliveries": {"get": _list_deliveries()},
             "/api/deliveries/{delivery_id}": {"get": _show("delivery", "DeliveryDetail")},
+            "/api/deliveries/{delivery_id}/explain": {"get": _explain()},
             "/api/openapi.json": {"get": _openapi()},
         },
         "components": {
@@ -314,6 +323,62 @@ def _list_launches() -> JSON:
             **_read_errors(),
         },
     }
+
+
+def _list_deliveries() -> JSON:
+    return {
+        "operationId": "listDeliveries",
+        "summary": "Stored webhooks, newest first: find the ones about a lead or contact",
+        "description": (
+            "`entity_id` finds every webhook whose events name that lead, contact, "
+            "company, customer or chat contact, whether or not it launched anything. "
+            "Page with `limit` and `next_cursor`, as for launches."
+        ),
+        "security": [{"adminToken": []}],
+        "parameters": _delivery_filters(),
+        "responses": {
+            "200": _json("A page of deliveries.", "DeliveryPage"),
+            "400": _error("A parameter is unknown or has a bad value; the message names it."),
+            **_read_errors(),
+        },
+    }
+
+
+def _explain() -> JSON:
+    operation = _show("delivery", "DeliveryExplanation")
+    return operation | {
+        "operationId": "explainDelivery",
+        "summary": "Why a delivery did (not) start each bot",
+        "description": (
+            "Every event, and every rule on its type: matched or why not (failed "
+            "conditions, outside active hours, missing entity, cooldown, duplicate, an "
+            "earlier rule's stop: true), judged with the rules version stored for the "
+            "delivery at its arrival time; `rules.note` says when today's file judged "
+            "instead. Then the launches it made. Writes nothing."
+        ),
+        "responses": {
+            "200": _json("The explanation.", "DeliveryExplanation"),
+            **_read_errors(),
+        },
+    }
+
+
+def _delivery_filters() -> list[JSON]:
+    by_name = {parameter["name"]: parameter for parameter in _launch_filters()}
+    status = _query(
+        "status",
+        {"type": "array", "items": {"$ref": _REF.format(model=DeliveryStatus.__name__)}},
+        "Any of these statuses; repeat the parameter or separate with commas.",
+        explode=True,
+    )
+    return [
+        by_name["entity_id"] | {"description": "A lead's, contact's, … id its events name."},
+        status,
+        by_name["since"] | {"description": "Received at or after: RFC 3339, a date, or ago."},
+        by_name["until"] | {"description": "Received before; the same forms as `since`."},
+        by_name["limit"] | {"description": "Deliveries per page."},
+        by_name["cursor"],
+    ]
 
 
 def _show(noun: str, schema: str) -> JSON:

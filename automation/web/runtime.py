@@ -6,16 +6,19 @@ and CLI commands read it through `runtime()`. Nothing here runs at import time.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from flask import Flask, current_app
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.config import Settings
-from automation.rules.load import RulesLoader, load_rules_file
+from automation.rules.load import RuleSet, RulesLoader, load_rules_file
 from automation.store.database import ensure_schema, make_engine, make_session_factory
 from automation.store.groupcommit import Committer
+from automation.store.versions import StoredVersion, record_version
 
 
 @dataclass
@@ -25,6 +28,9 @@ class Runtime:
     sessions: sessionmaker[Session]
     rules: RulesLoader
     schema_revision: str
+    #: Stored rules versions by content hash: filled at load and reload, read per webhook.
+    versions: dict[str, StoredVersion] = field(default_factory=dict)
+    _recording: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: Stores the webhooks of a threaded web process, a batch per commit (see
     #: `store.groupcommit`); a process of one request at a time stores its own.
     committer: Committer = field(init=False)
@@ -35,7 +41,8 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, *, announce: bool = True) -> Runtime:
         """Connect, bring the schema up to date (SQLite) or check it (PostgreSQL),
-        and load the rules; raise with a clear message when any of it is wrong.
+        load the rules and store their version; raise with a clear message when any
+        of it is wrong.
 
         `announce=False` loads the rules without the `rules loaded` line, for a worker
         whose server has said it already."""
@@ -45,7 +52,27 @@ class Runtime:
         # (raising its RulesError) rather than store webhooks that launch nothing.
         load_rules_file(settings.rules_file)
         rules = RulesLoader(settings.rules_file, announce=announce)
-        return cls(settings, engine, make_session_factory(engine), rules, revision)
+        state = cls(settings, engine, make_session_factory(engine), rules, revision)
+        if rules.current is not None:
+            state.rules_version(rules.current)
+        rules.on_loaded = state.rules_version
+        return state
+
+    def rules_version(self, rules: RuleSet) -> StoredVersion:
+        """The stored version of `rules`: recorded once per content, then from memory.
+
+        Recorded when the loader swaps the file in; should that fail (the database
+        was down at that moment), the next webhook records it before storing itself.
+        """
+        known = self.versions.get(rules.content_hash)
+        if known is not None:
+            return known
+        with self._recording:
+            known = self.versions.get(rules.content_hash)
+            if known is None:
+                known = record_version(self.engine, rules, datetime.now(UTC))
+                self.versions[rules.content_hash] = known
+        return known
 
     def init_app(self, app: Flask) -> None:
         app.extensions["automation"] = self

@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from automation import metrics
 from automation.errors import CommitterUnavailable, PayloadError
+from automation.events.mentions import describe_entities
 from automation.events.payloads import Payload, decode_body
 from automation.store.intake import Enqueued, Inbound, Rows, store
 from automation.web.bodies import Refusal, read_body
@@ -55,7 +56,7 @@ def receive(secret: str) -> tuple[Response, int]:
     if forbidden is not None:
         return forbidden
     try:
-        stored = _store(state, body, payload, received_at)
+        stored, entities = _store(state, body, payload, received_at)
     except SQLAlchemyError as exc:
         return refuse(
             503,
@@ -64,7 +65,7 @@ def receive(secret: str) -> tuple[Response, int]:
         )
     except CommitterUnavailable as exc:
         return refuse(503, str(exc))
-    _log_stored(stored, payload, started)
+    _log_stored(stored, entities, payload, started)
     return jsonify(
         delivery_id=stored.delivery_id, events=stored.events, launches=stored.launches
     ), 200
@@ -129,11 +130,16 @@ def _check_account(state: Runtime, payload: Payload) -> tuple[Response, int] | N
     return None
 
 
-def _store(state: Runtime, body: bytes, payload: Payload, now: datetime) -> Enqueued:
+def _store(
+    state: Runtime, body: bytes, payload: Payload, now: datetime
+) -> tuple[Enqueued, list[tuple[str, int]]]:
     rules = state.rules.maybe_reload()
     assert rules is not None, "Runtime.build refuses to start without rules"
+    version = state.rules_version(rules)  # from memory: recorded when the file loaded
     planned = rules.plan(payload.events, now)
-    inbound = Inbound(body, request.content_type or "", request.remote_addr, now, payload)
+    inbound = Inbound(
+        body, request.content_type or "", request.remote_addr, now, payload, version.id
+    )
     rows = Rows.of(inbound, planned)  # built before the transaction: it holds the write lock
     if state.settings.group_commit and request.environ.get("wsgi.multithread"):
         stored = state.committer.store(rows)  # returns after the commit holding the rows
@@ -142,13 +148,15 @@ def _store(state: Runtime, body: bytes, payload: Payload, now: datetime) -> Enqu
             stored = store(connection, rows)
     # Only here, after the commit, does the caller answer 200 (and count it).
     metrics.webhook_stored(payload, planned, stored)
-    return stored
+    return stored, rows.entities
 
 
-def _log_stored(stored: Enqueued, payload: Payload, started: float) -> None:
+def _log_stored(
+    stored: Enqueued, entities: list[tuple[str, int]], payload: Payload, started: float
+) -> None:
     log.info(
         "webhook delivery=%s account=%s status=%s events=%s launches=%s skipped=%s "
-        "duplicates=%s ms=%.1f",
+        "duplicates=%s entities=%s ms=%.1f",
         stored.delivery_id,
         payload.account.id,
         stored.status.value,
@@ -156,5 +164,6 @@ def _log_stored(stored: Enqueued, payload: Payload, started: float) -> None:
         stored.launches,
         stored.skipped,
         stored.duplicates,
+        describe_entities(entities),
         (time.perf_counter() - started) * 1000,
     )

@@ -540,10 +540,72 @@ def test_a_stored_delivery_is_judged_as_of_its_arrival(
     result = run("test", "--delivery", str(delivery_id))
 
     assert result.exit_code == 0, result.output
-    first = result.output.splitlines()[0]
+    which, first = result.output.splitlines()[:2]
+    assert which.startswith(f"delivery #{delivery_id}: rules version #1 (sha256 ")
     assert first.startswith(f"delivery #{delivery_id}: 1 event(s), at 20")
     assert "rule qualified: matched" in result.output
     assert "launch " in result.output
+
+
+def test_a_stored_delivery_is_judged_by_the_stored_version_unless_current_is_given(
+    client: Any,
+    database_url: str,
+    rules_file: Path,
+    webhook_body: Callable[[str], bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The issue's example: a rule added after the webhook must not claim it matched."""
+    answer = client.post(
+        "/webhooks/amocrm/s3cret",
+        data=webhook_body("add_talk"),
+        content_type="application/x-www-form-urlencoded",
+    )
+    delivery_id = answer.json["delivery_id"]
+    edited = rules_file.read_text() + (
+        "  - name: new-chat-greeting\n    on: talk.added\n"
+        "    launch: {bot_id: 909, entity: contact}\n"
+    )
+    rules_file.write_text(edited)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("RULES_FILE", str(rules_file))
+
+    stored = run("test", "--delivery", str(delivery_id))
+    today = run("test", "--delivery", str(delivery_id), "--current")
+
+    assert stored.exit_code == 0 and today.exit_code == 0, stored.output + today.output
+    assert "new-chat-greeting" not in stored.output
+    assert "first loaded 20" in stored.output.splitlines()[0]
+    assert "rule new-chat-greeting: matched" in today.output
+    assert "--current: judged with today's rules file" in today.output.splitlines()[0]
+
+
+def test_a_delivery_stored_before_versions_is_judged_with_todays_file_and_says_so(
+    client: Any,
+    app: Any,
+    database_url: str,
+    rules_file: Path,
+    webhook_body: Callable[[str], bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from automation.store.models import Delivery
+
+    answer = client.post(
+        "/webhooks/amocrm/s3cret",
+        data=webhook_body("status_lead"),
+        content_type="application/x-www-form-urlencoded",
+    )
+    with app.extensions["automation"].engine.begin() as connection:
+        connection.execute(Delivery.__table__.update().values(rules_version_id=None))
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("RULES_FILE", str(rules_file))
+
+    result = run("test", "--delivery", str(answer.json["delivery_id"]))
+
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].endswith(
+        "stored before rules versions were recorded: judged with today's file"
+    )
+    assert "rule qualified: matched" in result.output
 
 
 def test_a_delivery_that_is_not_stored_is_a_clean_error(
@@ -556,3 +618,19 @@ def test_a_delivery_that_is_not_stored_is_a_clean_error(
 
     assert result.exit_code == 1
     assert "delivery #424242: not stored (never, or pruned since)" in result.output
+
+
+def test_status_names_the_stored_version_of_the_rules_file(
+    client: Any, database_url: str, rules_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("RULES_FILE", str(rules_file))
+
+    stored = run("status")
+    rules_file.write_text(rules_file.read_text().replace("bot_id: 101", "bot_id: 111"))
+    edited = run("status")
+
+    assert stored.exit_code == 0, stored.output
+    assert stored.output.splitlines()[1].startswith("  stored as version #1 (sha256 ")
+    assert "  not stored yet: no server has loaded this content" in edited.output
+    assert edited.output.splitlines()[-1].startswith("version #1 (sha256 ")

@@ -47,13 +47,14 @@ def delivery_row(**changes: Any) -> dict[str, Any]:
         "launch_count": 1,
         "duplicate_count": 0,
         "status": DeliveryStatus.ACCEPTED,
+        "rules_version_id": 7,
     } | changes
 
 
 def launch_row(delivery_id: int, **changes: Any) -> dict[str, Any]:
     """Every column the webhook's launch INSERT binds."""
     extra = {"delivery_id": delivery_id, "reason": None, "settled_at": None, "blocked_by": None}
-    extra |= {"chat_lead_id": 27754599, "chat_contact_id": None}
+    extra |= {"chat_lead_id": 27754599, "chat_contact_id": None, "rules_version_id": 7}
     return launch_values(NOW, dedupe_key="a" * 64, not_before=NOW + timedelta(minutes=1)) | (
         extra | changes
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -112,3 +115,49 @@ def test_plain_alembic_upgrade_head_works_from_the_repository(tmp_path: object) 
     engine = make_engine(url)
     assert current_revision(engine) == head_revision()
     engine.dispose()
+
+
+def test_0007_backfills_the_entities_of_old_deliveries_and_downgrades(
+    database_url: str, webhook_body: Callable[[str], bytes]
+) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    config = alembic_config(database_url)
+    command.downgrade(config, "0006")
+    engine = make_engine(database_url)
+    old = [webhook_body("status_lead"), webhook_body("add_talk"), b"not a webhook at all"]
+    with engine.begin() as connection:
+        for number, body in enumerate(old, 1):
+            connection.execute(
+                text(
+                    "INSERT INTO deliveries (id, received_at, content_type, body, event_count,"
+                    " launch_count, duplicate_count, status) VALUES (:id, :at,"
+                    " 'application/x-www-form-urlencoded', :body, 1, 0, 0, 'accepted')"
+                ),
+                {"id": number, "at": datetime(2026, 11, 1), "body": body},
+            )
+    upgrade(database_url)
+    with engine.connect() as connection:
+        entities = connection.execute(
+            text(
+                "SELECT delivery_id, entity_type, entity_id FROM delivery_entities"
+                " ORDER BY delivery_id, entity_type"
+            )
+        ).all()
+        versions = connection.execute(text("SELECT rules_version_id FROM deliveries")).all()
+    assert [tuple(row) for row in entities] == [
+        (1, "lead", 27754599),
+        (2, "chat_contact", 93589657),
+        (2, "lead", 27754620),
+    ]
+    assert [row[0] for row in versions] == [None, None, None]  # nothing recorded them
+
+    command.downgrade(config, "0006")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM deliveries")).scalar() == 3
+        columns = connection.execute(text("SELECT * FROM deliveries")).keys()
+    assert "rules_version_id" not in columns
+    upgrade(database_url)
+    engine.dispose()
+    assert _differences(database_url) == []

@@ -243,11 +243,12 @@ def test_replay_report_text_has_a_line_per_rule_and_the_totals() -> None:
 
     assert replaying.describe_replay(report, dry_run=False) == [
         "5 deliveries replayed (1 no longer decode and were left out)",
+        "rules: not stored yet",
         "  qualified: 2 added, 0 skipped (cooldown or busy chat), 1 already stored",
         "  first-message: 1 added, 1 skipped (cooldown or busy chat), 0 already stored",
         "total: 3 added, 1 skipped (cooldown or busy chat), 1 already stored",
     ]
-    assert replaying.describe_replay(report, dry_run=True)[::3] == [
+    assert replaying.describe_replay(report, dry_run=True)[::4] == [
         "dry run, nothing written: 5 deliveries replayed (1 no longer decode and were left out)",
         "total: 3 would be added, 1 would be skipped (cooldown or busy chat), 1 already stored",
     ]
@@ -313,6 +314,8 @@ def test_diff_text_has_counts_per_rule_then_one_line_per_difference() -> None:
 
     assert replaying.describe_diff(diff, "rules.yaml", "new.yaml") == [
         "rules.yaml → new.yaml: 3 stored deliveries compared",
+        "  rules.yaml: not stored",
+        "  new.yaml: not stored",
         "  new-chat: 2 kept, 0 added, 0 dropped",
         "  qualified: 0 kept, 1 added, 0 dropped",
         "+ qualified: bot 101 on lead 27754599 (lead:27754599@1:s2)",
@@ -354,17 +357,23 @@ def test_replay_command_prints_per_rule_counts_and_a_second_run_adds_nothing(
     first = cli(database_url, rules_file, "replay", "--since", since)
     second = cli(database_url, rules_file, "replay", "--since", since)
 
-    assert (first.exit_code, first.output) == (
+    head, rules, *rest = first.output.splitlines()
+    assert (first.exit_code, head, rest) == (
         0,
-        "1 deliveries replayed\n"
-        "  qualified: 1 added, 0 skipped (cooldown or busy chat), 0 already stored\n"
-        "total: 1 added, 0 skipped (cooldown or busy chat), 0 already stored\n",
+        "1 deliveries replayed",
+        [
+            "  qualified: 1 added, 0 skipped (cooldown or busy chat), 0 already stored",
+            "total: 1 added, 0 skipped (cooldown or busy chat), 0 already stored",
+        ],
     )
+    assert rules.startswith("rules: version #1 (sha256 ") and rules.endswith(f"from {rules_file})")
     assert (
         second.output.splitlines()[-1]
         == "total: 0 added, 0 skipped (cooldown or busy chat), 1 already stored"
     )
     assert count(sessions, Launch) == 1
+    with sessions() as session:
+        assert list(session.scalars(select(Launch.rules_version_id))) == [1]
 
 
 def test_replay_command_dry_run_writes_nothing(
@@ -416,6 +425,8 @@ def test_rules_diff_command_compares_the_rules_in_use_with_a_new_file(
     assert (result.exit_code, result.output) == (
         1,  # the files differ, like diff(1)
         f"{rules_file} → {new}: 1 stored deliveries compared\n"
+        f"  {rules_file}: not stored\n"
+        f"  {new}: not stored\n"
         "  new-chat: 0 kept, 1 added, 1 dropped\n"
         "+ new-chat: bot 909 on contact 93589657 (talk:106564:add)\n"
         "- new-chat: bot 202 on contact 93589657 (talk:106564:add)\n",

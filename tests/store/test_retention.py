@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.cli import main
@@ -249,8 +249,9 @@ def test_each_step_deletes_at_most_one_batch_in_one_transaction(
     while not prune_pass.step():
         after_each_step.append(rows.count(Launch))
 
-    # Launches 3, 3, 1; API calls 3, 3, 1; deliveries 3, 3, then the last 1 ends the pass.
-    assert after_each_step == [4, 1, 0, 0, 0, 0, 0, 0]
+    # Launches 3, 3, 1; API calls 3, 3, 1; deliveries 3, 3, 1; then rules versions (none)
+    # end the pass.
+    assert after_each_step == [4, 1, 0, 0, 0, 0, 0, 0, 0]
     assert (prune_pass.pruned, rows.left()) == (Pruned(7, 7, 7, 7), (0, 0, 0, 0))
 
 
@@ -352,11 +353,11 @@ def test_daily_prune_logs_what_it_pruned(
     daily = DailyPrune(make_settings(retention_days=30), sessions)
 
     with caplog.at_level(logging.INFO, logger="automation.retention"):
-        for _ in range(3):
+        for _ in range(4):  # one batch per stage: launches, calls, deliveries, versions
             daily.tick()
 
     assert [r.getMessage().split(" older_than")[0] for r in caplog.records] == [
-        "pruned launches=1 call_links=1 api_calls=1 deliveries=1"
+        "pruned launches=1 call_links=1 api_calls=1 deliveries=1 rules_versions=0"
     ]
 
 
@@ -437,7 +438,7 @@ def test_prune_command_prints_the_cutoff_and_what_it_deleted(
     lines = result.output.splitlines()
     assert (result.exit_code, len(lines)) == (0, 2)
     assert lines[0].startswith("pruning settled launches and deliveries before ")
-    assert lines[1] == "pruned launches=1 call_links=1 api_calls=1 deliveries=2"
+    assert lines[1] == "pruned launches=1 call_links=1 api_calls=1 deliveries=2 rules_versions=0"
     assert rows.left() == (1, 1, 1, 1)
 
 
@@ -456,7 +457,7 @@ def test_prune_command_keeps_sent_launches_a_cooldown_counts_and_says_so(
     assert "; sent and dry_run launches only before " in result.output
     assert result.output.endswith(
         "as a rule's cooldown still counts the later ones\n"
-        "pruned launches=0 call_links=0 api_calls=0 deliveries=0\n"
+        "pruned launches=0 call_links=0 api_calls=0 deliveries=0 rules_versions=0\n"
     )
 
 
@@ -467,7 +468,7 @@ def test_prune_command_defaults_to_retention_days(rows: Rows, env: dict[str, str
 
     assert (result.exit_code, result.output.splitlines()[-1]) == (
         0,
-        "pruned launches=1 call_links=1 api_calls=1 deliveries=1",
+        "pruned launches=1 call_links=1 api_calls=1 deliveries=1 rules_versions=0",
     )
 
 
@@ -509,3 +510,39 @@ def test_prune_runs_as_a_real_process(rows: Rows, env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1].startswith("pruned launches=1 ")
     assert rows.launch_ids() == []
+
+
+# ------------------------------------------------------------------- rules versions
+
+
+def test_rules_versions_nothing_refers_to_are_pruned_but_not_the_file_in_use_or_newest(
+    rows: Rows, sessions: sessionmaker[Session]
+) -> None:
+    from automation.rules.load import load_rules
+    from automation.store.models import RulesVersion
+    from automation.store.versions import record_version
+
+    engine = sessions.kw["bind"]
+    texts = [
+        f"version: 1\nrules:\n  - {{name: r{n}, on: talk.added, "
+        f"launch: {{bot_id: {n}, entity: lead}}}}\n"
+        for n in range(1, 6)
+    ]
+    old = [record_version(engine, load_rules(text), NOW - 40 * DAY) for text in texts]
+    judged, launched, in_use, unused, newest = (version.id for version in old)
+    launch = rows.launch("pending", 40 * DAY)  # kept, and so is its delivery
+    with sessions.begin() as session:
+        delivery = session.scalar(select(Launch.delivery_id).where(Launch.id == launch))
+        session.execute(
+            update(Delivery).where(Delivery.id == delivery).values(rules_version_id=judged)
+        )
+        session.execute(update(Launch).where(Launch.id == launch).values(rules_version_id=launched))
+
+    cutoffs = Cutoffs.at(NOW, 30 * DAY, timedelta(0), old[2].content_hash)
+    pruned = prune(sessions, cutoffs)
+
+    with sessions() as session:
+        left = list(session.scalars(select(RulesVersion.id).order_by(RulesVersion.id)))
+    assert pruned.rules_versions == 1
+    assert left == [judged, launched, in_use, newest]
+    assert unused not in left

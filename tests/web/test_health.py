@@ -39,10 +39,23 @@ def test_healthz_reports_database_schema_and_rules(client: Any) -> None:
     assert body["rules"]["loaded"] is True
     assert body["rules"]["rule_count"] == 3
     assert body["rules"]["last_error"] is None
+    assert body["rules"]["version_id"] == 1
+    assert body["rules"]["version_first_loaded_at"].startswith("20")
     assert body["webhook"] == {"configured": True}
     assert body["reasons"] == []
     assert body["dispatch"]["live_dispatchers"] == 0
     assert body["amocrm"] == {"window_seconds": 300, "calls": 0, "failed": 0, "last_call": None}
+
+
+def test_healthz_shows_the_new_version_after_a_reload(
+    app: Any, client: Any, rules_file: Path
+) -> None:
+    rules_file.write_text(TEST_RULES.replace("bot_id: 101", "bot_id: 999"))
+    app.extensions["automation"].rules.reload()
+
+    rules = client.get("/healthz").json["rules"]
+    assert rules["version_id"] == 2
+    assert rules["version_id"] == app.extensions["automation"].versions[rules["content_hash"]].id
 
 
 def test_broken_rules_file_keeps_the_last_good_rules_and_shows_in_healthz(

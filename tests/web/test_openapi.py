@@ -101,7 +101,9 @@ def test_read_api_operations_require_the_bearer_token_and_the_rest_do_not() -> N
     assert secured == {
         ("get", "/api/launches"),
         ("get", "/api/launches/{launch_id}"),
+        ("get", "/api/deliveries"),
         ("get", "/api/deliveries/{delivery_id}"),
+        ("get", "/api/deliveries/{delivery_id}/explain"),
     }
 
 
@@ -180,6 +182,15 @@ EXCHANGES = [
     Exchange("delivery no token", "GET /api/deliveries/1", 401, headers={}),
     Exchange("delivery unknown", "GET /api/deliveries/9", 404),
     Exchange("delivery database down", "GET /api/deliveries/1", 503, database_down=True),
+    Exchange("deliveries", "GET /api/deliveries?entity_id=27754599&limit=1", 200),
+    Exchange("deliveries bad filter", "GET /api/deliveries?status=sent", 400),
+    Exchange("deliveries no token", "GET /api/deliveries", 401, headers={}),
+    Exchange("deliveries api off", "GET /api/deliveries", 404, {"admin_token": None}),
+    Exchange("deliveries database down", "GET /api/deliveries", 503, database_down=True),
+    Exchange("explain", "GET /api/deliveries/1/explain", 200),
+    Exchange("explain no token", "GET /api/deliveries/1/explain", 401, headers={}),
+    Exchange("explain unknown", "GET /api/deliveries/9/explain", 404),
+    Exchange("explain database down", "GET /api/deliveries/1/explain", 503, database_down=True),
 ]
 
 

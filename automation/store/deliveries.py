@@ -1,0 +1,150 @@
+"""Finding stored webhooks: by the entities they name, status and time, newest first.
+
+`deliveries list` and `GET /api/deliveries` read the same rows through
+`list_deliveries`; the rows are pydantic models so the API publishes their schema
+and the CLI prints the same JSON. Nothing here prints or writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session
+
+from automation.store.models import Delivery, DeliveryEntity
+from automation.store.states import DeliveryStatus
+
+
+class Shape(BaseModel):
+    """A shape the CLI prints and the API answers: strict and immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EntityRef(Shape):
+    """An entity a webhook names: `lead`, `contact`, `company`, `customer` or
+    `chat_contact` (the contact a chat or message is with)."""
+
+    type: str
+    id: int
+
+
+class DeliveryRow(Shape):
+    """One stored webhook, without its body."""
+
+    id: int
+    received_at: datetime
+    status: DeliveryStatus
+    #: Events in the body, and launches it added (duplicates of earlier ones apart).
+    events: int
+    launches: int
+    duplicates: int
+    account_id: int | None
+    #: The rules version that judged it; None if stored before versions were recorded.
+    rules_version_id: int | None
+    entities: list[EntityRef]
+
+
+class DeliveryPage(Shape):
+    """A page of deliveries, newest first; `next_cursor` is None on the last page."""
+
+    deliveries: list[DeliveryRow]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryQuery:
+    """Filters of `deliveries list` and `GET /api/deliveries`; empty ones do not filter."""
+
+    entity_id: int | None = None
+    statuses: tuple[DeliveryStatus, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 50
+    #: Only deliveries with a smaller id: the API's next page down.
+    before_id: int | None = None
+
+
+def list_deliveries(session: Session, query: DeliveryQuery) -> DeliveryPage:
+    """A page of deliveries matching `query`, newest first (keyset paging by id)."""
+    statement = (
+        select(Delivery).where(*_filters(query)).order_by(Delivery.id.desc()).limit(query.limit + 1)
+    )
+    found = list(session.scalars(statement))
+    page, more = found[: query.limit], len(found) > query.limit
+    entities = entities_of(session, [delivery.id for delivery in page])
+    rows = [_row(delivery, entities.get(delivery.id, [])) for delivery in page]
+    return DeliveryPage(deliveries=rows, next_cursor=str(page[-1].id) if more else None)
+
+
+def _filters(query: DeliveryQuery) -> Iterator[ColumnElement[bool]]:
+    if query.entity_id is not None:
+        named = select(DeliveryEntity.delivery_id).where(
+            DeliveryEntity.entity_id == query.entity_id
+        )
+        yield Delivery.id.in_(named)
+    if query.statuses:
+        yield Delivery.status.in_(query.statuses)
+    if query.since is not None:
+        yield Delivery.received_at >= query.since
+    if query.until is not None:
+        yield Delivery.received_at < query.until
+    if query.before_id is not None:
+        yield Delivery.id < query.before_id
+
+
+def entities_of(session: Session, ids: Sequence[int]) -> dict[int, list[EntityRef]]:
+    """The entities each of these deliveries names, in a stable order."""
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(DeliveryEntity.delivery_id, DeliveryEntity.entity_type, DeliveryEntity.entity_id)
+        .where(DeliveryEntity.delivery_id.in_(ids))
+        .order_by(DeliveryEntity.delivery_id, DeliveryEntity.entity_type, DeliveryEntity.entity_id)
+    )
+    found: dict[int, list[EntityRef]] = {}
+    for delivery_id, kind, entity_id in rows:
+        found.setdefault(delivery_id, []).append(EntityRef(type=kind, id=entity_id))
+    return found
+
+
+def _row(delivery: Delivery, entities: list[EntityRef]) -> DeliveryRow:
+    return DeliveryRow(
+        id=delivery.id,
+        received_at=delivery.received_at,
+        status=delivery.status,
+        events=delivery.event_count,
+        launches=delivery.launch_count,
+        duplicates=delivery.duplicate_count,
+        account_id=delivery.account_id,
+        rules_version_id=delivery.rules_version_id,
+        entities=entities,
+    )
+
+
+def format_deliveries(rows: Sequence[DeliveryRow], shown: int = 3) -> list[str]:
+    """A table, one line per delivery, times in UTC; entities beyond `shown` counted."""
+    header = ("id", "received (UTC)", "status", "events", "launches", "rules", "entities")
+    lines = [header]
+    for row in rows:
+        names = [f"{entity.type} {entity.id}" for entity in row.entities]
+        more = f" +{len(names) - shown}" if len(names) > shown else ""
+        lines.append(
+            (
+                str(row.id),
+                f"{row.received_at:%Y-%m-%d %H:%M:%S}",
+                row.status.value,
+                str(row.events),
+                str(row.launches),
+                "-" if row.rules_version_id is None else f"#{row.rules_version_id}",
+                ", ".join(names[:shown]) + more or "-",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    ]
