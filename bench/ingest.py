@@ -44,6 +44,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CONNECTIONS = 16
+LEADS = 1  # leads per webhook; --leads sets it
 LOADERS = 4
 SECRET = "bench-secret"
 
@@ -72,9 +73,21 @@ def receive(secret):
 """
 
 
-def status_body(lead_id: int) -> bytes:
-    """A stage change shaped like amoCRM's, with tags and custom fields."""
-    item = {
+def status_body(lead_id: int, leads: int = 1) -> bytes:
+    """A stage change shaped like amoCRM's, with tags and custom fields.
+
+    With `leads` above 1 it is a bulk change (a pipeline edit moving many leads): lead
+    ids are `lead_id` followed by the item's three-digit index, so they never repeat.
+    """
+    fields = {"account[subdomain]": "mybrand", "account[id]": "30112233"}
+    for index in range(leads):
+        item = status_item(int(f"{lead_id}{index:03d}") if leads > 1 else lead_id)
+        fields |= {f"leads[status][{index}][{key}]": value for key, value in item.items()}
+    return urlencode(fields).encode()
+
+
+def status_item(lead_id: int) -> dict[str, object]:
+    return {
         "id": lead_id,
         "name": "Заявка с сайта",
         "status_id": 59936202,
@@ -92,9 +105,6 @@ def status_body(lead_id: int) -> bytes:
         "account_id": 30112233,
         "updated_at": 1727700894,
     }
-    fields = {"account[subdomain]": "mybrand", "account[id]": "30112233"}
-    fields |= {f"leads[status][0][{key}]": value for key, value in item.items()}
-    return urlencode(fields).encode()
 
 
 WRK_SCRIPT = r"""
@@ -177,7 +187,7 @@ _ID_BLOCKS = itertools.count(1)
 
 def drive_wrk(port: int, seconds: float, work: Path) -> Round:
     """wrk, two threads, 16 connections; unique lead ids from its Lua script."""
-    template = status_body(123456789).decode().replace("123456789", "LEADID")
+    template = status_body(123456789, LEADS).decode().replace("123456789", "LEADID")
     script = work / "load.lua"
     script.write_text(
         f"FIRST = {next(_ID_BLOCKS) * 100}\nTEMPLATE = {json.dumps(template)}\n"
@@ -208,7 +218,7 @@ def load(port: int, seconds: float, first_id: int, connections: int, queue: obje
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     while time.monotonic() < deadline:
         for conn in conns:
-            body = status_body(lead_id)
+            body = status_body(lead_id, LEADS)
             lead_id += 1
             started = time.perf_counter()
             conn.request("POST", f"/webhooks/amocrm/{SECRET}", body=body, headers=headers)
@@ -309,7 +319,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8, help="gthread threads per worker")
     parser.add_argument("--database-url", help="ours on this database (default: SQLite)")
     parser.add_argument("--python-load", action="store_true", help="no wrk, even if installed")
+    parser.add_argument("--leads", type=int, default=1, help="leads per webhook (bulk change)")
     args = parser.parse_args()
+    global LEADS
+    LEADS = args.leads
     drive = drive_python if args.python_load or not shutil.which("wrk") else drive_wrk
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -28,6 +28,7 @@ from sqlalchemy.orm import aliased
 
 from automation.events.payloads import ENTITY_TYPE_CODES
 from automation.rules.chat import HOLDING, RAN, Busy, Chat, Occupant, busy
+from automation.store.fastsql import CompiledSelect
 from automation.store.models import Launch
 from automation.store.states import LaunchStatus
 
@@ -85,19 +86,52 @@ def holders(
 ) -> list[Occupant]:
     """Other bots' launches on `chat` that are due, running, or ran within `window`.
 
-    Launches stored before the chat columns existed are found by their own entity.
+    Launches stored before the chat columns existed are found by their own entity. A
+    webhook asks this for every launch it stores and the answer is nearly always "none",
+    so a probe compiled once finds the ids on the driver's cursor and only a hit pays
+    for a typed query.
     """
-    live = or_(
-        Launch.status.in_(HOLDING),
-        and_(Launch.status.in_(RAN), Launch.settled_at > now - window),
-    )
+    probe: dict[str, Any] = {"entity_type": chat.entity_type, "entity_id": chat.entity_id}
+    probe |= {
+        "bot_id": bot_id,
+        "lead_id": chat.lead_id,
+        "contact_id": chat.contact_id,
+        "since": now - window,
+    }
+    ids = [row[0] for row in _PROBE.rows(connection, probe)]
+    if not ids:
+        return []
     rows = connection.execute(
-        select(*_COLUMNS)
-        .where(or_(*_near(chat)), live, Launch.bot_id != bot_id)
+        select(*_COLUMNS).where(Launch.id.in_(ids)).order_by(Launch.id.desc())
+    )
+    return [_occupant(row, now) for row in rows]
+
+
+def _holders_probe() -> CompiledSelect:
+    """The ids of `holders`: one statement for every chat, since a NULL lead or
+    contact id matches nothing."""
+    lead = bindparam("lead_id", None, type_=Launch.chat_lead_id.type)
+    contact = bindparam("contact_id", None, type_=Launch.chat_contact_id.type)
+    near = or_(
+        _on(bindparam("entity_type", None), bindparam("entity_id", None)),
+        Launch.chat_lead_id == lead,
+        _on(_LEAD, lead),
+        Launch.chat_contact_id == contact,
+        _on(_CONTACT, contact),
+    )
+    live = or_(
+        *(Launch.status == status for status in sorted(HOLDING)),
+        and_(
+            or_(*(Launch.status == status for status in sorted(RAN))),
+            Launch.settled_at > bindparam("since", None, type_=Launch.settled_at.type),
+        ),
+    )
+    return CompiledSelect(
+        select(Launch.id)
+        .where(near, live, Launch.bot_id != bindparam("bot_id", None))
         .order_by(Launch.id.desc())
         .limit(MAX_HOLDERS)
     )
-    return [_occupant(row, now) for row in rows]
 
 
 _COLUMNS = (
@@ -115,18 +149,11 @@ _COLUMNS = (
 )
 
 
-def _near(chat: Chat) -> list[Any]:
-    """Conditions for launches that may share the chat (`Chat.shared` decides)."""
-    near = [_on(chat.entity_type, chat.entity_id)]
-    if chat.lead_id is not None:
-        near += [Launch.chat_lead_id == chat.lead_id, _on(_LEAD, chat.lead_id)]
-    if chat.contact_id is not None:
-        near += [Launch.chat_contact_id == chat.contact_id, _on(_CONTACT, chat.contact_id)]
-    return near
-
-
-def _on(entity_type: int, entity_id: int) -> Any:
+def _on(entity_type: Any, entity_id: Any) -> Any:
     return and_(Launch.entity_id == entity_id, Launch.entity_type == entity_type)
+
+
+_PROBE = _holders_probe()
 
 
 def _occupant(row: Any, now: datetime) -> Occupant:

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, or_, select, update
 
 from automation.events.mentions import named_entities
 from automation.events.payloads import Payload
 from automation.rules.chat import Chat
 from automation.store import chatguard, states
 from automation.store.database import dialect_insert
-from automation.store.fastinsert import CompiledInsert
+from automation.store.fastsql import CompiledInsert, CompiledSelect
 from automation.store.models import Delivery, DeliveryEntity, Launch
 from automation.store.states import DeliveryStatus, LaunchStatus
 from automation.times import format_duration
@@ -209,26 +209,35 @@ def _cooldown_reason(connection: Connection, launch: PlannedLaunch, now: datetim
     """
     if not launch.cooldown:
         return None
-    earlier = connection.execute(
-        select(Launch.id, Launch.created_at)
-        .where(
-            Launch.entity_id == launch.entity_id,
-            Launch.entity_type == launch.entity_type,
-            Launch.bot_id == launch.bot_id,
-            Launch.created_at > now - launch.cooldown,
-            Launch.status.in_(states.COOLDOWN),
-        )
-        .order_by(Launch.created_at.desc())
-        .limit(1)
-    ).first()
-    if earlier is None:
+    values: dict[str, Any] = {"entity_id": launch.entity_id, "entity_type": launch.entity_type}
+    values |= {"bot_id": launch.bot_id, "since": now - launch.cooldown}
+    found = _COOLDOWN_PROBE.rows(connection, values)
+    if not found:
         return None
+    earlier = connection.execute(
+        select(Launch.id, Launch.created_at).where(Launch.id == found[0][0])
+    ).one()
     return (
         f"cooldown: launch #{earlier.id} of bot {launch.bot_id} on this entity at "
         f"{earlier.created_at:%Y-%m-%d %H:%M:%S}Z is inside the "
         f"{format_duration(launch.cooldown)} cooldown"
     )
 
+
+_COOLDOWN_PROBE = CompiledSelect(
+    select(Launch.id)
+    .where(
+        Launch.entity_id == bindparam("entity_id", None),
+        Launch.entity_type == bindparam("entity_type", None),
+        Launch.bot_id == bindparam("bot_id", None),
+        Launch.created_at > bindparam("since", None, type_=Launch.created_at.type),
+        or_(*(Launch.status == status for status in sorted(states.COOLDOWN))),
+    )
+    .order_by(Launch.created_at.desc())
+    .limit(1)
+)
+"""The latest launch that puts an entity in its cooldown: a probe made for every
+launch of a rule with a cooldown, nearly always answered by no row."""
 
 INSERT_DELIVERY = CompiledInsert(lambda _dialect: insert(Delivery).returning(Delivery.id))
 INSERT_ENTITY = CompiledInsert(lambda _dialect: insert(DeliveryEntity))

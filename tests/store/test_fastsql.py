@@ -1,4 +1,5 @@
-"""`CompiledInsert` stores what `Connection.execute` would, and fails as SQLAlchemy does.
+"""`CompiledInsert` stores what `Connection.execute` would, `CompiledSelect` finds what
+it would, and both fail as SQLAlchemy does.
 
 The webhook's INSERTs skip SQLAlchemy's per-call machinery; these tests hold them to
 the same stored bytes, the same conflict handling and the same errors, on SQLite and
@@ -14,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, event, insert, select, text
+from sqlalchemy import Connection, Engine, bindparam, event, insert, or_, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from automation.store.database import make_engine
-from automation.store.fastinsert import CompiledInsert
+from automation.store.fastsql import CompiledInsert, CompiledSelect
 from automation.store.intake import INSERT_DELIVERY as DELIVERY
 from automation.store.intake import INSERT_LAUNCH as LAUNCH
 from automation.store.models import Delivery, Launch
@@ -134,6 +135,50 @@ def test_a_statement_that_binds_other_columns_is_refused(engine: Engine) -> None
     row["surprise"] = 1
     with pytest.raises(ValueError, match="binds"), engine.begin() as connection:
         sneaky.execute(connection, row)
+
+
+def since_probe() -> CompiledSelect:
+    """Launches of one entity created after a time, in two statuses: a datetime bind,
+    enum constants and a LIMIT, the three kinds of value the hot path's probes bind."""
+    return CompiledSelect(
+        select(Launch.id)
+        .where(
+            Launch.entity_id == bindparam("entity_id", None),
+            Launch.created_at > bindparam("since", None, type_=Launch.created_at.type),
+            or_(Launch.status == LaunchStatus.PENDING, Launch.status == LaunchStatus.SENT),
+        )
+        .order_by(Launch.id)
+        .limit(2)
+    )
+
+
+def test_a_select_finds_what_execute_finds(engine: Engine) -> None:
+    """Across the datetime boundary (microseconds included), the statuses and the
+    limit: the same ids as the same statement through `Connection.execute`."""
+    probe = since_probe()
+    with engine.begin() as connection:
+        delivery = DELIVERY.execute(connection, delivery_row())
+        assert delivery is not None
+        for number, (minutes, status) in enumerate(
+            [(0, "pending"), (1, "sent"), (2, "failed"), (3, "pending"), (4, "sent")]
+        ):
+            row = launch_row(delivery[0], dedupe_key=f"{number:064d}", status=status)
+            LAUNCH.execute(connection, row | {"created_at": NOW + timedelta(minutes=minutes)})
+        for since in (NOW - timedelta(seconds=1), NOW, NOW + timedelta(microseconds=1)):
+            values = {"entity_id": 27754599, "since": since}
+            ours = [row[0] for row in probe.rows(connection, values)]
+            theirs = connection.execute(probe.statement, values).scalars().all()
+            assert ours == theirs and len(ours) == 2
+        assert probe.rows(connection, {"entity_id": 1, "since": NOW}) == []
+
+
+def test_a_select_refuses_unknown_binds_and_in_lists(engine: Engine) -> None:
+    with engine.begin() as connection:
+        with pytest.raises(ValueError, match="surprise"):
+            since_probe().rows(connection, {"entity_id": 1, "surprise": 2})
+        in_list = CompiledSelect(select(Launch.id).where(Launch.id.in_([1, 2])))
+        with pytest.raises(ValueError, match="IN list"):
+            in_list.rows(connection, {})
 
 
 def test_a_begin_that_times_out_is_sqlalchemys_error_and_frees_the_writer_lock(

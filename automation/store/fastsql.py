@@ -1,0 +1,187 @@
+"""Statements on the webhook's hot path: compiled once, run on the driver's cursor.
+
+A webhook's transaction holds SQLite's only write lock, so every microsecond spent in
+it is one the other gunicorn worker waits, and the ingest benchmark showed the
+webhook's whole extra cost over a bare Flask app sat in storing it. SQLAlchemy's
+`Connection.execute` spends about 100 µs of Python per statement (execution context,
+result object, events) on an INSERT that SQLite does in 20.
+
+So SQLAlchemy still does what it is good at: it compiles the statement from the
+models, once per dialect, and every value goes through the column type's own bind
+processor (what `execute` would store, byte for byte). Only the per-call machinery is
+skipped. The same holds for the probes a webhook makes before storing a launch
+(`CompiledSelect`: has another bot this chat? is this entity in its cooldown?), whose
+answer is nearly always "no row". A driver error is re-raised as SQLAlchemy's
+`DBAPIError` subclass with its parameters hidden, so callers keep catching
+`SQLAlchemyError` and no webhook body or token reaches a log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Dialect, Insert, Select
+from sqlalchemy.exc import DBAPIError
+
+Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    sql: str
+    #: (column, its type's bind processor), in placeholder order for positional drivers.
+    fields: tuple[tuple[str, Processor], ...]
+    positional: bool
+
+    def bind(self, values: Mapping[str, Any]) -> Any:
+        """The driver's parameters: each value converted as `execute` would."""
+        if len(values) != len(self.fields) or any(name not in values for name, _ in self.fields):
+            names = sorted(name for name, _ in self.fields)
+            raise ValueError(f"row has columns {sorted(values)}, not {names}")
+        converted = [
+            values[name] if process is None else process(values[name])
+            for name, process in self.fields
+        ]
+        if self.positional:
+            return tuple(converted)
+        return {name: value for (name, _), value in zip(self.fields, converted, strict=True)}
+
+
+class CompiledInsert:
+    """`INSERT … RETURNING` (or a plain INSERT for `execute_many`), compiled per
+    dialect on first use.
+
+    `build` makes the statement for a dialect name (`ON CONFLICT` comes from the
+    dialect's own `insert`). The columns are the keys of the first row inserted;
+    every later row must have the same keys.
+    """
+
+    def __init__(self, build: Callable[[str], Insert]) -> None:
+        self.build = build
+        #: Keyed by what shapes the SQL: dialect, driver and its parameter style.
+        self._by_dialect: dict[tuple[str, str, str], _Compiled] = {}
+
+    def execute(self, connection: Connection, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """Run the INSERT in the connection's transaction; the RETURNING row, or None
+        when no row was inserted (`ON CONFLICT DO NOTHING`)."""
+        dialect = connection.dialect
+        compiled = self._compiled(dialect, values)
+        rows = _run(connection, compiled.sql, compiled.bind(values), fetch=1)
+        return rows[0] if rows else None
+
+    def execute_many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run the INSERT (without RETURNING) once per row, in one driver call."""
+        if not rows:
+            return
+        dialect = connection.dialect
+        compiled = self._compiled(dialect, rows[0])
+        _run(connection, compiled.sql, [compiled.bind(row) for row in rows], fetch=0, many=True)
+
+    def _compiled(self, dialect: Dialect, values: Mapping[str, Any]) -> _Compiled:
+        key = (dialect.name, dialect.driver, dialect.paramstyle)
+        compiled = self._by_dialect.get(key)
+        if compiled is None:
+            compiled = self._by_dialect[key] = self._compile(dialect, list(values))
+        return compiled
+
+    def _compile(self, dialect: Dialect, columns: list[str]) -> _Compiled:
+        statement = self.build(dialect.name)
+        sql = statement.compile(dialect=dialect, column_keys=columns)
+        table = statement.table
+        names = list(sql.positiontup or ()) if sql.positional else columns
+        if sorted(sql.params) != sorted(columns):
+            raise ValueError(f"the INSERT binds {sorted(sql.params)}, not the row's {columns}")
+        fields = tuple(
+            (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in names
+        )
+        return _Compiled(sql.string, fields, sql.positional)
+
+
+class CompiledSelect:
+    """A SELECT of plain columns (ids, numbers), compiled per dialect on first use.
+
+    `rows` gives the driver's raw tuples: no result processing, so select only columns
+    whose raw value is what you want (ids), and read anything typed with a normal
+    query once a probe found rows. Bound values go through their type's bind processor;
+    a bind the caller does not give keeps the value it was built with (a constant). An
+    `IN` list must be spelled as `or_` of equalities: an expanding bind has no fixed
+    place in compiled SQL.
+    """
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+        self._by_dialect: dict[tuple[str, str, str], _CompiledSelect] = {}
+
+    def rows(self, connection: Connection, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run it in the connection's transaction; every row, as the driver gives it."""
+        dialect = connection.dialect
+        key = (dialect.name, dialect.driver, dialect.paramstyle)
+        compiled = self._by_dialect.get(key)
+        if compiled is None:
+            compiled = self._by_dialect[key] = _CompiledSelect.of(self.statement, dialect)
+        return _run(connection, compiled.sql, compiled.bind(values), fetch=None)
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledSelect:
+    sql: str
+    #: (bind name, the value it was built with, its type's bind processor), in order.
+    binds: tuple[tuple[str, Any, Processor], ...]
+    positional: bool
+
+    @classmethod
+    def of(cls, statement: Select[Any], dialect: Dialect) -> _CompiledSelect:
+        sql = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+        names = list(sql.positiontup or ()) if sql.positional else list(sql.params)
+        unknown = [name for name in names if name not in sql.binds]
+        if unknown:
+            raise ValueError(f"expanding binds {unknown}: spell the IN list as or_(==, …)")
+        binds = tuple(
+            (
+                name,
+                sql.params[name],
+                sql.binds[name].type.dialect_impl(dialect).bind_processor(dialect),
+            )
+            for name in names
+        )
+        return cls(sql.string, binds, sql.positional)
+
+    def bind(self, values: Mapping[str, Any]) -> Any:
+        known = {name for name, _, _ in self.binds}
+        if not known.issuperset(values):
+            raise ValueError(f"no bind named {sorted(set(values) - known)} in the SELECT")
+        converted = []
+        for name, built, process in self.binds:
+            value = values.get(name, built)
+            converted.append(value if process is None else process(value))
+        if self.positional:
+            return tuple(converted)
+        return {name: value for (name, _, _), value in zip(self.binds, converted, strict=True)}
+
+
+def _run(
+    connection: Connection, sql: str, parameters: Any, fetch: int | None, many: bool = False
+) -> list[tuple[Any, ...]]:
+    """One driver call in the connection's transaction: up to `fetch` rows (None: all)."""
+    dialect = connection.dialect
+    dbapi = dialect.loaded_dbapi
+    try:
+        cursor = connection.connection.cursor()
+        try:
+            if many:
+                cursor.executemany(sql, parameters)
+                return []
+            cursor.execute(sql, parameters)
+            if fetch == 0:
+                return []
+            rows = cursor.fetchall() if fetch is None else cursor.fetchmany(fetch)
+        finally:
+            cursor.close()
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(
+            sql, parameters, exc, dbapi.Error, hide_parameters=True, dialect=dialect
+        ) from exc
+    return [tuple(row) for row in rows]
