@@ -17,6 +17,13 @@ and answers 503, which amoCRM retries.
 Webhooks of one batch are stored one after another in one transaction, so each sees
 the rows of those before it: dedupe keys, cooldowns and every other check that reads
 earlier launches hold inside a batch as they do across batches.
+
+On PostgreSQL several processes (or hosts) commit batches at once, and the
+one-bot-per-chat guard locks every chat a launch touches. Locked webhook by webhook,
+a batch holding chat A and waiting for B could meet another holding B and waiting for
+A: a deadlock, which PostgreSQL ends by failing one batch. So a batch takes the locks
+of all its webhooks first, once, in the guard's one sorted order, before its first
+SAVEPOINT (a lock taken inside a savepoint that rolls back would be released with it).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from automation.errors import CommitterUnavailable
+from automation.store import chatguard
 from automation.store.intake import Enqueued, Rows, store
 
 log = logging.getLogger("automation.groupcommit")
@@ -153,6 +161,7 @@ class Committer:
         try:
             connection = self._connection()
             with connection.begin():
+                chatguard.lock(connection, [p for ticket in batch for p in ticket.rows.planned()])
                 for ticket in batch:
                     _store_one(connection, ticket)
         except Exception as exc:  # no connection, or the commit failed: none is stored
@@ -189,7 +198,7 @@ def _store_one(connection: Connection, ticket: _Ticket) -> None:
     """
     _savepoint(connection, "SAVEPOINT webhook")
     try:
-        ticket.stored = store(connection, ticket.rows)
+        ticket.stored = store(connection, ticket.rows, locked=True)
     except Exception as exc:
         _savepoint(connection, "ROLLBACK TO SAVEPOINT webhook")
         ticket.error = exc

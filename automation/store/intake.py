@@ -68,6 +68,9 @@ class Rows:
     #: (entity type, entity id) its events name, for `delivery_entities`.
     entities: list[tuple[str, int]]
 
+    def planned(self) -> list[PlannedLaunch]:
+        return [launch for launch, _ in self.launches]
+
     @classmethod
     def of(cls, inbound: Inbound, planned: Sequence[PlannedLaunch]) -> Rows:
         payload = inbound.payload
@@ -93,17 +96,20 @@ class Rows:
         return cls(delivery, launches, named_entities(payload))
 
 
-def store(connection: Connection, rows: Rows) -> Enqueued:
+def store(connection: Connection, rows: Rows, *, locked: bool = False) -> Enqueued:
     """Insert a webhook's rows in the connection's transaction; the caller commits.
 
     A launch whose dedupe key exists already is not stored again and counts as a
     duplicate. A launch inside its rule's cooldown is stored as `skipped` with the
-    reason, so "why did my bot not start?" has an answer in the log.
+    reason, so "why did my bot not start?" has an answer in the log. `locked`: the
+    caller took `chatguard.lock` for these launches already (a group commit locks a
+    whole batch at once).
     """
     inserted = INSERT_DELIVERY.execute(connection, rows.delivery)
     assert inserted is not None, "a delivery insert has no conflict clause"
     delivery_id = int(inserted[0])
-    chatguard.lock(connection, (launch for launch, _ in rows.launches))
+    if not locked:
+        chatguard.lock(connection, rows.planned())
     INSERT_ENTITY.execute_many(
         connection,
         [{"delivery_id": delivery_id, "entity_type": k, "entity_id": i} for k, i in rows.entities],

@@ -8,6 +8,7 @@ when the committer comes back for the next batch.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -69,11 +70,11 @@ class Held:
         self.entered, self.go = threading.Event(), threading.Event()
         real = groupcommit.store
 
-        def store(connection: Any, rows: Rows) -> Enqueued:
+        def store(connection: Any, rows: Rows, **options: Any) -> Enqueued:
             if not self.entered.is_set():
                 self.entered.set()
                 assert self.go.wait(30), "never released"
-            return real(connection, rows)
+            return real(connection, rows, **options)
 
         monkeypatch.setattr(groupcommit, "store", store)
 
@@ -266,3 +267,49 @@ def test_a_webhook_that_waits_too_long_for_its_turn_is_refused_and_never_stored(
     assert isinstance(results[1], CommitterUnavailable)
     with engine.connect() as connection:
         assert list(connection.scalars(select(Launch.entity_id))) == [1]
+
+
+def test_two_batches_locking_the_same_chats_in_opposite_orders_do_not_deadlock(
+    database_url: str, rows_of: Callable[[bytes], Rows], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two web processes (two engines) commit a batch each at the same moment: leads 1
+    then 2, and leads 2 then 1. Each stores its first webhook, then both meet at a
+    barrier before their second: locking chat by chat, each would now wait for the
+    other's first chat, and PostgreSQL would fail one batch. A batch that locks all its
+    chats before its first webhook cannot meet the other there (the barrier times out
+    for it, and it goes on alone)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer: two batches never hold chats at once")
+    barrier, real = threading.Barrier(2, timeout=3), groupcommit.store
+    first_done: set[int] = set()
+
+    def store(connection: Any, rows: Rows, **options: Any) -> Enqueued:
+        stored = real(connection, rows, **options)
+        if threading.get_ident() not in first_done:
+            first_done.add(threading.get_ident())
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait()
+        return stored
+
+    monkeypatch.setattr(groupcommit, "store", store)
+    engines = [make_engine(database_url), make_engine(database_url)]
+    batches = [
+        [groupcommit._Ticket(rows_of(lead_moved(lead))) for lead in order]
+        for order in ((1, 2), (2, 1))
+    ]
+    committers = [Committer(engine) for engine in engines]
+    threads = [
+        threading.Thread(target=committer._commit, args=(batch,))
+        for committer, batch in zip(committers, batches, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for committer, engine in zip(committers, engines, strict=True):
+        committer._drop_connection()
+        engine.dispose()
+
+    errors = [ticket.error for batch in batches for ticket in batch if ticket.error]
+    assert errors == []
+    assert all(ticket.stored is not None for batch in batches for ticket in batch)
