@@ -216,6 +216,14 @@ class Settings(BaseSettings):
         return tokens or oauth
 
     @property
+    def longest_transaction(self) -> float:
+        """Seconds a transaction of ours may sit idle: the token refresh holds its row
+        lock across one call to amoCRM. PostgreSQL ends a session idle in a transaction
+        for longer (a process stopped by SIGSTOP or a VM pause), so its locks, the rate
+        limit's above all, do not stall every other dispatcher until it resumes."""
+        return sum(self.amocrm_timeout) + 30.0
+
+    @property
     def is_dry_run(self) -> bool:
         return bool(self.dry_run)
 

@@ -132,7 +132,9 @@ def command_sessions(*, read_only: bool = False, create: bool = False) -> sessio
     with database_errors(settings.database_url):
         if not create:
             require_existing(settings.database_url)
-        engine = make_engine(settings.database_url)
+        engine = make_engine(
+            settings.database_url, idle_in_transaction=settings.longest_transaction
+        )
         click.get_current_context().call_on_close(engine.dispose)
         (check_schema if read_only else ensure_schema)(engine)
     return make_session_factory(engine)

@@ -49,8 +49,12 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine with the connection settings the server relies on."""
+def make_engine(url: str, *, idle_in_transaction: float | None = None, **kwargs: Any) -> Engine:
+    """Create an engine with the connection settings the server relies on.
+
+    `idle_in_transaction` (PostgreSQL): seconds after which the server ends a session
+    that sits idle inside a transaction (`Settings.longest_transaction` says why).
+    """
     # Statement parameters hold tokens and customers' webhook bodies: keep them out of
     # error messages (and so out of logs and tracebacks).
     kwargs.setdefault("hide_parameters", True)
@@ -65,6 +69,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
     _require_psycopg()
+    if idle_in_transaction is not None:
+        milliseconds = round(idle_in_transaction * 1000)
+        options = f"-c idle_in_transaction_session_timeout={milliseconds}"
+        kwargs["connect_args"] = {"options": options} | kwargs.get("connect_args", {})
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 

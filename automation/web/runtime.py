@@ -46,7 +46,9 @@ class Runtime:
 
         `announce=False` loads the rules without the `rules loaded` line, for a worker
         whose server has said it already."""
-        engine = make_engine(settings.database_url)
+        engine = make_engine(
+            settings.database_url, idle_in_transaction=settings.longest_transaction
+        )
         revision = ensure_schema(engine)
         # No last good rules to fall back on at start: a broken file refuses to start
         # (raising its RulesError) rather than store webhooks that launch nothing.
