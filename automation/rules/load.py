@@ -284,6 +284,7 @@ class _LoaderState:
     loaded_at: datetime | None = None
     stamp: tuple[int, int] | None = None  # (mtime_ns, size) of the last file read
     digest: str | None = None  # sha256 of the last file read, good or broken
+    failure: RulesError | None = None  # why the last file read is not in use
 
 
 class RulesLoader:
@@ -330,6 +331,11 @@ class RulesLoader:
     def error(self) -> str | None:
         """Why the file on disk is not in use, or None when it is."""
         return self._state.error
+
+    @property
+    def failure(self) -> RulesError | None:
+        """The error behind `error`, with its problems (file:line) one by one."""
+        return self._state.failure
 
     @property
     def loaded_at(self) -> datetime | None:
@@ -430,4 +436,4 @@ class RulesLoader:
             )
             if self.on_reload is not None:
                 self.on_reload(False)
-        self._state = replace(self._state, error=message, stamp=stamp, digest=digest)
+        self._state = replace(self._state, error=message, failure=exc, stamp=stamp, digest=digest)

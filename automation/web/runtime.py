@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.config import Settings
-from automation.rules.load import RuleSet, RulesLoader, load_rules_file
+from automation.rules.load import RuleSet, RulesLoader
 from automation.store.database import ensure_schema, make_engine, make_session_factory
 from automation.store.groupcommit import Committer
 from automation.store.versions import StoredVersion, record_version
@@ -50,13 +50,17 @@ class Runtime:
             settings.database_url, idle_in_transaction=settings.longest_transaction
         )
         revision = ensure_schema(engine)
-        # No last good rules to fall back on at start: a broken file refuses to start
-        # (raising its RulesError) rather than store webhooks that launch nothing.
-        load_rules_file(settings.rules_file)
         rules = RulesLoader(settings.rules_file, announce=announce)
+        if rules.current is None:
+            # No last good rules to fall back on at start: a broken file refuses to
+            # start rather than store webhooks that launch nothing. The loader's own
+            # reading is the one judged, so a file that changes meanwhile cannot leave
+            # a worker running without rules.
+            engine.dispose()
+            assert rules.failure is not None, "a loader without rules says why"
+            raise rules.failure
         state = cls(settings, engine, make_session_factory(engine), rules, revision)
-        if rules.current is not None:
-            state.rules_version(rules.current)
+        state.rules_version(rules.current)
         rules.on_loaded = state.rules_version
         return state
 
