@@ -37,6 +37,8 @@ def test_a_session_stopped_inside_a_transaction_lets_go_of_its_row_locks(
         frozen.invalidate()
     finally:
         stalled.dispose()
+        with other.begin() as connection:  # the session's database is shared: leave
+            connection.execute(text("DROP TABLE IF EXISTS held"))  # no stray table
         other.dispose()
 
 
