@@ -17,7 +17,7 @@ from automation.limits import MAX_ID
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from automation.store.explain import DeliveryExplanation, RuleVerdict
+    from automation.store.explain import DeliveryExplanation
 
 ID = click.IntRange(min=1, max=MAX_ID)
 #: The `DeliveryStatus` values, spelled out so that `--help` imports no database code.
@@ -93,6 +93,8 @@ def deliveries_show(delivery_id: int, current: bool, as_json: bool) -> None:
     if as_json:
         click.echo(explanation.model_dump_json())
     else:
+        from automation.store.explain import describe_explanation
+
         click.echo("\n".join(describe_explanation(explanation)))
 
 
@@ -110,65 +112,4 @@ def load_explanation(delivery_id: int, *, use_current: bool = False) -> Delivery
     return explanation
 
 
-def describe_explanation(explanation: DeliveryExplanation) -> list[str]:
-    """The explanation as text: the delivery, the rules, each event and rule, launches."""
-    from automation.store.explain import describe_rules
-
-    d = explanation.delivery
-    entities = ", ".join(f"{e.type} {e.id}" for e in d.entities) or "none"
-    lines = [
-        f"delivery #{d.id} received {d.received_at:%Y-%m-%d %H:%M:%S}Z, {d.status.value}: "
-        f"{d.events} event(s), {d.launches} launch(es), {d.duplicates} duplicate(s)",
-        f"  entities: {entities}",
-        f"  rules: {describe_rules(explanation.rules)}",
-    ]
-    if explanation.decode_error:
-        lines.append(f"  body no longer decodes: {explanation.decode_error}")
-    for event in explanation.events:
-        named = ", ".join(f"{kind} {number}" for kind, number in event.entities.items())
-        lines.append(f"event {event.index} {event.type} ({event.group}) on {named or 'no entity'}")
-        if not event.rules:
-            lines.append(f"  no rules listen to {event.type}")
-        lines += [f"  {line}" for verdict in event.rules for line in _describe_verdict(verdict)]
-    if not explanation.launches:
-        lines.append("launches: none")
-    for launch in explanation.launches:
-        version = "-" if launch.rules_version_id is None else f"#{launch.rules_version_id}"
-        lines.append(
-            f"launch #{launch.id} {launch.status.value}: rule {launch.rule}, bot {launch.bot_id} "
-            f"on {launch.entity or '?'} {launch.entity_id} (rules {version})"
-            + (f": {launch.reason}" if launch.reason else "")
-        )
-    return lines
-
-
-def _describe_verdict(verdict: RuleVerdict) -> list[str]:
-    """`rule NAME: VERDICT — detail`, then one line per failed condition."""
-    from automation.store.explain import Verdict
-
-    head = f"rule {verdict.rule}: {verdict.verdict.value}"
-    detail = {
-        Verdict.LAUNCHED: f"launch #{verdict.launch_id} ({verdict.reason})",
-        Verdict.COOLDOWN: f"launch #{verdict.launch_id} skipped: earlier launch "
-        f"#{verdict.earlier_launch_id} inside the cooldown",
-        Verdict.DUPLICATE: f"this change already has launch #{verdict.launch_id}",
-        Verdict.BUSY: f"launch #{verdict.launch_id} yielded to launch "
-        f"#{verdict.earlier_launch_id}, another bot on the same chat",
-        Verdict.NOT_STORED: "would launch, but no such launch is stored",
-        Verdict.STOPPED: f"rule {verdict.stopped_by!r} matched first and has stop: true",
-    }.get(verdict.verdict, verdict.reason)
-    lines = [head if verdict.failed_conditions else f"{head}: {detail}"]
-    for failed in verdict.failed_conditions:
-        got = "missing" if failed.got is None else failed.got
-        lines.append(f"    {failed.field}: expected {failed.expected}, got {got}")
-    hours = verdict.hours
-    if hours is not None:
-        lines.append(
-            f"    local time {hours.local_time:%a %Y-%m-%d %H:%M} {hours.zone}; "
-            f"next opening {hours.next_open.astimezone(hours.local_time.tzinfo):%a %Y-%m-%d %H:%M}"
-            f" ({hours.next_open:%Y-%m-%d %H:%M}Z)"
-        )
-    return lines
-
-
-__all__ = ["deliveries_group", "describe_explanation", "load_explanation"]
+__all__ = ["deliveries_group", "load_explanation"]

@@ -20,8 +20,8 @@ from sqlalchemy import ColumnElement, Select, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from automation.store.launchlog import LaunchQuery, launch_filters
-from automation.store.models import Delivery, Launch
-from automation.store.states import DeliveryStatus, LaunchStatus
+from automation.store.models import Launch
+from automation.store.states import LaunchStatus
 
 #: The list's counts stop here: "1,000+" says enough, and counting further costs an
 #: index scan per tab on every refresh.
@@ -184,76 +184,3 @@ def _intersect(
 def newest_id(session: Session) -> int:
     """The highest launch id now (0 for none): bulk actions stop there."""
     return int(session.execute(select(func.coalesce(func.max(Launch.id), 0))).scalar_one())
-
-
-# ------------------------------------------------------------------------ deliveries
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRow:
-    """One stored webhook as a row of the console's table (no body)."""
-
-    id: int
-    received_at: datetime
-    account_id: int | None
-    account_subdomain: str | None
-    status: DeliveryStatus
-    event_count: int
-    launch_count: int
-    duplicate_count: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryFilter:
-    """What the deliveries page shows; empty fields do not filter."""
-
-    status: DeliveryStatus | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    #: Only deliveries that made a launch on this entity id.
-    entity_id: int | None = None
-    before_id: int | None = None
-
-
-def delivery_page(
-    session: Session, where: DeliveryFilter, limit: int
-) -> tuple[list[DeliveryRow], int | None]:
-    """Up to `limit` deliveries, newest first, below `where.before_id`; and the next
-    page's cursor (an id)."""
-    columns = [getattr(Delivery, name) for name in DeliveryRow.__dataclass_fields__]
-    statement = select(*columns)
-    if where.status is not None:
-        statement = statement.where(Delivery.status == where.status)
-    if where.since is not None:
-        statement = statement.where(Delivery.received_at >= where.since)
-    if where.until is not None:
-        statement = statement.where(Delivery.received_at < where.until)
-    if where.before_id is not None:
-        statement = statement.where(Delivery.id < where.before_id)
-    if where.entity_id is not None:
-        made = select(Launch.delivery_id).where(Launch.entity_id == where.entity_id)
-        statement = statement.where(Delivery.id.in_(made))
-    statement = statement.order_by(Delivery.id.desc()).limit(limit + 1)
-    rows = [DeliveryRow(**row._asdict()) for row in session.execute(statement)]
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, rows[-1].id if more else None
-
-
-def delivery_launches(session: Session, delivery_id: int) -> list[ListRow]:
-    """The launches a delivery made, in the order it made them."""
-    statement = select(*_COLUMNS).where(Launch.delivery_id == delivery_id).order_by(Launch.id)
-    return [ListRow(**row._asdict()) for row in session.execute(statement)]
-
-
-def delivery_body(session: Session, delivery_id: int) -> tuple[DeliveryRow, bytes, str] | None:
-    """A delivery's row, raw body and content type, or None when there is none."""
-    columns = [getattr(Delivery, name) for name in DeliveryRow.__dataclass_fields__]
-    row = session.execute(
-        select(*columns, Delivery.body, Delivery.content_type).where(Delivery.id == delivery_id)
-    ).first()
-    if row is None:
-        return None
-    values = row._asdict()
-    body, content_type = bytes(values.pop("body")), values.pop("content_type")
-    return DeliveryRow(**values), body, content_type

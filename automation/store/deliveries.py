@@ -1,8 +1,9 @@
 """Finding stored webhooks: by the entities they name, status and time, newest first.
 
 `deliveries list` and `GET /api/deliveries` read the same rows through
-`list_deliveries`; the rows are pydantic models so the API publishes their schema
-and the CLI prints the same JSON. Nothing here prints or writes.
+`list_deliveries`, and so does the console's `/ui/deliveries`; the rows are pydantic
+models so the API publishes their schema and the CLI prints the same JSON. Nothing
+here prints or writes.
 """
 
 from __future__ import annotations
@@ -110,6 +111,26 @@ def entities_of(session: Session, ids: Sequence[int]) -> dict[int, list[EntityRe
     for delivery_id, kind, entity_id in rows:
         found.setdefault(delivery_id, []).append(EntityRef(type=kind, id=entity_id))
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class RawBody:
+    """A delivery's body as amoCRM posted it, and what came with it: the console
+    shows it folded beside the explanation (which leaves the bytes out)."""
+
+    body: bytes
+    content_type: str
+    account_subdomain: str | None
+
+
+def raw_body(session: Session, delivery_id: int) -> RawBody | None:
+    """The stored body of `delivery_id`, or None when it is not stored. Read through
+    the session's identity map: after `explain_delivery` in the same session it costs
+    no second query."""
+    delivery = session.get(Delivery, delivery_id)
+    if delivery is None:
+        return None
+    return RawBody(bytes(delivery.body), delivery.content_type, delivery.account_subdomain)
 
 
 def _row(delivery: Delivery, entities: list[EntityRef]) -> DeliveryRow:

@@ -4,8 +4,9 @@
 it on arrival and at its arrival time, and adds what only the database knows: the
 launch each matching rule made, the earlier launch a cooldown counted, the launch a
 duplicate already was. The result is a pydantic model that `deliveries show` prints,
-`GET /api/deliveries/<id>/explain` answers as JSON and the console renders: one
-implementation, three views. It writes nothing.
+`GET /api/deliveries/<id>/explain` answers as JSON and the console renders
+(`/ui/deliveries/<id>`): one implementation, three views. `describe_explanation` is
+its text, printed by the CLI and folded under the console's page. It writes nothing.
 
 A delivery stored before versions were recorded, or whose version was pruned, is
 judged with today's rules file, and `rules.note` says so.
@@ -376,3 +377,61 @@ def _launch(launch: Launch) -> LaunchMade:
         created_at=launch.created_at,
         rules_version_id=launch.rules_version_id,
     )
+
+
+def describe_explanation(explanation: DeliveryExplanation) -> list[str]:
+    """The explanation as text, as `deliveries show` prints it and the console folds
+    under its page: the delivery, the rules, each event and rule, its launches."""
+    d = explanation.delivery
+    entities = ", ".join(f"{e.type} {e.id}" for e in d.entities) or "none"
+    lines = [
+        f"delivery #{d.id} received {d.received_at:%Y-%m-%d %H:%M:%S}Z, {d.status.value}: "
+        f"{d.events} event(s), {d.launches} launch(es), {d.duplicates} duplicate(s)",
+        f"  entities: {entities}",
+        f"  rules: {describe_rules(explanation.rules)}",
+    ]
+    if explanation.decode_error:
+        lines.append(f"  body no longer decodes: {explanation.decode_error}")
+    for event in explanation.events:
+        named = ", ".join(f"{kind} {number}" for kind, number in event.entities.items())
+        lines.append(f"event {event.index} {event.type} ({event.group}) on {named or 'no entity'}")
+        if not event.rules:
+            lines.append(f"  no rules listen to {event.type}")
+        lines += [f"  {line}" for verdict in event.rules for line in describe_verdict(verdict)]
+    if not explanation.launches:
+        lines.append("launches: none")
+    for launch in explanation.launches:
+        version = "-" if launch.rules_version_id is None else f"#{launch.rules_version_id}"
+        lines.append(
+            f"launch #{launch.id} {launch.status.value}: rule {launch.rule}, bot {launch.bot_id} "
+            f"on {launch.entity or '?'} {launch.entity_id} (rules {version})"
+            + (f": {launch.reason}" if launch.reason else "")
+        )
+    return lines
+
+
+def describe_verdict(verdict: RuleVerdict) -> list[str]:
+    """`rule NAME: VERDICT — detail`, then one line per failed condition."""
+    head = f"rule {verdict.rule}: {verdict.verdict.value}"
+    detail = {
+        Verdict.LAUNCHED: f"launch #{verdict.launch_id} ({verdict.reason})",
+        Verdict.COOLDOWN: f"launch #{verdict.launch_id} skipped: earlier launch "
+        f"#{verdict.earlier_launch_id} inside the cooldown",
+        Verdict.DUPLICATE: f"this change already has launch #{verdict.launch_id}",
+        Verdict.BUSY: f"launch #{verdict.launch_id} yielded to launch "
+        f"#{verdict.earlier_launch_id}, another bot on the same chat",
+        Verdict.NOT_STORED: "would launch, but no such launch is stored",
+        Verdict.STOPPED: f"rule {verdict.stopped_by!r} matched first and has stop: true",
+    }.get(verdict.verdict, verdict.reason)
+    lines = [head if verdict.failed_conditions else f"{head}: {detail}"]
+    for failed in verdict.failed_conditions:
+        got = "missing" if failed.got is None else failed.got
+        lines.append(f"    {failed.field}: expected {failed.expected}, got {got}")
+    hours = verdict.hours
+    if hours is not None:
+        lines.append(
+            f"    local time {hours.local_time:%a %Y-%m-%d %H:%M} {hours.zone}; "
+            f"next opening {hours.next_open.astimezone(hours.local_time.tzinfo):%a %Y-%m-%d %H:%M}"
+            f" ({hours.next_open:%Y-%m-%d %H:%M}Z)"
+        )
+    return lines

@@ -74,14 +74,17 @@ def explain(delivery_id: int) -> Response:
     at the delivery's arrival; then its launches. Writes nothing."""
     state = runtime()
     with state.sessions() as session:
-        found = explain_delivery(session, delivery_id, _current) if delivery_id <= MAX_ID else None
+        found = None
+        if delivery_id <= MAX_ID:
+            found = explain_delivery(session, delivery_id, current_rules)
     if found is None:
         abort(404, f"no delivery with id {delivery_id}")
     return api._json(found)
 
 
-def _current() -> RuleSet:
-    """Today's rules as this server runs them (the last good file)."""
+def current_rules() -> RuleSet:
+    """Today's rules as this server runs them (the last good file): what judges a
+    delivery whose stored version cannot (the API and the console alike)."""
     rules = runtime().rules.maybe_reload()
     assert rules is not None, "Runtime.build refuses to start without rules"
     return rules

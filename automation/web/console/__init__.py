@@ -99,6 +99,12 @@ def entity(entity_type: int, entity_id: int) -> Any:
     return present.entity_link(entity_type, entity_id, card_base_url())
 
 
+@bp.app_template_global()
+def named_entity(kind: str, entity_id: int) -> Any:
+    """An entity as deliveries name it (`lead`, …, `chat_contact`), card-linked."""
+    return present.kind_link(kind, entity_id, card_base_url())
+
+
 @bp.context_processor
 def _context() -> dict[str, Any]:
     return {
@@ -110,6 +116,7 @@ def _context() -> dict[str, Any]:
         "entity_name": present.entity_name,
         "sparkline": present.sparkline,
         "hours": present.hours,
+        "launch_search": present.launch_search,
     }
 
 

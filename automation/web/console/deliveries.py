@@ -1,107 +1,78 @@
-"""`/ui/deliveries`: the stored webhooks, and for one of them its raw body, the events
-decoded from it, the launches it made and every rule's decision on each event."""
+"""`/ui/deliveries`: the stored webhooks, and for one of them why it started the bots
+it did and no others.
+
+Both pages are views of what the CLI and the read API already answer, never a second
+implementation: the list is `store.deliveries.list_deliveries` (as `deliveries list`
+and `GET /api/deliveries`), its filters read by the API's own parser; one delivery is
+`store.explain.explain_delivery` (as `deliveries show` and
+`GET /api/deliveries/<id>/explain`), judged with the rules version that judged it on
+arrival. The templates only lay out the explanation's fields.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from flask import abort, render_template, request
 from werkzeug.datastructures import MultiDict
 
-from automation.errors import BadParameter, PayloadError
-from automation.events.payloads import decode_body
+from automation.errors import BadParameter
 from automation.limits import MAX_ID
-from automation.rules.cases import describe_event
-from automation.rules.ruleset import Decision
-from automation.store import browse
-from automation.store.states import DeliveryStatus
-from automation.web.api import parse_launch_query
+from automation.store.deliveries import DeliveryQuery, list_deliveries, raw_body
+from automation.store.explain import describe_explanation, explain_delivery
 from automation.web.console import bp
+from automation.web.deliveries import current_rules, parse_delivery_query
 from automation.web.runtime import runtime
 
+#: Deliveries per page of the list.
 PAGE_SIZE = 50
-
-
-@dataclass(frozen=True, slots=True)
-class Judged:
-    """One decoded event and what each rule listening to its type decided."""
-
-    event: str
-    decisions: list[Decision]
+#: The list's filters, as the API names them (the form sends them even when empty).
+FILTERS = ("entity_id", "status", "since", "until")
 
 
 @bp.get("/deliveries")
 def deliveries() -> tuple[str, int] | str:
-    """Stored webhooks newest first; filters `status`, `entity_id`, `since`, `until`."""
+    """Stored webhooks newest first, keyset-paged by id; filters `entity_id` (a webhook
+    naming that lead, contact, …), `status`, `since`, `until`."""
     args = request.args
     try:
-        where = _filter(args)
+        query = console_query(args, datetime.now(UTC))
     except BadParameter as exc:
-        return render_template("deliveries.html", rows=None, error=str(exc), args=args), 400
+        return render_template("deliveries.html", page=None, error=str(exc), args=args), 400
     with runtime().sessions() as db:
-        rows, next_id = browse.delivery_page(db, where, PAGE_SIZE)
-    params = {key: value for key, value in args.items() if value and key != "cursor"}
-    return render_template(
-        "deliveries.html", rows=rows, next_id=next_id, params=params, error=None, args=args
-    )
+        page = list_deliveries(db, query)
+    params = {name: value for name in FILTERS if (value := args.get(name, "").strip())}
+    return render_template("deliveries.html", page=page, params=params, error=None, args=args)
 
 
-def _filter(args: MultiDict[str, str]) -> browse.DeliveryFilter:
-    """The launch filters' own parsers read the shared parameters."""
-    shared = {k: v for k in ("entity_id", "since", "until") if (v := args.get(k, "").strip())}
-    query = parse_launch_query(MultiDict(shared), datetime.now(UTC))
-    status_text = args.get("status", "").strip()
-    if status_text and status_text not in {status.value for status in DeliveryStatus}:
-        raise BadParameter("status", f"expected accepted or unrecognized, got {status_text!r}")
-    cursor = args.get("cursor", "").strip()
-    if cursor and (not cursor.isdigit() or int(cursor) > MAX_ID + 1):
-        raise BadParameter("cursor", f"expected the cursor of a previous page, got {cursor!r}")
-    return browse.DeliveryFilter(
-        status=DeliveryStatus(status_text) if status_text else None,
-        since=query.since,
-        until=query.until,
-        entity_id=query.entity_id,
-        before_id=int(cursor) if cursor else None,
+def console_query(args: MultiDict[str, str], now: datetime) -> DeliveryQuery:
+    """The list's query string read by the API's strict parser: fields the form left
+    empty are dropped first (an empty filter does not filter); one page is PAGE_SIZE."""
+    given = MultiDict(
+        [(name, value.strip()) for name, value in args.items(multi=True) if value.strip()]
     )
+    if "limit" in given:
+        raise BadParameter("limit", "the console's pages have a fixed size")
+    return replace(parse_delivery_query(given, now), limit=PAGE_SIZE)
 
 
 @bp.get("/deliveries/<int:delivery_id>")
 def delivery(delivery_id: int) -> str:
-    """One webhook: raw body (collapsed), decoded events, launches, and every rule's
-    decision on each event under the rules in use now."""
+    """One webhook: its entities, the rules version that judged it, the raw body
+    (folded), every event with every rule's decision, and the launches it made."""
     if delivery_id > MAX_ID:
         abort(404, f"no delivery with id {delivery_id}")
     with runtime().sessions() as db:
-        found = browse.delivery_body(db, delivery_id)
-        if found is None:
-            abort(404, f"no delivery with id {delivery_id}")
-        launches = browse.delivery_launches(db, delivery_id)
-    row, body, content_type = found
-    judged, problem = _judge(body, content_type, row.received_at)
+        explanation = explain_delivery(db, delivery_id, current_rules)
+        raw = raw_body(db, delivery_id) if explanation is not None else None
+    if explanation is None or raw is None:
+        abort(404, f"no delivery with id {delivery_id}")
     return render_template(
         "delivery.html",
-        row=row,
-        body=body.decode("utf-8", errors="replace"),
-        content_type=content_type,
-        launches=launches,
-        judged=judged,
-        problem=problem,
-        rules=runtime().rules.maybe_reload(),
+        x=explanation,
+        row=explanation.delivery,
+        raw=raw,
+        body=raw.body.decode("utf-8", errors="replace"),
+        text="\n".join(describe_explanation(explanation)),
     )
-
-
-def _judge(
-    body: bytes, content_type: str, received_at: datetime
-) -> tuple[list[Judged], str | None]:
-    """The events and decisions, or why the body cannot be read (stored anyway)."""
-    try:
-        payload = decode_body(body, content_type, received_at=received_at)
-    except PayloadError as exc:
-        return [], str(exc)
-    current = runtime().rules.maybe_reload()
-    now = datetime.now(UTC)
-    return [
-        Judged(describe_event(event), current.explain(event, now) if current else [])
-        for event in payload.events
-    ], None

@@ -17,13 +17,17 @@ from automation.events.payloads import ENTITY_KINDS
 from automation.rules.hours import ActiveHours
 from automation.store import browse
 
-#: amoCRM's card path for each entity kind.
+#: amoCRM's card path for each entity kind; a chat's contact is a contact card.
 CARD_PATHS = {
     "lead": "leads",
     "contact": "contacts",
     "company": "companies",
     "customer": "customers",
+    "chat_contact": "contacts",
 }
+#: How a delivery's entity kind is searched for in the launch list (`q=contact:N`):
+#: a chat's contact is a contact there.
+SEARCH_KINDS = {**{kind: kind for kind in CARD_PATHS}, "chat_contact": "contact"}
 _UNITS = ((86400, "d"), (3600, "h"), (60, "min"), (1, "s"))
 
 
@@ -66,13 +70,28 @@ def entity_name(entity_type: int) -> str:
 def entity_link(entity_type: int, entity_id: int, base_url: str | None) -> Markup:
     """`lead 123`, linked to its card in amoCRM when the account's URL is known."""
     kind = ENTITY_KINDS.get(entity_type)
-    text = f"{entity_name(entity_type)} {entity_id}"
-    if base_url is None or kind is None:
+    if kind is None:
+        return escape(f"{entity_name(entity_type)} {entity_id}")
+    return kind_link(kind, entity_id, base_url)
+
+
+def kind_link(kind: str, entity_id: int, base_url: str | None) -> Markup:
+    """The same for an entity named by kind (`lead`, …, `chat_contact`), as deliveries
+    and their explanations name them."""
+    text = f"{kind.replace('_', ' ')} {entity_id}"
+    path = CARD_PATHS.get(kind)
+    if base_url is None or path is None:
         return escape(text)
-    href = f"{base_url}/{CARD_PATHS[kind]}/detail/{entity_id}"
+    href = f"{base_url}/{path}/detail/{entity_id}"
     return Markup('<a href="{}" rel="noopener noreferrer" target="_blank">{}</a>').format(
         href, text
     )
+
+
+def launch_search(kind: str, entity_id: int) -> str:
+    """The launch list's search for an entity: `lead:123`, or `entity:123` for a kind
+    the list does not know."""
+    return f"{SEARCH_KINDS.get(kind, 'entity')}:{entity_id}"
 
 
 def sparkline(values: Sequence[int], width: int = 240, height: int = 40) -> Markup:
