@@ -33,6 +33,7 @@ MAX_DEAD_AFTER = 86400
 MAX_TIMEOUT = 300
 MAX_RETENTION_DAYS = 36500
 MAX_SESSION_HOURS = 24 * 30
+MAX_PROXY_HOPS = 5
 
 
 class Settings(BaseSettings):
@@ -77,6 +78,9 @@ class Settings(BaseSettings):
     #: Mark the console's cookie `Secure` even when the request came over plain HTTP
     #: (TLS ended at a proxy that does not say so).
     console_secure_cookie: bool = False
+    #: Reverse proxies in front of the server that append the client's address to
+    #: X-Forwarded-For: the console's login lockout counts that address, not theirs.
+    console_proxy_hops: int = Field(default=0, ge=0, le=MAX_PROXY_HOPS)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     log_format: Literal["text", "json"] = "text"
     #: Threaded web workers store the webhooks waiting at once in one transaction
@@ -299,6 +303,7 @@ _EXPECTED = {
     "display_timezone": "an IANA time zone such as UTC or Europe/Moscow",
     "console_session_hours": f"a whole number of hours from 1 to {MAX_SESSION_HOURS}",
     "console_secure_cookie": "a boolean (1/0, true/false)",
+    "console_proxy_hops": f"a whole number of proxies from 0 to {MAX_PROXY_HOPS}",
 }
 #: What a variable accepts, said for a value above its upper bound, where the entry in
 #: `_EXPECTED` names only the lower one.

@@ -37,6 +37,7 @@ for _name in list(os.environ):
         "DISPLAY_TIMEZONE",
         "CONSOLE_SESSION_HOURS",
         "CONSOLE_SECURE_COOKIE",
+        "CONSOLE_PROXY_HOPS",
     }:
         del os.environ[_name]
 

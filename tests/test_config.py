@@ -91,6 +91,7 @@ BAD_VALUES = {
     "display_timezone": "MSK",
     "console_session_hours": "0",
     "console_secure_cookie": "sometimes",
+    "console_proxy_hops": "-1",
 }
 #: Free text (any value is a value) or secrets whose only check is "set or not".
 UNCHECKED = {

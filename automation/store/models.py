@@ -323,3 +323,20 @@ class AuditLaunch(Base):
     launch_id: Mapped[int] = mapped_column(
         ForeignKey("launches.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+
+
+class LoginFailure(Base):
+    """One refused console login: the client address it came from, and when.
+
+    Counted per address over a sliding window to lock guessing out (`store.logins`);
+    in the database so that every gunicorn worker, host and restart sees the same
+    count. Rows older than the window are deleted as new ones come.
+    """
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_address", "address", "failed_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: The client address as the console saw it (see CONSOLE_PROXY_HOPS).
+    address: Mapped[str] = mapped_column(String(64))
+    failed_at: Mapped[datetime] = mapped_column(index=True)

@@ -5,6 +5,11 @@ cookie (HttpOnly, SameSite=Strict, Secure over HTTPS or when CONSOLE_SECURE_COOK
 says so), signed with a key derived from both tokens: changing either logs everyone
 out. Every POST needs the per-session CSRF token (Flask-WTF) and must not come from
 another site (`Origin`, `Sec-Fetch-Site`); a refused POST changes nothing.
+
+A refused login is logged (never the token) and answered after a pause; after
+LOCKOUT_FAILURES of them from one client address within LOCKOUT_WINDOW, that address
+gets 429 with Retry-After, even with the right token, until the window has passed
+(`store.logins`, counted in the database for every worker and restart).
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -22,15 +29,21 @@ from urllib.parse import urlsplit
 from flask import Flask, Request, abort, redirect, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
+from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.wrappers import Response as BaseResponse
 
 from automation.config import Settings
+from automation.store import logins
 
 logger = logging.getLogger("automation.console")
 csrf = CSRFProtect()
 
 #: Seconds a failed login waits before its answer: guessing gets slow.
 FAILED_LOGIN_DELAY = 1.0
+#: Refused logins from one client address within LOCKOUT_WINDOW that lock it out
+#: (429) until the oldest of them is LOCKOUT_WINDOW old.
+LOCKOUT_FAILURES = 10
+LOCKOUT_WINDOW = timedelta(minutes=15)
 #: Endpoints open without a login.
 PUBLIC = frozenset({"console.login", "console.static"})
 F = TypeVar("F", bound=Callable[..., Any])
@@ -105,10 +118,93 @@ def log_in(role: Role) -> None:
     session["since"] = int(time.time())
 
 
-def failed_login(app: Flask) -> None:
-    """Log the attempt (never the token) and make the guesser wait."""
-    logger.warning("console login refused: wrong token from %s", request.remote_addr)
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What came of one login attempt from one address."""
+
+    #: The role the token grants; None when refused (wrong token, or locked out).
+    role: Role | None
+    #: Set when the address was locked out: when it may try again. The token was
+    #: not even compared.
+    locked_until: datetime | None = None
+    #: A wrong token: the address's refused logins within the window, this one too.
+    failures: int = 0
+
+
+def attempt(
+    sessions: sessionmaker[Session], settings: Settings, token: str, address: str, now: datetime
+) -> Attempt:
+    """Judge a login from `address`: locked out, or the token's role, the refusal
+    counted. One short transaction holding the address (never the pause after it)."""
+    with sessions.begin() as db:
+        logins.hold(db, address)
+        until = logins.locked_until(db, address, now, LOCKOUT_FAILURES, LOCKOUT_WINDOW)
+        if until is not None:
+            return Attempt(None, locked_until=until)
+        role = role_for(token, settings)
+        if role is not None:
+            return Attempt(role)
+        return Attempt(None, failures=logins.record_failure(db, address, now, LOCKOUT_WINDOW))
+
+
+def client_address(req: Request, proxy_hops: int) -> str:
+    """The address the lockout counts. Without proxies (`proxy_hops` 0) the peer of
+    the connection; behind `proxy_hops` proxies that each append to X-Forwarded-For,
+    the address the outermost one saw: that many entries from the right, the ones our
+    own proxies wrote (anything left of them the client may have forged). A request
+    with fewer entries than that did not come through them: its peer counts."""
+    peer = req.remote_addr or "unknown"
+    if proxy_hops == 0:
+        return peer
+    entries = [
+        entry.strip()
+        for header in req.headers.getlist("X-Forwarded-For")
+        for entry in header.split(",")
+        if entry.strip()
+    ]
+    return entries[-proxy_hops] if len(entries) >= proxy_hops else peer
+
+
+def failed_login(app: Flask, address: str, failures: int) -> None:
+    """Log the refusal (never the token) and make the guesser wait."""
+    window = int(LOCKOUT_WINDOW.total_seconds() // 60)
+    logger.warning(
+        "console login refused: wrong token from %s (%d of %d allowed within %d min)",
+        address,
+        failures,
+        LOCKOUT_FAILURES,
+        window,
+    )
+    if failures >= LOCKOUT_FAILURES:
+        logger.warning(
+            "console login locked for %s: %d refused logins within %d min",
+            address,
+            failures,
+            window,
+        )
     time.sleep(float(app.config["CONSOLE_FAILED_LOGIN_DELAY"]))
+
+
+def locked_out(address: str, until: datetime, now: datetime, settings: Settings) -> tuple[int, str]:
+    """Log a locked-out attempt. The whole seconds until the address may try again
+    (the Retry-After header), and the login page's message saying so."""
+    from automation.web.console.present import exact
+
+    seconds = max(1, math.ceil((until - now).total_seconds()))
+    window = int(LOCKOUT_WINDOW.total_seconds() // 60)
+    logger.warning(
+        "console login refused: %s is locked out for %d s more (%d refused logins within %d min)",
+        address,
+        seconds,
+        LOCKOUT_FAILURES,
+        window,
+    )
+    message = (
+        f"Too many failed logins from your address ({LOCKOUT_FAILURES} within {window} "
+        f"minutes): logins from it are refused, even with the right token, for "
+        f"{math.ceil(seconds / 60)} min more, until {exact(until, settings.display_timezone)}."
+    )
+    return seconds, message
 
 
 def current_role(lifetime: timedelta) -> Role | None:

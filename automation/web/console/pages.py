@@ -22,16 +22,25 @@ REFRESH_SECONDS = 5
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login() -> BaseResponse | tuple[str, int] | str:
-    """One password field, `token`: ADMIN_TOKEN acts, VIEWER_TOKEN reads."""
+def login() -> BaseResponse | tuple[str, int] | str | tuple[str, int, dict[str, str]]:
+    """One password field, `token`: ADMIN_TOKEN acts, VIEWER_TOKEN reads. Too many
+    refused logins from one address lock it out for a while (`auth.attempt`)."""
     target = auth.safe_next(request.values.get("next"))
     if request.method == "GET":
         return render_template("login.html", next=target, error=None)
-    role = auth.role_for(request.form.get("token", ""), runtime().settings)
-    if role is None:
-        auth.failed_login(current_app)
+    state, now = runtime(), datetime.now(UTC)
+    address = auth.client_address(request, state.settings.console_proxy_hops)
+    tried = auth.attempt(
+        state.sessions, state.settings, request.form.get("token", ""), address, now
+    )
+    if tried.locked_until is not None:
+        seconds, error = auth.locked_out(address, tried.locked_until, now, state.settings)
+        page = render_template("login.html", next=target, error=error)
+        return page, 429, {"Retry-After": str(seconds)}
+    if tried.role is None:
+        auth.failed_login(current_app, address, tried.failures)
         return render_template("login.html", next=target, error="wrong token"), 401
-    auth.log_in(role)
+    auth.log_in(tried.role)
     return redirect(target)
 
 
