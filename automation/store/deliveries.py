@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import ColumnElement, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, select, tuple_
+from sqlalchemy.orm import Session, defer
 
 from automation.store.models import Delivery, DeliveryEntity
 from automation.store.states import DeliveryStatus
@@ -66,14 +66,26 @@ class DeliveryQuery:
     since: datetime | None = None
     until: datetime | None = None
     limit: int = 50
-    #: Only deliveries with a smaller id: the API's next page down.
+    #: Only deliveries listed after this one (a page's `next_cursor`): the next page.
     before_id: int | None = None
 
 
 def list_deliveries(session: Session, query: DeliveryQuery) -> DeliveryPage:
-    """A page of deliveries matching `query`, newest first (keyset paging by id)."""
+    """A page of deliveries matching `query`, newest first: by time received, then id
+    (ids follow arrival but for webhooks committed in another order). Keyset-paged:
+    `next_cursor` is the id of the page's last delivery, the next page what lies below
+    it in that order.
+
+    The order is `ix_deliveries_received_at`'s, so a page walks the index and stops
+    after `limit` rows, however deep the time window or the page; bodies stay unread.
+    """
+    newest = (Delivery.received_at.desc(), Delivery.id.desc())
     statement = (
-        select(Delivery).where(*_filters(query)).order_by(Delivery.id.desc()).limit(query.limit + 1)
+        select(Delivery)
+        .options(defer(Delivery.body))
+        .where(*_filters(query))
+        .order_by(*newest)
+        .limit(query.limit + 1)
     )
     found = list(session.scalars(statement))
     page, more = found[: query.limit], len(found) > query.limit
@@ -88,14 +100,30 @@ def _filters(query: DeliveryQuery) -> Iterator[ColumnElement[bool]]:
             DeliveryEntity.entity_id == query.entity_id
         )
         yield Delivery.id.in_(named)
-    if query.statuses:
+    if len(query.statuses) == 1:  # `=`, which SQLite matches to ix_deliveries_unrecognized
+        yield Delivery.status == query.statuses[0]
+    elif query.statuses:
         yield Delivery.status.in_(query.statuses)
     if query.since is not None:
         yield Delivery.received_at >= query.since
     if query.until is not None:
         yield Delivery.received_at < query.until
     if query.before_id is not None:
-        yield Delivery.id < query.before_id
+        yield _below(query.before_id)
+
+
+def _below(before_id: int) -> ColumnElement[bool]:
+    """Deliveries after delivery `before_id` in the list's order. The cursor's own row
+    gives the time to continue below; if it was pruned meanwhile, the row with the next
+    lower id does (no row at all: nothing is below)."""
+    anchor = (
+        select(Delivery.received_at)
+        .where(Delivery.id <= before_id)
+        .order_by(Delivery.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return tuple_(Delivery.received_at, Delivery.id) < tuple_(anchor, before_id)
 
 
 def entities_of(session: Session, ids: Sequence[int]) -> dict[int, list[EntityRef]]:

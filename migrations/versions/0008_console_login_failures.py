@@ -1,4 +1,4 @@
-"""Console: failed logins per client address, for the login lockout
+"""Console: failed logins per client address (the login lockout); unrecognized deliveries by time
 
 Revision ID: 0008
 Revises: 0007
@@ -9,8 +9,14 @@ Add columns as nullable or with a server default; create indexes on PostgreSQL w
 `postgresql_concurrently=True` outside a transaction when the table is large; never
 rename or drop a column that the running code still reads.
 
-A new, empty table: code of the previous revision never reads it, and dropping it on
-downgrade forgets only who failed to log in during the last minutes.
+`login_failures` is a new, empty table: code of the previous revision never reads it,
+and dropping it on downgrade forgets only who failed to log in during the last minutes.
+
+`ix_deliveries_unrecognized` indexes `received_at` of the unrecognized deliveries only
+(a partial index; accepted ones, nearly all, add no entry), so listing them newest
+first does not walk every accepted webhook. On a large PostgreSQL table build it by
+hand first with CREATE INDEX CONCURRENTLY under the same name; this revision then
+skips it.
 """
 
 from collections.abc import Sequence
@@ -24,7 +30,19 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+UNRECOGNIZED = sa.text("status = 'unrecognized'")
+
+
 def upgrade() -> None:
+    op.create_index(
+        "ix_deliveries_unrecognized",
+        "deliveries",
+        ["received_at"],
+        unique=False,
+        sqlite_where=UNRECOGNIZED,
+        postgresql_where=UNRECOGNIZED,
+        if_not_exists=True,
+    )
     op.create_table(
         "login_failures",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -44,3 +62,4 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_login_failures_failed_at"))
         batch_op.drop_index("ix_login_failures_address")
     op.drop_table("login_failures")
+    op.drop_index("ix_deliveries_unrecognized", table_name="deliveries")

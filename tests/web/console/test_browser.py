@@ -1,6 +1,8 @@
 """The console in a real browser: Debian's Chromium driven by Playwright against
 `automation serve` (gunicorn and a dispatcher) with the fake amoCRM on loopback.
 
+They run on SQLite and, when TEST_DATABASE_URL is set, again on PostgreSQL, each
+backend with a server and a database of its own (created and dropped here).
 These tests never skip: without Chromium they fail and say how to install it.
 Set CONSOLE_SCREENSHOTS=<dir> to keep the screenshots the last test takes (the ones
 in docs/ were made that way).
@@ -12,6 +14,7 @@ import os
 import shutil
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,13 +24,13 @@ from typing import Any
 import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from sqlalchemy import insert, select
+from sqlalchemy import insert, make_url, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.store.database import make_engine, make_session_factory, upgrade
 from automation.store.models import Launch
 from automation.store.states import LaunchStatus
-from tests.conftest import TEST_RULES, WEBHOOKS
+from tests.conftest import BACKENDS, TEST_RULES, WEBHOOKS
 from tests.fake_amocrm import FakeAmoCRM
 from tests.launches import launch_values
 from tests.web.console.conftest import ADMIN, VIEWER
@@ -59,7 +62,7 @@ def browser() -> Iterator[Browser]:
 
 
 class Server:
-    """`automation serve` on a free loopback port, and its SQLite database."""
+    """`automation serve` on a free loopback port, and its database."""
 
     def __init__(self, url: str, sessions: sessionmaker[Session], fake: FakeAmoCRM) -> None:
         self.url = url
@@ -79,8 +82,11 @@ class Server:
         with self.sessions() as session:
             return session.execute(select(Launch.status).where(Launch.id == launch_id)).scalar_one()
 
-    def webhook(self, name: str) -> None:
-        body = (WEBHOOKS / f"{name}.form").read_bytes().strip()
+    def webhook(self, name: str) -> int:
+        """Post a webhook fixture as amoCRM would; returns its delivery id."""
+        return self.post((WEBHOOKS / f"{name}.form").read_bytes().strip())
+
+    def post(self, body: bytes) -> int:
         answer = requests.post(
             f"{self.url}/webhooks/amocrm/s3cret",
             data=body,
@@ -88,13 +94,41 @@ class Server:
             timeout=10,
         )
         assert answer.status_code == 200, answer.text
+        return int(answer.json()["delivery_id"])
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A migrated database of this module's own, on each backend: SQLite in a temporary
+    folder; on PostgreSQL (when TEST_DATABASE_URL is set) a database created here and
+    dropped at the end, so the server never shares tables other tests truncate."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('console-browser') / 'automation.db'}"
+        upgrade(url)
+        yield url
+        return
+    admin_url = os.environ.get("TEST_DATABASE_URL")
+    if not admin_url:
+        pytest.skip("TEST_DATABASE_URL is not set: PostgreSQL tests skipped")
+    name = f"automation_browser_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(admin.url).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("console-browser")
-    database_url = f"sqlite:///{folder / 'automation.db'}"
-    upgrade(database_url)
+def server(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("console-server")
     (folder / "rules.yaml").write_text(TEST_RULES)
     port = free_port()
     with FakeAmoCRM() as fake:
@@ -225,6 +259,54 @@ def test_a_viewer_reads_but_cannot_act(browser: Browser, server: Server) -> None
     page.close()
 
 
+def status_change(lead: str, status_id: str = "59936202") -> bytes:
+    """amoCRM's status-change webhook (tests/fixtures) for another lead and status:
+    TEST_RULES' `qualified` launches only for status 59936202."""
+    body = (WEBHOOKS / "status_lead.form").read_bytes().strip().replace(b"27754599", lead.encode())
+    return body.replace(b"%5Bstatus_id%5D=59936202", f"%5Bstatus_id%5D={status_id}".encode())
+
+
+def test_a_delivery_that_started_no_bot_says_why_and_links_to_launches(
+    browser: Browser, server: Server
+) -> None:
+    lead = "31000001"  # its own lead: other tests' webhooks stay out of the filter
+    nothing = server.post(status_change(lead, status_id="142"))
+    launched = server.post(status_change(lead))
+    with server.sessions() as session:
+        launch = session.execute(
+            select(Launch.id).where(Launch.delivery_id == launched)
+        ).scalar_one()
+    page = log_in(browser, server, VIEWER)
+    page.get_by_role("link", name="Deliveries", exact=True).click()
+    page.get_by_label("Entity id").fill(lead)
+    page.get_by_role("button", name="Filter").click()
+    listed = page.locator("tbody tr td:first-child a")
+    expect(listed).to_have_text([f"#{launched}", f"#{nothing}"])  # newest first
+
+    page.get_by_role("link", name=f"#{nothing}", exact=True).click()
+    expect(page.get_by_role("heading", name=f"Delivery #{nothing}")).to_be_visible()
+    failed = page.get_by_role("table", name="Conditions of qualified that failed")
+    expect(failed.get_by_role("cell")).to_have_text(["status_id", "59936202", "142"])
+    expect(page.get_by_role("listitem").filter(has_text="qualified")).to_contain_text(
+        "conditions failed"
+    )
+    expect(page.get_by_role("heading", name="Launches it made")).to_be_visible()
+    body = page.locator("details pre").first
+    expect(body).to_be_hidden()  # the raw body is folded
+    page.get_by_text("Raw body").click()
+    expect(body).to_contain_text(f"%5Bid%5D={lead}")
+
+    page.go_back()
+    page.get_by_role("link", name=f"#{launched}", exact=True).click()
+    made = page.get_by_role("listitem").filter(has_text="qualified").first
+    expect(made).to_contain_text(f"made launch #{launch}")
+    made.get_by_role("link", name=f"launch #{launch}").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text(f"Launch #{launch}")
+    page.get_by_role("link", name=f"delivery #{launched}").click()  # and back from the launch
+    expect(page.get_by_role("heading", name=f"Delivery #{launched}")).to_be_visible()
+    page.close()
+
+
 class _Attacker(BaseHTTPRequestHandler):
     """Another origin (same host, other port) whose page posts to the console."""
 
@@ -273,6 +355,7 @@ def test_every_page_renders_and_is_photographed(
     """A screenshot of each page (kept in CONSOLE_SCREENSHOTS when set), on a desktop
     and on a phone-sized screen where nothing may overflow sideways but tables."""
     server.webhook("status_lead")
+    nothing = server.post(status_change("27754599", status_id="142"))
     server.add(LaunchStatus.FAILED, rule="qualified", last_error="amoCRM said 400")
     launch = server.add(LaunchStatus.UNCERTAIN, rule="qualified", reason="answer lost")
     folder = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path)
@@ -285,7 +368,7 @@ def test_every_page_renders_and_is_photographed(
         "bulk": "/ui/launches/bulk/retry?status=failed",
         "rules": "/ui/rules",
         "deliveries": "/ui/deliveries",
-        "delivery": "/ui/deliveries/1",
+        "delivery": f"/ui/deliveries/{nothing}",
     }
     for name, path in shots.items():
         answer = page.goto(f"{server.url}{path}")
