@@ -375,9 +375,10 @@ def test_every_page_renders_and_is_photographed(
         assert answer is not None and answer.status == 200, name
         page.screenshot(path=str(folder / f"console-{name}.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
-    page.goto(f"{server.url}/ui/launches")
-    width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= 390, f"the launches page is {width}px wide on a phone"
+    for path in [shots["delivery"], shots["deliveries"], "/ui/launches"]:
+        page.goto(f"{server.url}{path}")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{path} is {width}px wide on a phone"
     page.screenshot(path=str(folder / "console-phone.png"), full_page=True)
     page.close()
     assert ROOT.exists()
