@@ -13,6 +13,11 @@ blocked → 403; over `limit_rps` → 429; `drop_next` → close without answeri
 `stall_next` delays, `drop_next(after_processing=True)` withholds and `truncate_next`
 cuts short the answer so decided: the call was processed, only the answer is lost.
 
+With `journal=PATH` every salesbot call is also appended to that file as one JSON line
+(arrival time, status, whether its tasks were launched, the tasks), flushed at once:
+a checker in another process (bench/chaos.py) reads what reached "amoCRM" from there,
+not from the database of the server under test.
+
 `/api/v4/webhooks` (GET with `filter[destination]`, POST, DELETE) keeps the account's
 subscriptions: `add_webhook` seeds one, `disable_webhook` turns one off as amoCRM does
 after too many bad answers, `forbid_webhooks` answers 403 as to a non-admin's token.
@@ -34,8 +39,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import IO, Any, cast
 from urllib.parse import parse_qs
 
 SALESBOT_PATH = "/api/v2/salesbot/run"
@@ -303,8 +309,11 @@ class FakeAmoCRM:
         auth_code: str = AUTH_CODE,
         redirect_uri: str = REDIRECT_URI,
         expires_in: int = 86400,
+        journal: str | Path | None = None,
     ) -> None:
         self._lock = threading.Lock()
+        self._journal_path = None if journal is None else Path(journal)
+        self._journal: IO[str] | None = None
         self._stopping = threading.Event()
         self._calls: list[RecordedCall] = []
         self._served: deque[float] = deque()
@@ -325,6 +334,8 @@ class FakeAmoCRM:
         """Listen on a free loopback port and serve in a daemon thread."""
         if self._server is None:
             self._stopping.clear()
+            if self._journal_path is not None and self._journal is None:
+                self._journal = self._journal_path.open("a", encoding="utf-8")
             self._server = _Server(self)
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
@@ -346,6 +357,10 @@ class FakeAmoCRM:
         server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        with self._lock:
+            journal, self._journal = self._journal, None
+        if journal is not None:
+            journal.close()
 
     def __enter__(self) -> FakeAmoCRM:
         return self.start()
@@ -540,6 +555,24 @@ class FakeAmoCRM:
             query=request.query,
         )
         self._calls.append(call)
+        if self._journal is not None and call.path == SALESBOT_PATH:
+            self._write_journal(call)
+
+    def _write_journal(self, call: RecordedCall) -> None:
+        """One line per salesbot call, written under the lock, so in arrival order."""
+        assert self._journal is not None
+        tasks = call.body if isinstance(call.body, list) else None
+        line = {
+            "monotonic": call.monotonic,
+            "wall": call.wall.isoformat(),
+            "status": call.status,
+            "accepted": call.accepted,
+            "dropped": call.dropped,
+            "client_port": call.client_port,
+            "tasks": tasks,
+        }
+        self._journal.write(json.dumps(line) + "\n")
+        self._journal.flush()
 
     def _plan_salesbot(self, request: _Request, now: float) -> tuple[_Plan, bool]:
         knobs = self._knobs
