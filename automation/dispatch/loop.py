@@ -43,6 +43,9 @@ IDLE_SLEEP = 0.05
 ONCE_MAX_WAIT = 5.0
 #: How long sending pauses when there is no token to send with, before trying again.
 NO_TOKEN_PAUSE_SECONDS = 60.0
+#: A request about to leave this long after its slot (or AMOCRM_RATE_MARGIN_MS, if
+#: more) takes a new slot: longer than any commit, shorter than a pause worth the name.
+LATE_SLOT = timedelta(milliseconds=250)
 
 
 def utcnow() -> datetime:
@@ -80,6 +83,8 @@ class Dispatcher:
         self._stopping = threading.Event()
         self.membership = Membership(sessions, self.dead_after, lambda s: self._stopping.wait(s))
         self._margin = timedelta(milliseconds=settings.amocrm_rate_margin_ms)
+        #: When the request slot of the call about to be sent was granted.
+        self._slot_at = utcnow()
         #: RETENTION_DAYS: a prune pass a day, one small batch per loop turn.
         self._retention = retention.DailyPrune(settings, sessions)
 
@@ -183,13 +188,17 @@ class Dispatcher:
         if not verdict.go:
             return None, verdict.wait
         outbox.stamp_call(session, call_id, verdict.now)
+        self._slot_at = verdict.now
         return call_id, 0.0
 
     def _send(self, batch: Batch, call_id: int, retried_401: bool = False) -> None:
-        self.stats.calls += 1
         if self.dry_run:
+            self.stats.calls += 1
             self._record_dry_run(batch, call_id)
             return
+        if self._slot_missed(batch, call_id, retried_401):
+            return
+        self.stats.calls += 1
         assert self.client is not None
         tasks = [SalesbotTask(c.bot_id, c.entity_id, c.entity_type) for c in batch.launches]
         try:
@@ -206,6 +215,33 @@ class Dispatcher:
             self._isolate(batch, result)
             return
         self._finish(call_id, result, settle=batch)
+
+    def _slot_missed(self, batch: Batch, call_id: int, retried_401: bool) -> bool:
+        """Give up a slot granted too long ago (LATE_SLOT), and take another.
+
+        The budget counts a call at the moment its slot was granted. A dispatcher paused
+        between then and its request (SIGSTOP, a VM pause, a swap storm) would send when
+        the budget has already let others go: one call too many in amoCRM's second. So
+        the late call is recorded as `not_sent` (it never left) and the batch, still
+        held, waits for a new slot; `_resend` also notices a takeover meanwhile.
+        Lateness within AMOCRM_RATE_MARGIN_MS is what the margin is for; between it and
+        LATE_SLOT (a slow commit, a busy host) the request goes: a host that slow
+        needs a larger margin, and giving up every slot would send nothing at all.
+        """
+        late = utcnow() - self._slot_at
+        if late <= max(self._margin, LATE_SLOT):
+            return False
+        error = (
+            f"not sent: the request would have left {late.total_seconds():.3f}s after its "
+            "request slot (the dispatcher was paused); the batch takes a new slot"
+        )
+        with self.sessions.begin() as session:
+            outbox.finish_call(
+                session, call_id, utcnow(), outcome=Outcome.NOT_SENT.value, error=error
+            )
+        log.warning("request slot missed call=%s launches=%s: %s", call_id, len(batch), error)
+        self._resend(batch, retried_401=retried_401)
+        return True
 
     def _finish(self, call_id: int, result: CallResult, settle: Batch | None = None) -> None:
         """Record the call's end and, in the same transaction, the launches' outcome."""
