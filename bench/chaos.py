@@ -75,7 +75,7 @@ from automation.store.database import make_engine, upgrade  # noqa: E402
 from automation.store.models import ApiCall, Delivery, DeliveryEntity, Launch  # noqa: E402
 from automation.store.states import LaunchStatus  # noqa: E402
 from tests.fake_amocrm import ACCESS_TOKEN, FakeAmoCRM, max_in_window  # noqa: E402
-from tests.gunicorn import BIN, Server, free_port, serve  # noqa: E402
+from tests.gunicorn import BIN, Server, children_of, free_port, serve, wait_gone  # noqa: E402
 
 SECRET = "chaos-secret-0123456789"
 PATH = f"/webhooks/amocrm/{SECRET}/"
@@ -185,32 +185,6 @@ def read_journal(path: Path) -> list[JournalCall]:
 
 
 # ------------------------------------------------------------------ processes
-
-
-def children_of(pid: int) -> list[int]:
-    """The live child processes of `pid` (gunicorn's workers), from /proc."""
-    try:
-        text_ = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(child) for child in text_.split()]
-
-
-def gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state == "Z"
-
-
-def wait_gone(pids: Sequence[int], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if all(gone(pid) for pid in pids):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 class Processes:

@@ -86,6 +86,40 @@ def running(
         server.stop()
 
 
+def children_of(pid: int) -> list[int]:
+    """The child processes of `pid` (gunicorn's workers, serve's dispatcher), from /proc."""
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in listed.split()]
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody reaped (a container's PID 1 may not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def wait_gone(pids: Sequence[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if all(gone(pid) for pid in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def gunicorn(*options: str) -> list[str]:
     """Plain `gunicorn wsgi:app` on the port the test picks."""
     return [str(BIN / "gunicorn"), "-b", "127.0.0.1:{port}", *options, "wsgi:app"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,10 @@ MAX_PORT = 65535
 #: Characters of WEBHOOK_SECRET the start banner shows, when the secret is long enough
 #: (SECRET_MIN_LENGTH) that they give little away: enough to tell two secrets apart.
 SHOWN_SECRET_CHARS = 3
+#: Set by `serve` for the dispatcher it starts: the server's pid, to stop with it.
+SERVER_PID_VARIABLE = "AUTOMATION_SERVE_PID"
+#: How often that dispatcher looks whether its server is still there, in seconds.
+SERVER_WATCH_SECONDS = 1.0
 
 
 class BindAddress(click.ParamType[str]):
@@ -65,6 +71,7 @@ def dispatch_command(once: bool) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+    stop_with_server(stop)
     try:
         stats = worker.run(once=once)
     except NotAlone as exc:
@@ -83,6 +90,29 @@ def dispatch_command(once: bool) -> None:
         "uncertain": stats.uncertain,
     }
     announce(settings, " ".join(f"{key}={value}" for key, value in counts.items()), **counts)
+
+
+def stop_with_server(stop: Callable[[], None]) -> None:
+    """Under `serve`, stop (as on SIGTERM) once the server that started us is gone.
+
+    `serve` stops its dispatcher itself, except when it is SIGKILLed (the OOM killer,
+    `kill -9`): then the dispatcher would carry on alone, and a server started again
+    would wait for it forever on SQLite. Its parent changes when the server dies.
+    """
+    expected = os.environ.get(SERVER_PID_VARIABLE, "")
+    if not expected.isdigit():
+        return
+    server = int(expected)
+
+    def watch() -> None:
+        while os.getppid() == server:
+            threading.Event().wait(SERVER_WATCH_SECONDS)
+        logging.getLogger("automation.dispatcher").error(
+            "the server that started this dispatcher (pid %s) is gone: stopping", server
+        )
+        stop()
+
+    threading.Thread(target=watch, name="server-watch", daemon=True).start()
 
 
 @click.command("serve", cls=ServerCommand)

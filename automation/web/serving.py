@@ -64,7 +64,12 @@ def run_server(
 
     def when_ready(_arbiter: Any) -> None:
         if with_dispatcher:
-            children.append(subprocess.Popen([sys.executable, "-m", "automation", "dispatch"]))
+            from automation.cli.server import SERVER_PID_VARIABLE
+
+            # It stops with this process even when this one is SIGKILLed.
+            env = os.environ | {SERVER_PID_VARIABLE: str(server_pid)}
+            command = [sys.executable, "-m", "automation", "dispatch"]
+            children.append(subprocess.Popen(command, env=env))
         on_ready()
 
     hooks = {"when_ready": when_ready, "child_exit": mark_worker_dead}

@@ -180,6 +180,44 @@ def test_serve_on_a_busy_port_ends_with_the_real_cause(tmp_path: Path, rules_fil
     assert done.stderr.strip().splitlines()[-1].endswith(f"Can't connect to ('127.0.0.1', {port})")
 
 
+def test_the_dispatcher_of_a_killed_server_stops_too(tmp_path: Path, rules_file: Path) -> None:
+    """SIGKILL of `serve` (the OOM killer, `kill -9`) gives its finally no chance to stop
+    the dispatcher it started. The chaos run found it carrying on alone, and a server
+    started again then waited forever behind it on SQLite; it must stop by itself."""
+    from tests.gunicorn import children_of, command_line, free_port, wait_gone
+
+    port = free_port()
+    argv = [str(BIN / "automation"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+    output = tmp_path / "serve.log"
+    with output.open("wb") as sink:
+        server = subprocess.Popen(
+            argv, cwd=tmp_path, env=serve_env(tmp_path, rules_file), stdout=sink, stderr=sink
+        )
+    dispatcher = None
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", server, 60)
+        deadline = time.monotonic() + 30
+        while dispatcher is None and time.monotonic() < deadline:
+            found = [pid for pid in children_of(server.pid) if "dispatch" in command_line(pid)]
+            dispatcher = found[0] if found else None
+            time.sleep(0.1)
+        assert dispatcher is not None, "serve started no dispatcher"
+        while "dispatcher started" not in output.read_text():
+            time.sleep(0.1)
+        server.kill()
+        server.wait(10)
+
+        assert wait_gone([dispatcher], 30), "the dispatcher outlived the server that started it"
+    finally:
+        server.kill()
+        server.wait(10)
+        if dispatcher is not None and not wait_gone([dispatcher], 0):
+            os.kill(dispatcher, signal.SIGKILL)
+    assert f"the server that started this dispatcher (pid {server.pid}) is gone" in (
+        output.read_text()
+    )
+
+
 def test_a_dispatcher_stopped_while_waiting_for_another_exits_quietly(
     tmp_path: Path, rules_file: Path
 ) -> None:
