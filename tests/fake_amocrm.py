@@ -98,6 +98,9 @@ class RecordedCall:
     client_port: int = 0
     #: The raw query string (`filter%5Bdestination%5D=…`), empty when none.
     query: str = ""
+    #: `time.monotonic()` when its request line was read (`monotonic` is after the
+    #: body): a client paused between headers and body sent the request at this time.
+    arrived: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class _Request:
     raw_body: bytes
     client_port: int
     query: str = ""
+    arrived: float = 0.0
 
     @property
     def token(self) -> str | None:
@@ -297,7 +301,8 @@ def _webhook_errors(destination: Any, settings: Any, sort: Any) -> list[dict[str
 
 
 class FakeAmoCRM:
-    """A fake amoCRM account on `http://127.0.0.1:<port>`; every knob is thread-safe."""
+    """A fake amoCRM account on `http://127.0.0.1:<port>` (a free port unless given);
+    every knob is thread-safe."""
 
     def __init__(
         self,
@@ -310,8 +315,10 @@ class FakeAmoCRM:
         redirect_uri: str = REDIRECT_URI,
         expires_in: int = 86400,
         journal: str | Path | None = None,
+        port: int = 0,
     ) -> None:
         self._lock = threading.Lock()
+        self._port = port
         self._journal_path = None if journal is None else Path(journal)
         self._journal: IO[str] | None = None
         self._stopping = threading.Event()
@@ -336,7 +343,7 @@ class FakeAmoCRM:
             self._stopping.clear()
             if self._journal_path is not None and self._journal is None:
                 self._journal = self._journal_path.open("a", encoding="utf-8")
-            self._server = _Server(self)
+            self._server = _Server(self, self._port)
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
                 kwargs={"poll_interval": 0.02},
@@ -553,6 +560,7 @@ class FakeAmoCRM:
             dropped=plan.answer is None,
             client_port=request.client_port,
             query=request.query,
+            arrived=request.arrived or now,
         )
         self._calls.append(call)
         if self._journal is not None and call.path == SALESBOT_PATH:
@@ -564,6 +572,7 @@ class FakeAmoCRM:
         tasks = call.body if isinstance(call.body, list) else None
         line = {
             "monotonic": call.monotonic,
+            "arrived": call.arrived,
             "wall": call.wall.isoformat(),
             "status": call.status,
             "accepted": call.accepted,
@@ -739,6 +748,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = "nginx"
     sys_version = ""
+    arrived = 0.0
 
     def do_POST(self) -> None:
         self._serve()
@@ -751,6 +761,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: no stderr noise, and no reverse DNS lookups."""
+
+    def parse_request(self) -> bool:
+        self.arrived = time.monotonic()  # the request line has just been read
+        return super().parse_request()
 
     def _serve(self) -> None:
         length = self.headers.get("Content-Length")
@@ -765,6 +779,7 @@ class _Handler(BaseHTTPRequestHandler):
             raw_body=raw_body,
             client_port=int(self.client_address[1]),
             query=self.path.partition("?")[2],
+            arrived=self.arrived,
         )
         fake = cast(_Server, self.server).fake
         plan = fake._plan(request)
@@ -802,12 +817,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, fake: FakeAmoCRM) -> None:
+    def __init__(self, fake: FakeAmoCRM, port: int = 0) -> None:
         self.fake = fake
         self._open: set[socket.socket] = set()
         self._resets: set[socket.socket] = set()
         self._sockets_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", port), _Handler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls socket.getfqdn(): a reverse DNS lookup, skipped.

@@ -102,19 +102,34 @@ def command_line(pid: int) -> str:
         return ""
 
 
-def gone(pid: int) -> bool:
-    """Exited: no such process, or a zombie nobody reaped (a container's PID 1 may not)."""
+def start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot), None if there is none: with
+    the pid, it names one process even after its pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def gone(pid: int, started: int | None = None) -> bool:
+    """Exited: no such process, a zombie nobody reaped (a container's PID 1 may not),
+    or, given when it started, another process that took its pid since."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0] == "Z" or (started is not None and int(fields[19]) != started)
 
 
 def wait_gone(pids: Sequence[int], seconds: float) -> bool:
+    """Whether all of them exit within `seconds` (each named by its start time, read
+    now: a pid reused meanwhile counts as gone)."""
+    started = {pid: start_time(pid) for pid in pids}
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if all(gone(pid) for pid in pids):
+        if all(gone(pid, started[pid]) for pid in pids):
             return True
         time.sleep(0.05)
     return False

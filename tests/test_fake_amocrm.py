@@ -6,9 +6,11 @@ amoCRM"; these tests are why that trust is earned.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -408,3 +410,24 @@ def test_serves_hundreds_of_requests_over_one_kept_alive_connection(
 
     assert len(fake.calls) == 301
     assert len({call.client_port for call in fake.calls}) == 1  # one kept-alive connection
+
+
+def test_the_journal_has_one_line_per_salesbot_call_with_its_tasks(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.jsonl"
+    tasks = [{"bot_id": 7, "entity_id": 1, "entity_type": 2}]
+    with FakeAmoCRM(journal=journal) as fake:
+        fake.fail_next(1, status=400)
+        for _ in range(2):
+            requests.post(
+                f"{fake.url}/api/v2/salesbot/run",
+                json=tasks,
+                headers={"Authorization": f"Bearer {ACCESS_TOKEN}"},
+                timeout=5,
+            )
+
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [(line["status"], line["accepted"], line["tasks"]) for line in lines] == [
+        (400, False, tasks),
+        (202, True, tasks),
+    ]
+    assert lines[0]["monotonic"] <= lines[1]["monotonic"]

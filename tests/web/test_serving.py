@@ -266,6 +266,9 @@ MALFORMED = {
     ),
     "a garbled request line": b"POST\x01 / HTTP/1.1\r\nHost: x\r\n\r\n",
     "a URI over 4094 bytes": b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "a header over 8190 bytes (431)": (
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n"
+    ),
 }
 
 
