@@ -838,10 +838,7 @@ def run_database(name: str, url: str, plan: Plan, work: Path, seed: int) -> Resu
         verdict.fail(f"still running 15 s after its server was SIGKILLed: {orphan}")
     verdict.figures |= {
         "requests that missed their slot (paused), sent later": logs.count("request slot missed"),
-        "stalled dispatchers that found themselves declared dead": logs.count(
-            "was declared dead by another dispatcher"
-        ),
-        "... of which noticed it before their next call": logs.count("registers anew"),
+        "takeovers a stalled dispatcher noticed (`registers anew`)": logs.count("registers anew"),
         "start (processes ready), drain": f"{timings['start']}, {timings['drain']}",
     }
     if drained is None:
