@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from automation.cli import main
+from tests.cli.script import run_script
 
-AUTOMATION = str(Path(sys.executable).parent / "automation")
 PASSWORD = "hunter2"
 
 
@@ -30,15 +30,7 @@ def run_process(
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AMOCRM_")}
     env.update(DATABASE_URL=url, RULES_FILE=str(rules_file), WEBHOOK_SECRET="s3cret")
-    return subprocess.run(
-        [AUTOMATION, *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_script(*args, env=env, cwd=tmp_path)
 
 
 @pytest.mark.parametrize(

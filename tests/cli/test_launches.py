@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,9 +17,8 @@ from automation.cli import main
 from automation.cli.launches import LAUNCH_STATUSES
 from automation.store.models import Launch
 from automation.store.states import LaunchStatus
+from tests.cli.script import run_script
 from tests.store.test_launchlog import NOW, fixture_body, send, status_change, store
-
-SCRIPT = Path(sys.executable).parent / "automation"
 
 
 @pytest.fixture
@@ -310,23 +307,6 @@ def test_yes_skips_the_question(sessions: sessionmaker[Session], env: dict[str, 
     assert set(statuses(sessions)) == {LaunchStatus.PENDING}
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        ((), "give launch IDs or --failed/--uncertain, one of the two"),
-        (("1", "--failed"), "give launch IDs or --failed/--uncertain, one of the two"),
-        (("1", "--since", "2h"), "--since selects with --failed/--uncertain, not with IDs"),
-    ],
-)
-def test_retry_needs_ids_or_a_status_but_not_both(
-    env: dict[str, str], args: tuple[str, ...], message: str
-) -> None:
-    result = run(env, "retry", *args)
-
-    assert result.exit_code == 2
-    assert result.output.splitlines()[-1] == f"Error: {message}"
-
-
 # --------------------------------------------------------------------------- cancel
 
 
@@ -398,15 +378,21 @@ def test_cancel_of_more_than_ten_says_what_it_did_after_yes(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((), "give launch IDs or --pending, one of the two"),
-        (("--rule", "x"), "give launch IDs or --pending, one of the two"),
-        (("1", "--rule", "x"), "--rule selects with --pending, not with IDs"),
+        (("retry",), "give launch IDs or --failed/--uncertain, one of the two"),
+        (("retry", "1", "--failed"), "give launch IDs or --failed/--uncertain, one of the two"),
+        (
+            ("retry", "1", "--since", "2h"),
+            "--since selects with --failed/--uncertain, not with IDs",
+        ),
+        (("cancel",), "give launch IDs or --pending, one of the two"),
+        (("cancel", "--rule", "x"), "give launch IDs or --pending, one of the two"),
+        (("cancel", "1", "--rule", "x"), "--rule selects with --pending, not with IDs"),
     ],
 )
-def test_cancel_needs_ids_or_pending_but_not_both(
+def test_retry_and_cancel_need_ids_or_a_selection_but_not_both(
     env: dict[str, str], args: tuple[str, ...], message: str
 ) -> None:
-    result = run(env, "cancel", *args)
+    result = run(env, *args)
 
     assert result.exit_code == 2
     assert result.output.splitlines()[-1] == f"Error: {message}"
@@ -421,22 +407,8 @@ def test_console_script_lists_and_cancels_launches(
     store(sessions, fixture_body("status_lead"), at=datetime.now(UTC) - timedelta(minutes=5))
     process_env = {**os.environ, **env}
 
-    listed = subprocess.run(
-        [str(SCRIPT), "launches", "list", "--since", "1h", "--json"],
-        env=process_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    cancelled = subprocess.run(
-        [str(SCRIPT), "launches", "cancel", "1"],
-        env=process_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    listed = run_script("launches", "list", "--since", "1h", "--json", env=process_env)
+    cancelled = run_script("launches", "cancel", "1", env=process_env)
 
     assert (listed.returncode, listed.stderr) == (0, "")
     assert [row["entity_id"] for row in json.loads(listed.stdout)] == [27754599]

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from automation.cli import main
+from tests.cli.script import run_script
 
 REPO = Path(__file__).parents[2]
 WEBHOOKS = "tests/fixtures/webhooks"
@@ -470,24 +470,15 @@ def test_invalid_cases_file_lists_every_problem_with_its_line() -> None:
 
 # ---------------------------------------------------------------------- subprocess
 
-SCRIPT = Path(sys.executable).parent / "automation"
 
-
-def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+def run_rules_script(*args: str) -> subprocess.CompletedProcess[str]:
+    """`automation rules ARGS` from the repository root, RULES_FILE unset."""
     env = {key: value for key, value in os.environ.items() if key != "RULES_FILE"}
-    return subprocess.run(
-        [str(SCRIPT), "rules", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_script("rules", *args, env=env, cwd=REPO)
 
 
 def test_console_script_checks_the_example_rules() -> None:
-    finished = run_script("check", "rules.yaml")
+    finished = run_rules_script("check", "rules.yaml")
 
     assert (finished.returncode, finished.stdout.splitlines()[0], finished.stderr) == (
         0,
@@ -497,7 +488,7 @@ def test_console_script_checks_the_example_rules() -> None:
 
 
 def test_console_script_shows_the_launch_for_a_stage_change() -> None:
-    finished = run_script("test", "--at", AT, f"{WEBHOOKS}/status_lead.form")
+    finished = run_rules_script("test", "--at", AT, f"{WEBHOOKS}/status_lead.form")
 
     assert finished.returncode == 0
     assert without_data(finished.stdout)[-1] == (
@@ -510,7 +501,7 @@ def test_console_script_fails_cleanly_on_a_broken_file(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text(BROKEN)
 
-    finished = run_script("check", str(path))
+    finished = run_rules_script("check", str(path))
 
     assert finished.returncode == 1
     assert "Traceback" not in finished.stderr
@@ -520,22 +511,36 @@ def test_console_script_fails_cleanly_on_a_broken_file(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ stored deliveries
 
 
-def test_a_stored_delivery_is_judged_as_of_its_arrival(
-    client: Any,
-    database_url: str,
-    rules_file: Path,
-    webhook_body: Callable[[str], bytes],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """README, "A bot did not start": run the stored webhook through the rules."""
-    answer = client.post(
-        "/webhooks/amocrm/s3cret",
-        data=webhook_body("status_lead"),
-        content_type="application/x-www-form-urlencoded",
-    )
-    delivery_id = answer.json["delivery_id"]
+@pytest.fixture
+def operator_env(database_url: str, rules_file: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The operator's shell: DATABASE_URL and RULES_FILE name what the server uses."""
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("RULES_FILE", str(rules_file))
+    return rules_file
+
+
+@pytest.fixture
+def stored_webhook(client: Any, webhook_body: Callable[[str], bytes]) -> Callable[[str], int]:
+    """Post a webhook fixture by name to the server; returns the id it was stored as."""
+
+    def post(name: str) -> int:
+        answer = client.post(
+            "/webhooks/amocrm/s3cret",
+            data=webhook_body(name),
+            content_type="application/x-www-form-urlencoded",
+        )
+        assert answer.status_code == 200, answer.text
+        delivery_id: int = answer.json["delivery_id"]
+        return delivery_id
+
+    return post
+
+
+def test_a_stored_delivery_is_judged_as_of_its_arrival(
+    stored_webhook: Callable[[str], int], operator_env: Path
+) -> None:
+    """README, "A bot did not start": run the stored webhook through the rules."""
+    delivery_id = stored_webhook("status_lead")
 
     result = run("test", "--delivery", str(delivery_id))
 
@@ -548,26 +553,14 @@ def test_a_stored_delivery_is_judged_as_of_its_arrival(
 
 
 def test_a_stored_delivery_is_judged_by_the_stored_version_unless_current_is_given(
-    client: Any,
-    database_url: str,
-    rules_file: Path,
-    webhook_body: Callable[[str], bytes],
-    monkeypatch: pytest.MonkeyPatch,
+    stored_webhook: Callable[[str], int], operator_env: Path
 ) -> None:
     """The issue's example: a rule added after the webhook must not claim it matched."""
-    answer = client.post(
-        "/webhooks/amocrm/s3cret",
-        data=webhook_body("add_talk"),
-        content_type="application/x-www-form-urlencoded",
-    )
-    delivery_id = answer.json["delivery_id"]
-    edited = rules_file.read_text() + (
-        "  - name: new-chat-greeting\n    on: talk.added\n"
+    delivery_id = stored_webhook("add_talk")
+    operator_env.write_text(
+        operator_env.read_text() + "  - name: new-chat-greeting\n    on: talk.added\n"
         "    launch: {bot_id: 909, entity: contact}\n"
     )
-    rules_file.write_text(edited)
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("RULES_FILE", str(rules_file))
 
     stored = run("test", "--delivery", str(delivery_id))
     today = run("test", "--delivery", str(delivery_id), "--current")
@@ -580,26 +573,15 @@ def test_a_stored_delivery_is_judged_by_the_stored_version_unless_current_is_giv
 
 
 def test_a_delivery_stored_before_versions_is_judged_with_todays_file_and_says_so(
-    client: Any,
-    app: Any,
-    database_url: str,
-    rules_file: Path,
-    webhook_body: Callable[[str], bytes],
-    monkeypatch: pytest.MonkeyPatch,
+    stored_webhook: Callable[[str], int], app: Any, operator_env: Path
 ) -> None:
     from automation.store.models import Delivery
 
-    answer = client.post(
-        "/webhooks/amocrm/s3cret",
-        data=webhook_body("status_lead"),
-        content_type="application/x-www-form-urlencoded",
-    )
+    delivery_id = stored_webhook("status_lead")
     with app.extensions["automation"].engine.begin() as connection:
         connection.execute(Delivery.__table__.update().values(rules_version_id=None))
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("RULES_FILE", str(rules_file))
 
-    result = run("test", "--delivery", str(answer.json["delivery_id"]))
+    result = run("test", "--delivery", str(delivery_id))
 
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0].endswith(
@@ -608,26 +590,16 @@ def test_a_delivery_stored_before_versions_is_judged_with_todays_file_and_says_s
     assert "rule qualified: matched" in result.output
 
 
-def test_a_delivery_that_is_not_stored_is_a_clean_error(
-    database_url: str, rules_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("RULES_FILE", str(rules_file))
-
+def test_a_delivery_that_is_not_stored_is_a_clean_error(operator_env: Path) -> None:
     result = run("test", "--delivery", "424242")
 
     assert result.exit_code == 1
     assert "delivery #424242: not stored (never, or pruned since)" in result.output
 
 
-def test_status_names_the_stored_version_of_the_rules_file(
-    client: Any, database_url: str, rules_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("RULES_FILE", str(rules_file))
-
+def test_status_names_the_stored_version_of_the_rules_file(client: Any, operator_env: Path) -> None:
     stored = run("status")
-    rules_file.write_text(rules_file.read_text().replace("bot_id: 101", "bot_id: 111"))
+    operator_env.write_text(operator_env.read_text().replace("bot_id: 101", "bot_id: 111"))
     edited = run("status")
 
     assert stored.exit_code == 0, stored.output

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.cli.script import run_script
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 WEBHOOK = (Path(__file__).parents[1] / "fixtures" / "webhooks" / "status_lead.form").read_bytes()
@@ -226,15 +228,7 @@ def test_dispatch_with_json_logs_ends_with_its_summary_as_a_json_line(
     tmp_path: Path, rules_file: Path
 ) -> None:
     env = environment(tmp_path, rules_file, LOG_FORMAT="json")
-    done = subprocess.run(
-        [str(BIN / "automation"), "dispatch", "--once"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_script("dispatch", "--once", env=env, cwd=tmp_path, timeout=120)
 
     records = Output(done.stdout, done.stderr).json_lines()
     assert done.returncode == 0, done.stderr
@@ -244,15 +238,7 @@ def test_dispatch_with_json_logs_ends_with_its_summary_as_a_json_line(
 
 def test_a_setting_error_with_json_logs_is_one_json_line(tmp_path: Path, rules_file: Path) -> None:
     env = environment(tmp_path, rules_file, LOG_FORMAT="json", AMOCRM_MAX_RPS="0")
-    done = subprocess.run(
-        [str(BIN / "automation"), "dispatch", "--once"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_script("dispatch", "--once", env=env, cwd=tmp_path, timeout=120)
 
     [record] = Output(done.stdout, done.stderr).json_lines()
     assert done.returncode == 1
