@@ -1,4 +1,5 @@
-"""Put pending launches straight into the outbox, for dispatcher tests and benchmarks."""
+"""Rows as the server writes them, put straight into the database: pending launches for
+dispatcher tests and benchmarks, deliveries for the tests that read stored webhooks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.store.models import Launch
-from automation.store.states import LaunchStatus
+from automation.store.states import DeliveryStatus, LaunchStatus
+
+FORM = "application/x-www-form-urlencoded"
 
 
 def launch_values(at: datetime, **overrides: Any) -> dict[str, Any]:
@@ -31,6 +34,20 @@ def launch_values(at: datetime, **overrides: Any) -> dict[str, Any]:
         "retries": 0,
         "created_at": at,
         "updated_at": at,
+    } | overrides
+
+
+def delivery_values(at: datetime, **overrides: Any) -> dict[str, Any]:
+    """A delivery row received `at`: an accepted, empty form body unless `overrides` say
+    otherwise (the body, its counts, its status)."""
+    return {
+        "received_at": at,
+        "content_type": FORM,
+        "body": b"",
+        "event_count": 0,
+        "launch_count": 0,
+        "duplicate_count": 0,
+        "status": DeliveryStatus.ACCEPTED,
     } | overrides
 
 

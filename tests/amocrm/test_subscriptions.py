@@ -28,8 +28,8 @@ from automation.errors import WebhooksApiError
 from automation.events.payloads import EVENT_TYPES
 from automation.store.database import make_engine
 from automation.store.models import Delivery
-from automation.store.states import DeliveryStatus
 from tests.fake_amocrm import ACCESS_TOKEN, WEBHOOK_SETTINGS, WEBHOOKS_PATH, FakeAmoCRM
+from tests.launches import delivery_values
 
 SECRET = "s3cret"
 BASE = "https://bots.example.com"
@@ -576,17 +576,7 @@ def test_sync_without_an_amocrm_address_says_which_variable_is_missing(
 def store_delivery(database_url: str, received_at: datetime) -> None:
     engine = make_engine(database_url)
     with engine.begin() as connection:
-        connection.execute(
-            insert(Delivery).values(
-                received_at=received_at,
-                content_type="application/x-www-form-urlencoded",
-                body=b"",
-                event_count=0,
-                launch_count=0,
-                duplicate_count=0,
-                status=DeliveryStatus.ACCEPTED,
-            )
-        )
+        connection.execute(insert(Delivery), delivery_values(received_at))
     engine.dispose()
 
 

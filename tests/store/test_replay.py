@@ -17,6 +17,7 @@ from automation.store import replay as replaying
 from automation.store.models import Delivery, Launch
 from automation.store.replay import Tally
 from automation.store.states import DeliveryStatus, LaunchStatus
+from tests.launches import delivery_values
 from tests.store.test_launchlog import RULES, fixture_body, status_change, store
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -138,18 +139,11 @@ def test_replay_counts_a_rules_delay_from_now(sessions: sessionmaker[Session]) -
 
 def test_replay_runs_unrecognized_deliveries_too(sessions: sessionmaker[Session]) -> None:
     # Stored as unrecognized by an older decoder; the current one understands the body.
+    unrecognized = delivery_values(
+        THEN, body=fixture_body("status_lead"), event_count=1, status=DeliveryStatus.UNRECOGNIZED
+    )
     with sessions.begin() as session:
-        session.execute(
-            insert(Delivery).values(
-                received_at=THEN,
-                content_type="application/x-www-form-urlencoded",
-                body=fixture_body("status_lead"),
-                event_count=1,
-                launch_count=0,
-                duplicate_count=0,
-                status=DeliveryStatus.UNRECOGNIZED,
-            )
-        )
+        session.execute(insert(Delivery), unrecognized)
 
     report = replay(sessions)
 
@@ -173,18 +167,14 @@ def test_replay_decodes_each_body_with_its_stored_content_type(
 def test_a_body_that_no_longer_decodes_is_counted_and_left_out(
     sessions: sessionmaker[Session],
 ) -> None:
+    broken = delivery_values(
+        THEN,
+        content_type="application/json",
+        body=b"\xff not json",
+        status=DeliveryStatus.UNRECOGNIZED,
+    )
     with sessions.begin() as session:
-        session.execute(
-            insert(Delivery).values(
-                received_at=THEN,
-                content_type="application/json",
-                body=b"\xff not json",
-                event_count=0,
-                launch_count=0,
-                duplicate_count=0,
-                status=DeliveryStatus.UNRECOGNIZED,
-            )
-        )
+        session.execute(insert(Delivery), broken)
 
     report = replay(sessions)
 

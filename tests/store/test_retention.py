@@ -33,7 +33,8 @@ from automation.store.retention import (
     longest_cooldown,
     prune,
 )
-from automation.store.states import DeliveryStatus, LaunchStatus
+from automation.store.states import LaunchStatus
+from tests.launches import delivery_values
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DAY = timedelta(days=1)
@@ -52,15 +53,9 @@ class Rows:
     sessions: sessionmaker[Session]
 
     def delivery(self, age: timedelta) -> int:
-        values = {
-            "received_at": NOW - age,
-            "content_type": "application/x-www-form-urlencoded",
-            "body": b"leads[status][0][id]=1",
-            "event_count": 1,
-            "launch_count": 1,
-            "duplicate_count": 0,
-            "status": DeliveryStatus.ACCEPTED,
-        }
+        values = delivery_values(
+            NOW - age, body=b"leads[status][0][id]=1", event_count=1, launch_count=1
+        )
         return self._insert(Delivery, values)
 
     def launch(

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation.config import Settings
 from automation.store.models import ApiCall, CallLaunch, Delivery, Launch
-from automation.store.states import DeliveryStatus, LaunchStatus
-from tests.launches import add_launches, launch_values
+from automation.store.states import LaunchStatus
+from tests.launches import add_launches, delivery_values, launch_values
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -65,19 +65,15 @@ def make_launch(sessions: sessionmaker[Session]) -> Callable[..., int]:
 
 
 def add_delivery(sessions: sessionmaker[Session], body: bytes) -> int:
+    row = delivery_values(
+        T0,
+        remote_addr="127.0.0.1",
+        body=body,
+        account_id=30112233,
+        account_subdomain="mybrand",
+        event_count=1,
+    )
     with sessions.begin() as session:
-        row = {
-            "received_at": T0,
-            "remote_addr": "127.0.0.1",
-            "content_type": FORM,
-            "body": body,
-            "account_id": 30112233,
-            "account_subdomain": "mybrand",
-            "event_count": 1,
-            "launch_count": 0,
-            "duplicate_count": 0,
-            "status": DeliveryStatus.ACCEPTED,
-        }
         delivery_id: int = session.execute(
             insert(Delivery).returning(Delivery.id), row
         ).scalar_one()
