@@ -11,7 +11,9 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -50,21 +52,20 @@ def server_env(database_url: str, rules_file: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(params=["gunicorn", "automation serve"])
-def server(request: pytest.FixtureRequest, database_url: str, rules_file: Path) -> Iterator[str]:
+def server_command(kind: str, port: int) -> list[str]:
+    """Two workers on `port`, as plain gunicorn or as `automation serve`."""
+    bind = f"127.0.0.1:{port}"
+    if kind == "gunicorn":
+        return [str(BIN / "gunicorn"), "-w", "2", "-b", bind, "wsgi:app"]
+    return [str(BIN / "automation"), "serve", "--bind", bind, "--workers", "2"]
+
+
+@contextmanager
+def serving(kind: str, env: dict[str, str]) -> Iterator[str]:
+    """A `server_command` started in the checkout: its URL once healthy; terminated
+    afterwards."""
     port = free_port()
-    if request.param == "gunicorn":
-        command = [str(BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}", "wsgi:app"]
-    else:
-        command = [
-            str(BIN / "automation"),
-            "serve",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-        ]
-    process = subprocess.Popen(command, cwd=ROOT, env=server_env(database_url, rules_file))
+    process = subprocess.Popen(server_command(kind, port), cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
@@ -74,18 +75,27 @@ def server(request: pytest.FixtureRequest, database_url: str, rules_file: Path) 
         process.wait(15)
 
 
+def post_fixture(url: str, path: Path, timeout: float) -> Any:
+    """Post a webhook fixture file as amoCRM would; its JSON answer, which must be 200."""
+    answer = requests.post(
+        f"{url}/webhooks/amocrm/s3cret/",
+        data=path.read_bytes().strip(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=timeout,
+    )
+    assert answer.status_code == 200, (path.name, answer.text)
+    return answer.json()
+
+
+@pytest.fixture(params=["gunicorn", "automation serve"])
+def server(request: pytest.FixtureRequest, database_url: str, rules_file: Path) -> Iterator[str]:
+    with serving(request.param, server_env(database_url, rules_file)) as url:
+        yield url
+
+
 def test_every_webhook_fixture_posted_over_http_is_stored(server: str, database_url: str) -> None:
     fixtures = sorted(WEBHOOKS.glob("*.form"))
-    answers = {}
-    for path in fixtures:
-        answer = requests.post(
-            f"{server}/webhooks/amocrm/s3cret/",
-            data=path.read_bytes().strip(),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-            timeout=5,
-        )
-        assert answer.status_code == 200, (path.name, answer.text)
-        answers[path.stem] = answer.json()
+    answers = {path.stem: post_fixture(server, path, timeout=5) for path in fixtures}
 
     engine = make_engine(database_url)
     with engine.connect() as connection:
@@ -107,17 +117,8 @@ def test_every_webhook_fixture_posted_over_http_is_stored(server: str, database_
 @pytest.fixture
 def example_server(database_url: str) -> Iterator[str]:
     """gunicorn with two workers serving the example rules.yaml of the repository."""
-    port = free_port()
-    command = [str(BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}", "wsgi:app"]
-    env = server_env(database_url, ROOT / "rules.yaml")
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, process)
+    with serving("gunicorn", server_env(database_url, ROOT / "rules.yaml")) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(15)
 
 
 def test_a_customers_first_message_starts_one_bot_with_the_example_rules(
@@ -127,14 +128,7 @@ def test_a_customers_first_message_starts_one_bot_with_the_example_rules(
     example chat rules fire, and one of them yields; by day only the greeting fires."""
 
     def post(name: str) -> int:
-        answer = requests.post(
-            f"{example_server}/webhooks/amocrm/s3cret/",
-            data=(WEBHOOKS / f"{name}.form").read_bytes().strip(),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-            timeout=10,
-        )
-        assert answer.status_code == 200, answer.text
-        return int(answer.json()["launches"])
+        return int(post_fixture(example_server, WEBHOOKS / f"{name}.form", timeout=10)["launches"])
 
     with ThreadPoolExecutor(2) as pool:
         launches = list(pool.map(post, ["add_talk", "add_message"]))
