@@ -31,11 +31,11 @@ def test_every_unreserved_character_is_accepted() -> None:
     assert settings.webhook_secret.get_secret_value() == secret
 
 
-def logged_at_start(
-    make_app: Callable[[Settings], Any], settings: Settings
-) -> list[logging.LogRecord]:
-    """What building an app logs on the `automation` logger (it does not propagate, so
-    caplog sees nothing)."""
+def said_at_start(
+    make_app: Callable[[Settings], Any], settings: Settings, variable: str
+) -> list[str]:
+    """The messages that building an app logs on the `automation` logger about
+    `variable` (the logger does not propagate, so caplog sees nothing)."""
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
@@ -45,7 +45,7 @@ def logged_at_start(
         make_app(settings)
     finally:
         logger.removeHandler(handler)
-    return records
+    return [r.getMessage() for r in records if variable in r.getMessage()]
 
 
 @pytest.mark.parametrize(("secret", "warned"), [("change-me", True), ("x" * 16, False)])
@@ -55,9 +55,8 @@ def test_a_short_secret_is_accepted_with_a_warning(
     secret: str,
     warned: bool,
 ) -> None:
-    records = logged_at_start(make_app, make_settings(webhook_secret=secret))
+    warnings = said_at_start(make_app, make_settings(webhook_secret=secret), "WEBHOOK_SECRET")
 
-    warnings = [r.getMessage() for r in records if "WEBHOOK_SECRET" in r.getMessage()]
     assert bool(warnings) is warned
     assert all(secret not in message for message in warnings)
     if warned:
@@ -235,11 +234,9 @@ def test_an_amocrm_secret_too_short_to_mask_is_warned_about_at_start(
     secret: str,
     warned: bool,
 ) -> None:
-    records = logged_at_start(
-        make_app, make_settings(amocrm_client_id="id", amocrm_client_secret=secret)
-    )
+    settings = make_settings(amocrm_client_id="id", amocrm_client_secret=secret)
 
-    warnings = [r.getMessage() for r in records if "AMOCRM_CLIENT_SECRET" in r.getMessage()]
+    warnings = said_at_start(make_app, settings, "AMOCRM_CLIENT_SECRET")
     assert bool(warnings) is warned
     if warned:
         assert warnings[0].startswith(

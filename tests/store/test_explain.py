@@ -55,29 +55,26 @@ rules:
 """
 
 
+def item_body(prefix: str, **fields: object) -> bytes:
+    """One webhook item as amoCRM form-encodes it: `prefix[field]=value` per field."""
+    return urlencode({f"{prefix}[{name}]": value for name, value in fields.items()}).encode()
+
+
 def lead_body(status: int, lead: int = 27754599, stamp: int = 1, price: int = 0) -> bytes:
-    prefix = "leads[status][0]"
-    return urlencode(
-        {
-            f"{prefix}[id]": lead,
-            f"{prefix}[status_id]": status,
-            f"{prefix}[pipeline_id]": 7173574,
-            f"{prefix}[price]": price,
-            f"{prefix}[last_modified]": stamp,
-        }
-    ).encode()
+    return item_body(
+        "leads[status][0]",
+        id=lead,
+        status_id=status,
+        pipeline_id=7173574,
+        price=price,
+        last_modified=stamp,
+    )
 
 
 def talk_body(talk_id: int, contact: int = 93589657, on: str = "leads") -> bytes:
-    prefix = "talk[add][0]"
-    return urlencode(
-        {
-            f"{prefix}[talk_id]": talk_id,
-            f"{prefix}[contact_id]": contact,
-            f"{prefix}[entity_id]": 27754620,
-            f"{prefix}[entity_type]": on,
-        }
-    ).encode()
+    return item_body(
+        "talk[add][0]", talk_id=talk_id, contact_id=contact, entity_id=27754620, entity_type=on
+    )
 
 
 def deliver(sessions: sessionmaker[Session], body: bytes, at: datetime, rules: str = RULES) -> int:
