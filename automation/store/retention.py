@@ -160,16 +160,10 @@ def _unreferenced_call() -> ColumnElement[bool]:
 
 def prune_api_calls(session: Session, cutoffs: Cutoffs, limit: int, pruned: Pruned) -> int:
     """Delete up to `limit` API calls older than the cut-off that no launch refers to."""
-    query = (
-        select(ApiCall.id)
-        .where(ApiCall.started_at < cutoffs.settled, _unreferenced_call())
-        .order_by(ApiCall.id)
-        .limit(limit)
-    )
-    ids = list(session.scalars(_locked(session, query)))
-    if ids:
-        pruned.api_calls += _delete(session, ApiCall, ApiCall.id.in_(ids), _unreferenced_call())
-    return len(ids)
+    old = ApiCall.started_at < cutoffs.settled
+    selected, pruned_now = _prune_unreferenced(session, ApiCall, limit, _unreferenced_call(), old)
+    pruned.api_calls += pruned_now
+    return selected
 
 
 def _launchless() -> ColumnElement[bool]:
@@ -177,21 +171,11 @@ def _launchless() -> ColumnElement[bool]:
 
 
 def prune_deliveries(session: Session, cutoffs: Cutoffs, limit: int, pruned: Pruned) -> int:
-    """Delete up to `limit` deliveries older than the cut-off that no launch came from.
-
-    The lock and the re-check in the DELETE keep a delivery that a replay is adding
-    launches to at this very moment.
-    """
-    query = (
-        select(Delivery.id)
-        .where(Delivery.received_at < cutoffs.settled, _launchless())
-        .order_by(Delivery.id)
-        .limit(limit)
-    )
-    ids = list(session.scalars(_locked(session, query)))
-    if ids:
-        pruned.deliveries += _delete(session, Delivery, Delivery.id.in_(ids), _launchless())
-    return len(ids)
+    """Delete up to `limit` deliveries older than the cut-off that no launch came from."""
+    old = Delivery.received_at < cutoffs.settled
+    selected, pruned_now = _prune_unreferenced(session, Delivery, limit, _launchless(), old)
+    pruned.deliveries += pruned_now
+    return selected
 
 
 def _unreferenced_version(cutoffs: Cutoffs) -> ColumnElement[bool]:
@@ -210,21 +194,32 @@ def prune_versions(session: Session, cutoffs: Cutoffs, limit: int, pruned: Prune
     refers to any more. The newest version stays too: a server may have loaded it and
     be about to write its id, even when the file in use is not known here."""
     newest = select(func.max(RulesVersion.id)).scalar_subquery()
-    query = (
-        select(RulesVersion.id)
-        .where(
-            RulesVersion.first_loaded_at < cutoffs.settled,
-            RulesVersion.id < newest,
-            _unreferenced_version(cutoffs),
-        )
-        .order_by(RulesVersion.id)
-        .limit(limit)
-    )
+    old = (RulesVersion.first_loaded_at < cutoffs.settled, RulesVersion.id < newest)
+    unreferenced = _unreferenced_version(cutoffs)
+    selected, pruned_now = _prune_unreferenced(session, RulesVersion, limit, unreferenced, *old)
+    pruned.rules_versions += pruned_now
+    return selected
+
+
+def _prune_unreferenced(
+    session: Session,
+    model: type[ApiCall | Delivery | RulesVersion],
+    limit: int,
+    unreferenced: ColumnElement[bool],
+    *old: ColumnElement[bool],
+) -> tuple[int, int]:
+    """Delete up to `limit` rows of `model` that are `old` and `unreferenced`, in id
+    order; returns (rows selected, rows deleted).
+
+    The lock and the re-check of `unreferenced` in the DELETE keep a row that gained a
+    reference in between, such as a delivery that a replay is adding launches to at
+    this very moment.
+    """
+    query = select(model.id).where(*old, unreferenced).order_by(model.id).limit(limit)
     ids = list(session.scalars(_locked(session, query)))
-    if ids:
-        condition = _unreferenced_version(cutoffs)
-        pruned.rules_versions += _delete(session, RulesVersion, RulesVersion.id.in_(ids), condition)
-    return len(ids)
+    if not ids:
+        return 0, 0
+    return len(ids), _delete(session, model, model.id.in_(ids), unreferenced)
 
 
 def _delete(session: Session, model: type[Any], *conditions: ColumnElement[bool]) -> int:
