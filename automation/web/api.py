@@ -225,20 +225,21 @@ def list_launches() -> Response:
 @bp.get("/launches/<int:launch_id>")
 def show_launch(launch_id: int) -> Response:
     """One launch with its delivery and calls, or 404."""
-    with runtime().sessions() as session:
-        detail = launch_detail(session, launch_id)
-    if detail is None:
-        abort(404, f"no launch with id {launch_id}")
-    return _json(detail)
+    return _shown("launch", launch_id, launch_detail)
 
 
 @bp.get("/deliveries/<int:delivery_id>")
 def show_delivery(delivery_id: int) -> Response:
     """One stored webhook with its body and launches, or 404."""
+    return _shown("delivery", delivery_id, delivery_detail)
+
+
+def _shown(noun: str, item_id: int, read: Callable[[Session, int], BaseModel | None]) -> Response:
+    """What `read` makes of the row `item_id`, or the API's 404 naming the `noun`."""
     with runtime().sessions() as session:
-        detail = delivery_detail(session, delivery_id)
+        detail = read(session, item_id)
     if detail is None:
-        abort(404, f"no delivery with id {delivery_id}")
+        abort(404, f"no {noun} with id {item_id}")
     return _json(detail)
 
 
