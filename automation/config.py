@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     Field,
@@ -100,11 +100,15 @@ class Settings(BaseSettings):
         "amocrm_base_url",
         "amocrm_client_id",
         "amocrm_redirect_uri",
+        "amocrm_account_id",
+        "dry_run",
+        "retention_days",
         mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
-        """`WEBHOOK_SECRET=` in a .env file means "not set", not "the empty secret"."""
+        """`WEBHOOK_SECRET=` or `DRY_RUN=` in a .env file means "not set" (the default),
+        not "the empty secret" nor a value to reject."""
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("webhook_secret")
@@ -138,11 +142,6 @@ class Settings(BaseSettings):
         if value is not None and admin is not None and value == admin:
             raise Invalid("expected a token different from ADMIN_TOKEN")
         return value
-
-    @field_validator("amocrm_account_id", "dry_run", "retention_days", mode="before")
-    @classmethod
-    def _blank_is_none(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("amocrm_base_url")
     @classmethod
@@ -272,14 +271,12 @@ SECRET_MIN_LENGTH = 16
 UNMASKABLE_LENGTH = 8
 #: The amoCRM credentials that error messages and logs mask.
 AMOCRM_CREDENTIALS = ("amocrm_access_token", "amocrm_client_secret", "amocrm_refresh_token")
-_SECRETS = {
-    "webhook_secret",
-    "amocrm_access_token",
-    "amocrm_client_secret",
-    "amocrm_refresh_token",
-    "admin_token",
-    "viewer_token",
-}
+#: The settings typed SecretStr: error messages say "(hidden)" for their values.
+_SECRETS = frozenset(
+    name
+    for name, field in Settings.model_fields.items()
+    if field.annotation is SecretStr or SecretStr in get_args(field.annotation)
+)
 
 _EXPECTED = {
     "webhook_secret": "letters, digits and . _ ~ - only (the webhook URL's last path segment)",

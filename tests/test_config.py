@@ -122,6 +122,14 @@ def test_a_bad_value_gets_one_clean_line_naming_its_variable(name: str, value: s
 
 
 @pytest.mark.parametrize(
+    "name", [name for name, field in Settings.model_fields.items() if field.default is None]
+)
+def test_a_blank_optional_variable_means_unset(name: str) -> None:
+    """`NAME=` in a .env file (or blanks) leaves the setting at its default."""
+    assert getattr(load_settings({name.upper(): " "}), name) == getattr(load_settings({}), name)
+
+
+@pytest.mark.parametrize(
     ("value", "timeouts"), [("10", (10.0, 10.0)), ("3, 20", (3.0, 20.0)), (None, (3.05, 10.0))]
 )
 def test_amocrm_timeout_is_one_number_for_both_or_connect_then_read(
