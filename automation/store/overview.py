@@ -6,10 +6,11 @@ a capped count), so the page costs the same with a thousand launches or millions
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from automation.store import budget
@@ -19,6 +20,10 @@ from automation.store.models import ApiCall, DispatcherRow, Launch
 from automation.store.states import LaunchStatus
 from automation.store.vitals import last_webhook_at
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
 HOUR = timedelta(hours=1)
 #: The overview's counts stop here; a day's count of one status reads only the
 #: status index, so it can go further than the list's tabs.
@@ -94,35 +99,25 @@ def _backlog(session: Session, now: datetime) -> tuple[int, datetime | None]:
 
 
 def _heartbeats(session: Session, limit: int = 5) -> list[Heartbeat]:
-    rows = session.execute(
-        select(
-            DispatcherRow.id,
-            DispatcherRow.host,
-            DispatcherRow.pid,
-            DispatcherRow.heartbeat_at,
-            DispatcherRow.stopped_at,
-        )
-        .order_by(DispatcherRow.heartbeat_at.desc())
-        .limit(limit)
-    )
-    return [Heartbeat(**row._asdict()) for row in rows]
+    """The dispatchers heard from last first."""
+    return _newest(session, Heartbeat, DispatcherRow, DispatcherRow.heartbeat_at.desc(), limit)
 
 
 def recent_calls(session: Session, limit: int = 10) -> list[CallRow]:
     """The newest requests to amoCRM first."""
-    rows = session.execute(
-        select(
-            ApiCall.id,
-            ApiCall.started_at,
-            ApiCall.status_code,
-            ApiCall.outcome,
-            ApiCall.launch_count,
-            ApiCall.error,
-        )
-        .order_by(ApiCall.id.desc())
-        .limit(limit)
-    )
-    return [CallRow(**row._asdict()) for row in rows]
+    return _newest(session, CallRow, ApiCall, ApiCall.id.desc(), limit)
+
+
+def _newest(
+    session: Session, row: type[R], model: type[Any], order: ColumnElement[Any], limit: int
+) -> list[R]:
+    """The `limit` newest rows of `model` by `order`, as `row`: its fields name the
+    columns read, so the page shows exactly what it selects."""
+    columns = [getattr(model, field.name) for field in fields(row)]
+    return [
+        row(**found._asdict())
+        for found in session.execute(select(*columns).order_by(order).limit(limit))
+    ]
 
 
 def per_hour(session: Session, now: datetime, hours: int = 24) -> list[int]:
