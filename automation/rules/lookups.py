@@ -44,28 +44,33 @@ def _is_index(step: str) -> bool:
 
 def custom_field_values(key: int | str) -> Getter:
     """Values of one custom field (legacy shape), found by id, name or code."""
-
-    def get(event: Event) -> Any:
-        field = _custom_field(event, key)
-        if field is None:
-            return MISSING
-        values = _items(field.get("values"))
-        return [v.get("value") if isinstance(v, Mapping) else v for v in values]
-
-    return get
+    return _of_custom_field(key, _plain_values)
 
 
 def custom_field_enums(key: int | str) -> Getter:
     """Select option ids (`values[i][enum]`) of one custom field, by id, name or code."""
+    return _of_custom_field(key, _enum_ids)
+
+
+def _of_custom_field(key: int | str, pick: Callable[[list[Any]], list[Any]]) -> Getter:
+    """What `pick` takes from the `values` of the custom field `key`; MISSING when the
+    event has no such field (an empty list when it has one without values)."""
 
     def get(event: Event) -> Any:
         field = _custom_field(event, key)
         if field is None:
             return MISSING
-        values = _items(field.get("values"))
-        return [v["enum"] for v in values if isinstance(v, Mapping) and "enum" in v]
+        return pick(_items(field.get("values")))
 
     return get
+
+
+def _plain_values(values: list[Any]) -> list[Any]:
+    return [v.get("value") if isinstance(v, Mapping) else v for v in values]
+
+
+def _enum_ids(values: list[Any]) -> list[Any]:
+    return [v["enum"] for v in values if isinstance(v, Mapping) and "enum" in v]
 
 
 def _custom_field(event: Event, key: int | str) -> Mapping[str, Any] | None:
