@@ -90,7 +90,7 @@ def _object(model: type[BaseModel], keys: Mapping[str, Schema]) -> Schema:
     return {
         "type": "object",
         "description": generated.get("description", ""),
-        "properties": {name: keys[name] for name in names},
+        "properties": dict(keys),  # in the order `keys` gives: the way a file reads
         "required": generated.get("required", []),
         "additionalProperties": False,
     }

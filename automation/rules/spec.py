@@ -1,7 +1,8 @@
 """What a rules file may say: strict pydantic specs and their per-node checks.
 
 Each key of a rules file has a spec field here (`FileSpec`, `DefaultsSpec`,
-`RuleSpec`, `LaunchSpec`, `WindowSpec`); unknown keys are errors (`extra="forbid"`)
+`RuleSpec`, `LaunchSpec`, `WindowSpec`; the keys a rule shares with `defaults:` are
+declared once, in `TimingSpec`); unknown keys are errors (`extra="forbid"`)
 and every validator raises `ValueError` with the message the file's error shows.
 `validate` turns pydantic's errors into `Problem`s at data paths, with "did you
 mean" and "it belongs under …" hints for misspelt and misplaced keys. What needs
@@ -237,8 +238,8 @@ class LaunchSpec(Spec):
     entity: Entity
 
 
-class DefaultsSpec(Spec):
-    """`defaults:` values every rule inherits unless it sets its own."""
+class TimingSpec(Spec):
+    """The keys a rule shares with `defaults:`: when and how often it launches."""
 
     cooldown: Duration | None = None
     delay: Duration | None = None
@@ -248,19 +249,17 @@ class DefaultsSpec(Spec):
     if_busy: IfBusy | None = None
 
 
-class RuleSpec(Spec):
+class DefaultsSpec(TimingSpec):
+    """`defaults:` values every rule inherits unless it sets its own."""
+
+
+class RuleSpec(TimingSpec):
     """One entry of `rules:` as written."""
 
     name: Annotated[str, PlainValidator(_rule_name)]
     on: Annotated[tuple[EventPattern, ...], BeforeValidator(_as_list), BeforeValidator(_non_empty)]
     when: Annotated[dict[Any, Any], PlainValidator(_conditions)] = Field(default_factory=dict)
     launch: LaunchSpec
-    cooldown: Duration | None = None
-    delay: Duration | None = None
-    active_hours: Windows | None = None
-    outside_hours: OutsideHours | None = None
-    one_bot_per_chat: Duration | None = None
-    if_busy: IfBusy | None = None
     enabled: Flag = True
     stop: Flag = False
 
