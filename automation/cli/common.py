@@ -8,9 +8,9 @@ Heavy modules (SQLAlchemy, the app) are imported inside the functions, so that
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
     from automation.rules.load import RuleSet
     from automation.web.runtime import Runtime
+
+#: What a click decorator decorates: a command's function, or the command.
+FC = TypeVar("FC", bound="Callable[..., Any] | click.Command")
 
 
 def command_settings() -> Settings:
@@ -172,6 +175,19 @@ def parse_time_option(
         return parse_moment(value, datetime.now(UTC))
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx, param) from exc
+
+
+def time_option(name: str, meaning: str, **options: Any) -> Callable[[FC], FC]:
+    """`--since TIME` or `--until TIME`, read by `parse_time_option`: every command
+    that selects by time takes the same forms, and its help says so after `meaning`
+    ("Received before")."""
+    return click.option(
+        name,
+        metavar="TIME",
+        callback=parse_time_option,
+        help=f"{meaning}: 2h, 3d or an ISO 8601 time.",
+        **options,
+    )
 
 
 def parse_zone_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tzinfo:

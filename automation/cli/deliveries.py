@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from automation.cli.common import command_rules, command_sessions, parse_time_option
+from automation.cli.common import command_rules, command_sessions, time_option
 from automation.limits import MAX_ID
 
 if TYPE_CHECKING:
@@ -40,18 +40,8 @@ def deliveries_group() -> None:
     type=click.Choice(DELIVERY_STATUSES),
     help="Only deliveries in this status (repeat for several).",
 )
-@click.option(
-    "--since",
-    metavar="TIME",
-    callback=parse_time_option,
-    help="Received at or after: 2h, 3d or ISO 8601.",
-)
-@click.option(
-    "--until",
-    metavar="TIME",
-    callback=parse_time_option,
-    help="Received before: 2h, 3d or ISO 8601.",
-)
+@time_option("--since", "Received at or after")
+@time_option("--until", "Received before")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1, max=MAX_LIMIT))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array, for scripts.")
 def deliveries_list(

@@ -13,8 +13,8 @@ from automation.cli.common import (
     TZ_OPTION,
     command_sessions,
     command_settings,
-    parse_time_option,
     rules_path,
+    time_option,
 )
 from automation.limits import MAX_ID
 from automation.store.states import LaunchStatus
@@ -55,18 +55,8 @@ def launches_group() -> None:
 @click.option("--rule", help="Only launches of this rule.")
 @click.option("--bot", "bot_id", type=ID, help="Only launches of this Salesbot id.")
 @click.option("--entity-id", type=ID, help="Only launches on this lead/contact/… id.")
-@click.option(
-    "--since",
-    metavar="TIME",
-    callback=parse_time_option,
-    help="Created at or after: 2h, 3d or an ISO 8601 time.",
-)
-@click.option(
-    "--until",
-    metavar="TIME",
-    callback=parse_time_option,
-    help="Created before: 2h, 3d or an ISO 8601 time.",
-)
+@time_option("--since", "Created at or after")
+@time_option("--until", "Created before")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1, max=MAX_LIMIT))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array, for scripts.")
 @TZ_OPTION
@@ -167,12 +157,7 @@ def launches_show(launch_id: int, as_json: bool, zone: tzinfo) -> None:
 @click.option(
     "--uncertain", is_flag=True, help="Every uncertain launch (may message customers twice)."
 )
-@click.option(
-    "--since",
-    metavar="TIME",
-    callback=parse_time_option,
-    help="With --failed/--uncertain: only those settled since.",
-)
+@time_option("--since", "With --failed/--uncertain: only those settled at or after")
 @click.option("--yes", is_flag=True, help=f"Do not ask, even above {CONFIRM_ABOVE} launches.")
 def launches_retry(
     ids: tuple[int, ...], failed: bool, uncertain: bool, since: datetime | None, yes: bool

@@ -11,7 +11,7 @@ from automation.cli.common import (
     command_rules,
     command_sessions,
     command_settings,
-    parse_time_option,
+    time_option,
 )
 
 if TYPE_CHECKING:
@@ -19,19 +19,8 @@ if TYPE_CHECKING:
 
 
 @click.command("replay")
-@click.option(
-    "--since",
-    metavar="TIME",
-    callback=parse_time_option,
-    required=True,
-    help="Received at or after: 2h, 3d, ISO.",
-)
-@click.option(
-    "--until",
-    metavar="TIME",
-    callback=parse_time_option,
-    help="Received before: 2h, 3d or an ISO 8601 time.",
-)
+@time_option("--since", "Received at or after", required=True)
+@time_option("--until", "Received before")
 @click.option("--dry-run", is_flag=True, help="Show what would be added; write nothing.")
 def replay_command(since: datetime, until: datetime | None, dry_run: bool) -> None:
     """Run stored deliveries (unrecognized ones too) through the current rules.

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from automation.cli.common import command_rules, command_sessions, parse_time_option, rules_path
+from automation.cli.common import command_rules, command_sessions, rules_path, time_option
 from automation.errors import AutomationError
 from automation.limits import MAX_ID
 
@@ -271,20 +271,8 @@ def _run_cases(cases_file: Path, rules_file: Path | None, now: datetime) -> None
 
 @rules_group.command("diff")
 @click.argument("new_rules", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--since",
-    metavar="TIME",
-    callback=parse_time_option,
-    default="7d",
-    show_default=True,
-    help="Received since.",
-)
-@click.option(
-    "--until",
-    metavar="TIME",
-    callback=parse_time_option,
-    help="Received before: 2h, 3d or an ISO 8601 time.",
-)
+@time_option("--since", "Received at or after", default="7d", show_default=True)
+@time_option("--until", "Received before")
 def rules_diff(new_rules: Path, since: datetime, until: datetime | None) -> None:
     """Which launches NEW_RULES would add or drop, compared with the rules in use
     ($RULES_FILE), on the deliveries stored in the period. Writes nothing.
