@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the whole HTTP surface, served at `/api/openapi.json`.
 
 Response schemas come from the pydantic models the handlers answer with (the read
-API's in `automation.api`, the webhook's and `/healthz`'s described here), and the
+API's in `web.schemas`, the webhook's and `/healthz`'s in `web.docshapes`), and the
 query parameters from the same constants the parser checks against, so the document
 cannot drift from the code unnoticed. `tests/web/test_openapi.py` holds it to the running
 app: every route documented and nothing else, every answer valid against it.
@@ -10,12 +10,11 @@ app: every route documented and nothing else, every answer valid against it.
 from __future__ import annotations
 
 import copy
-from datetime import datetime
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from automation.limits import MAX_ID
@@ -24,117 +23,11 @@ from automation.store.explain import DeliveryExplanation
 from automation.store.states import DeliveryStatus, LaunchStatus
 from automation.times import RELATIVE_PATTERN
 from automation.web.api import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT, RULE_PATTERN
+from automation.web.docshapes import Health, WebhookAccepted
 from automation.web.schemas import DeliveryDetail, Error, LaunchDetail, LaunchPage
 
 JSON = dict[str, Any]
 _REF = "#/components/schemas/{model}"
-
-
-class _Doc(BaseModel):
-    """A shape another module answers with as a plain dict; described here for the document."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class WebhookAccepted(_Doc):
-    """The webhook was stored (with its launches) before this answer."""
-
-    delivery_id: int
-    events: int
-    launches: int
-
-
-class HealthDatabase(_Doc):
-    """The database answered; `schema_current` says whether it is at the code's revision."""
-
-    reachable: Literal[True]
-    schema_revision: str | None
-    schema_current: bool
-    last_webhook_at: datetime | None
-
-
-class HealthDatabaseDown(_Doc):
-    """The database did not answer; `error` is the exception's class name."""
-
-    reachable: Literal[False]
-    error: str
-    schema_current: Literal[False]
-
-
-class HealthRules(_Doc):
-    """The rules in use; `last_error` is a reload that failed while the old rules ran on."""
-
-    file: str
-    loaded: bool
-    loaded_at: datetime | None
-    rule_count: int
-    content_hash: str | None
-    #: The stored rules version (`rules_versions`) new deliveries record.
-    version_id: int | None
-    version_first_loaded_at: datetime | None
-    last_error: str | None
-
-
-class HealthWebhook(_Doc):
-    """Whether WEBHOOK_SECRET is set; without it every webhook gets 503."""
-
-    configured: bool
-    error: str | None = None
-
-
-class HealthDispatch(_Doc):
-    """Sending: dry run or not, the live dispatchers and the last heartbeat, what is
-    due, and a shared hold if any."""
-
-    dry_run: bool
-    live_dispatchers: int
-    last_heartbeat_at: datetime | None
-    due_launches: int
-    oldest_due_at: datetime | None
-    paused_until: datetime | None
-    pause_reason: str | None
-
-
-class HealthPartError(_Doc):
-    """The part could not be read; `error` is the exception's class name."""
-
-    error: str
-
-
-class HealthPartUnknown(_Doc):
-    """Empty: not asked, because the database is unreachable."""
-
-
-class HealthCall(_Doc):
-    """The newest finished amoCRM call and how it ended."""
-
-    started_at: datetime
-    outcome: str
-    status_code: int | None
-    error: str | None
-
-
-class HealthAmocrm(_Doc):
-    """The amoCRM calls started in the last `window_seconds` that have an outcome, how
-    many of them failed (5xx, no answer, not sent, 401/403, other), and the newest call."""
-
-    window_seconds: int
-    calls: int
-    failed: int
-    last_call: HealthCall | None
-
-
-class Health(_Doc):
-    """`ok` and `degraded` (launches are not going out as they should) answer 200;
-    `unhealthy` (webhooks are not stored) answers 503; `reasons` says why."""
-
-    status: Literal["ok", "degraded", "unhealthy"]
-    reasons: list[str]
-    database: HealthDatabase | HealthDatabaseDown
-    rules: HealthRules
-    webhook: HealthWebhook
-    dispatch: HealthDispatch | HealthPartError | HealthPartUnknown
-    amocrm: HealthAmocrm | HealthPartError | HealthPartUnknown
 
 
 _MODELS: tuple[type[BaseModel], ...] = (
@@ -315,14 +208,7 @@ def _list_launches() -> JSON:
             "previous page; pages stay stable while new launches arrive. Unknown or "
             "repeated parameters are a 400, like bad values."
         ),
-        "security": [{"adminToken": []}],
-        "parameters": _launch_filters(),
-        "responses": {
-            "200": _json("A page of launches.", "LaunchPage"),
-            "400": _error("A parameter is unknown or has a bad value; the message names it."),
-            **_read_errors(),
-        },
-    }
+    } | _page_of("launches", "LaunchPage", _launch_filters())
 
 
 def _list_deliveries() -> JSON:
@@ -334,10 +220,17 @@ def _list_deliveries() -> JSON:
             "company, customer or chat contact, whether or not it launched anything. "
             "Page with `limit` and `next_cursor`, as for launches."
         ),
+    } | _page_of("deliveries", "DeliveryPage", _delivery_filters())
+
+
+def _page_of(nouns: str, schema: str, filters: list[JSON]) -> JSON:
+    """What the two listings share: the token, their filters, a page or a 400 naming
+    the bad parameter."""
+    return {
         "security": [{"adminToken": []}],
-        "parameters": _delivery_filters(),
+        "parameters": filters,
         "responses": {
-            "200": _json("A page of deliveries.", "DeliveryPage"),
+            "200": _json(f"A page of {nouns}.", schema),
             "400": _error("A parameter is unknown or has a bad value; the message names it."),
             **_read_errors(),
         },
