@@ -7,7 +7,7 @@ and every validator raises `ValueError` with the message the file's error shows.
 `validate` turns pydantic's errors into `Problem`s at data paths, with "did you
 mean" and "it belongs under …" hints for misspelt and misplaced keys. What needs
 the whole file (duplicate names, an entity an event never carries) is checked when
-the rules are compiled (`rules.py`); `when:` is compiled in `conditions.py`.
+the rules are built (`build.py`); `when:` is compiled in `conditions.py`.
 
 Pure: no Flask, SQLAlchemy or requests here.
 """
