@@ -8,7 +8,7 @@ Heavy modules (SQLAlchemy, the app) are imported inside the functions, so that
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -187,6 +187,18 @@ def time_option(name: str, meaning: str, **options: Any) -> Callable[[FC], FC]:
         callback=parse_time_option,
         help=f"{meaning}: 2h, 3d or an ISO 8601 time.",
         **options,
+    )
+
+
+def statuses_option(choices: Sequence[str], nouns: str) -> Callable[[FC], FC]:
+    """`--status S`, repeatable, into the command's `statuses` tuple: the listings
+    filter by any of several statuses alike."""
+    return click.option(
+        "--status",
+        "statuses",
+        multiple=True,
+        type=click.Choice(choices),
+        help=f"Only {nouns} in this status (repeat for several).",
     )
 
 

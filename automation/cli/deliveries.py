@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from automation.cli.common import command_rules, command_sessions, time_option
+from automation.cli.common import command_rules, command_sessions, statuses_option, time_option
 from automation.limits import MAX_ID
 
 if TYPE_CHECKING:
@@ -33,13 +33,7 @@ def deliveries_group() -> None:
 
 @deliveries_group.command("list")
 @click.option("--entity-id", type=ID, help="Only webhooks naming this lead/contact/… id.")
-@click.option(
-    "--status",
-    "statuses",
-    multiple=True,
-    type=click.Choice(DELIVERY_STATUSES),
-    help="Only deliveries in this status (repeat for several).",
-)
+@statuses_option(DELIVERY_STATUSES, "deliveries")
 @time_option("--since", "Received at or after")
 @time_option("--until", "Received before")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1, max=MAX_LIMIT))

@@ -14,6 +14,7 @@ from automation.cli.common import (
     command_sessions,
     command_settings,
     rules_path,
+    statuses_option,
     time_option,
 )
 from automation.limits import MAX_ID
@@ -45,13 +46,7 @@ def launches_group() -> None:
 
 
 @launches_group.command("list")
-@click.option(
-    "--status",
-    "statuses",
-    multiple=True,
-    type=click.Choice(LAUNCH_STATUSES),
-    help="Only launches in this status (repeat for several).",
-)
+@statuses_option(LAUNCH_STATUSES, "launches")
 @click.option("--rule", help="Only launches of this rule.")
 @click.option("--bot", "bot_id", type=ID, help="Only launches of this Salesbot id.")
 @click.option("--entity-id", type=ID, help="Only launches on this lead/contact/… id.")
