@@ -1,6 +1,6 @@
 """The JSON Schema of the rules file, for editors (`automation rules schema`).
 
-Its shape comes from the pydantic models of `rulefile.py` (their keys, aliases, required
+Its shape comes from the pydantic models of `spec.py` (their keys, aliases, required
 keys and docstrings); what their validators check in code (event types, entities,
 durations, days, times of day, conditions) is spelled out here, with a description
 for every key. Editors that read JSON Schema (VS Code and others through
