@@ -66,11 +66,10 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -82,7 +81,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import func, make_url, select, text  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
 from automation.store.database import make_engine, upgrade  # noqa: E402
 from automation.store.models import (  # noqa: E402
@@ -105,6 +104,7 @@ from tests.gunicorn import (  # noqa: E402
     start_time,
     wait_gone,
 )
+from tests.postgres import scratch_database  # noqa: E402
 
 SECRET = "chaos-secret-0123456789"
 PATH = f"/webhooks/amocrm/{SECRET}/"
@@ -1215,23 +1215,6 @@ def report(results: list[Result]) -> int:
     return 1 if failed else 0
 
 
-@contextmanager
-def postgres_database(admin_url: str) -> Iterator[str]:
-    """A fresh database on the server of `admin_url`, dropped afterwards."""
-    name = f"chaos_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(admin.url).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -1259,7 +1242,7 @@ def main() -> int:
                 runs.append(
                     (
                         "postgresql",
-                        stack.enter_context(postgres_database(args.postgres)),
+                        stack.enter_context(scratch_database(args.postgres, "chaos")),
                         work / "pg",
                     )
                 )

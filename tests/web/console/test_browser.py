@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from sqlalchemy import insert, make_url, select, text
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.store.database import make_engine, make_session_factory, upgrade
@@ -33,6 +32,7 @@ from automation.store.states import LaunchStatus
 from tests.conftest import BACKENDS, TEST_RULES, WEBHOOKS
 from tests.fake_amocrm import FakeAmoCRM
 from tests.launches import launch_values
+from tests.postgres import scratch_database
 from tests.web.console.conftest import ADMIN, VIEWER
 from tests.web.test_serving import BIN, ROOT, free_port, wait_healthy
 
@@ -112,18 +112,8 @@ def database_url(
     admin_url = os.environ.get("TEST_DATABASE_URL")
     if not admin_url:
         pytest.skip("TEST_DATABASE_URL is not set: PostgreSQL tests skipped")
-    name = f"automation_browser_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(admin.url).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
+    with scratch_database(admin_url, "automation_browser") as url:
         yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module")
