@@ -61,7 +61,7 @@ def receive(secret: str) -> tuple[Response, int]:
         return refuse(
             503,
             "database unavailable; the webhook was not stored, retry later",
-            why=f"database error {type(exc).__name__}",
+            why=database_reason(exc),
         )
     except CommitterUnavailable as exc:
         return refuse(503, str(exc))
@@ -69,6 +69,17 @@ def receive(secret: str) -> tuple[Response, int]:
     return jsonify(
         delivery_id=stored.delivery_id, events=stored.events, launches=stored.launches
     ), 200
+
+
+def database_reason(exc: SQLAlchemyError) -> str:
+    """What the database said, for the operator: the driver's error class and the first
+    line of its message (a deadlock, a lost connection and a full disk all reach us as
+    OperationalError). The driver's own message, not SQLAlchemy's, which appends the
+    statement and its parameters, that is the customer's data."""
+    driver = getattr(exc, "orig", None) or exc
+    lines = str(driver).strip().splitlines()
+    kind = f"{type(driver).__module__}.{type(driver).__name__}"
+    return f"database error {kind}: {lines[0][:200]}" if lines else f"database error {kind}"
 
 
 def refuse(status: int, message: str, *, why: str | None = None) -> tuple[Response, int]:
