@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import http.cookiejar
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -102,7 +103,7 @@ class AmoCRMClient:
         self.base_url = base_url.rstrip("/")
         self._token_provider = token_provider
         self._timeout = (connect_timeout, read_timeout)
-        self._session = _make_session(pool_size)
+        self._session = _make_session(pool_size, self.base_url)
 
     @classmethod
     def for_settings(
@@ -291,11 +292,14 @@ class AmoCRMClient:
         return webhooks_answer(method, response, secrets)
 
 
-def _make_session(pool_size: int) -> requests.Session:
+def _make_session(pool_size: int, base_url: str) -> requests.Session:
     """A session with one connection pool, no retries, no redirects and no cookies.
 
     Retries belong to the dispatcher (urllib3 would resend a POST after a reset, the
-    double launch we must avoid); cookies would make calls depend on each other.
+    double launch we must avoid); cookies would make calls depend on each other. The
+    environment (proxies, NO_PROXY, a CA bundle) is read here, once, as requests would
+    read it for `base_url`: with `trust_env` requests reads it again on every call, a
+    sixth of a salesbot call's CPU in the drain benchmark.
     """
     adapter = HTTPAdapter(
         pool_connections=1,
@@ -307,6 +311,11 @@ def _make_session(pool_size: int) -> requests.Session:
     session.mount("http://", adapter)
     session.headers["User-Agent"] = _USER_AGENT
     session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    session.trust_env = False
+    session.proxies.update(requests.utils.get_environ_proxies(base_url))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
     return session
 
 

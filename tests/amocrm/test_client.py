@@ -7,6 +7,8 @@ closed mid-call), never by a mocked `requests`.
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import logging
 import socket
 import ssl
@@ -14,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -640,3 +643,81 @@ def test_threads_share_the_pool(fake: FakeAmoCRM, tokens: TokenBox) -> None:
     assert outcomes == [Outcome.ACCEPTED] * 100
     assert len(fake.launches()) == 300
     assert len({call.client_port for call in fake.calls}) <= 4
+
+
+# --- the environment: proxies ------------------------------------------------------
+
+
+class _Proxy(http.server.ThreadingHTTPServer):
+    seen: list[str]
+
+
+class _ForwardingHandler(http.server.BaseHTTPRequestHandler):
+    """A plain HTTP proxy: records the absolute URL asked for, forwards the POST."""
+
+    server: _Proxy
+
+    def do_POST(self) -> None:
+        self.server.seen.append(self.path)
+        target = urlsplit(self.path)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        hop = {"connection", "proxy-connection", "keep-alive"}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
+        upstream = http.client.HTTPConnection(target.netloc, timeout=5)
+        try:
+            upstream.request("POST", target.path, body, headers)
+            answer = upstream.getresponse()
+            data = answer.read()
+        finally:
+            upstream.close()
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in {"connection", "transfer-encoding", "content-length"}:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Proxy]:
+    """A forwarding proxy on loopback; the environment names no other proxy."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    server = _Proxy(("127.0.0.1", 0), _ForwardingHandler)
+    server.seen = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_proxy_named_in_the_environment_carries_the_calls(
+    fake: FakeAmoCRM, tokens: TokenBox, proxy: _Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.server_address[1]}")
+    with AmoCRMClient(fake.url, tokens) as amo:
+        monkeypatch.delenv("http_proxy")  # read once, when the client is built
+        results = [amo.run_salesbots(TASKS) for _ in range(2)]
+
+    assert [result.outcome for result in results] == [Outcome.ACCEPTED] * 2
+    assert proxy.seen == [f"{fake.url}/api/v2/salesbot/run"] * 2
+    assert fake.launches() == LAUNCHED * 2
+
+
+def test_no_proxy_naming_the_host_bypasses_the_proxy(
+    fake: FakeAmoCRM, tokens: TokenBox, proxy: _Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.server_address[1]}")
+    monkeypatch.setenv("no_proxy", "example.org,127.0.0.1")
+    with AmoCRMClient(fake.url, tokens) as amo:
+        result = amo.run_salesbots(TASKS)
+
+    assert result.outcome is Outcome.ACCEPTED
+    assert proxy.seen == []
+    assert fake.launches() == LAUNCHED
