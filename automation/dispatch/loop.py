@@ -26,6 +26,7 @@ from automation.amocrm.client import (
     AmoCRMClient,
 )
 from automation.config import Settings
+from automation.dispatch.expander import Expander
 from automation.dispatch.registry import Membership
 from automation.dispatch.tokens import TokenStore
 from automation.errors import AutomationError, ClaimLost, ConfigError
@@ -87,6 +88,10 @@ class Dispatcher:
         self._slot_at = utcnow()
         #: RETENTION_DAYS: a prune pass a day, one small batch per loop turn.
         self._retention = retention.DailyPrune(settings, sessions)
+        #: Queued large webhooks are expanded into launches by a thread of their own.
+        self.expander = Expander(
+            sessions, lambda: self.id, self.dead_after, settings.rules_file, threading.Event()
+        )
 
     @property
     def id(self) -> str:
@@ -107,6 +112,11 @@ class Dispatcher:
         """Send due launches until stopped (or, with `once`, until none is due)."""
         self._register(wait_if_not_alone)
         heartbeat = self.membership.start_heartbeat()
+        self.expander.stopping.clear()
+        if once:
+            self.expander.drain()
+        else:
+            self.expander.start()
         try:
             while not self._stopping.is_set():
                 if not self.membership.registered:  # declared dead while stalled
@@ -125,6 +135,7 @@ class Dispatcher:
                     self._stopping.wait(min(waited, 1.0))
         finally:
             self._stopping.set()
+            self.expander.stop()
             heartbeat.join()
             self._unregister()
         return self.stats

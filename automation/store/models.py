@@ -352,3 +352,41 @@ class LoginFailure(Base):
     #: The client address as the console saw it (see CONSOLE_PROXY_HOPS).
     address: Mapped[str] = mapped_column(String(64))
     failed_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class QueuedDelivery(Base):
+    """A large delivery stored raw and answered 200 at once, whose events a dispatcher
+    expands into launches right after (`store.queue`, `dispatch.expander`).
+
+    The body stays in `deliveries` (never copied); this row is the work: who holds it
+    (a claim token, fenced like a launch's), how far it got (both counts advance in the
+    transaction that stores their rows, so a crash resumes where the last chunk ended),
+    and how it ended. Kept after it finishes, as the delivery's expansion record.
+    """
+
+    __tablename__ = "delivery_queue"
+    __table_args__ = (
+        # The expander's claim and the health check: unfinished rows, oldest first.
+        Index("ix_delivery_queue_waiting", "finished_at", "queued_at"),
+    )
+
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True
+    )
+    queued_at: Mapped[datetime]
+    #: The dispatcher expanding it, and a token fresh for every claim: a chunk is
+    #: stored only while its expander still holds this token.
+    claimed_by: Mapped[str | None] = mapped_column(String(100))
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    #: Refreshed by every chunk: a claim older than DISPATCHER_DEAD_AFTER is stale.
+    claimed_at: Mapped[datetime | None]
+    #: Times it was claimed: more than one means an expander died or let go of it.
+    claims: Mapped[int] = mapped_column(Integer, default=0)
+    #: Launches its events plan (known once a dispatcher decoded it), and how many of
+    #: them, and of its entity rows, are stored.
+    planned: Mapped[int | None] = mapped_column(Integer)
+    launches_done: Mapped[int] = mapped_column(Integer, default=0)
+    entities_done: Mapped[int] = mapped_column(Integer, default=0)
+    finished_at: Mapped[datetime | None]
+    #: Why it ended `rejected` (the body does not decode).
+    error: Mapped[str | None] = mapped_column(Text)

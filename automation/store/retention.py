@@ -171,8 +171,11 @@ def _launchless() -> ColumnElement[bool]:
 
 
 def prune_deliveries(session: Session, cutoffs: Cutoffs, limit: int, pruned: Pruned) -> int:
-    """Delete up to `limit` deliveries older than the cut-off that no launch came from."""
-    old = Delivery.received_at < cutoffs.settled
+    """Delete up to `limit` deliveries older than the cut-off that no launch came from
+    (and that are not still queued: their launches are yet to come)."""
+    old = and_(
+        Delivery.received_at < cutoffs.settled, Delivery.status != states.DeliveryStatus.QUEUED
+    )
     selected, pruned_now = _prune_unreferenced(session, Delivery, limit, _launchless(), old)
     pruned.deliveries += pruned_now
     return selected

@@ -40,6 +40,11 @@ class DeliveryStatus(enum.StrEnum):
     ACCEPTED = "accepted"
     #: Only unknown groups: stored so it can be replayed once we understand it.
     UNRECOGNIZED = "unrecognized"
+    #: A large body stored raw and answered at once; a dispatcher expands its launches
+    #: right after (`store.queue`), then it becomes `accepted` or `unrecognized`.
+    QUEUED = "queued"
+    #: A queued body that turned out not to decode: no launches, its error recorded.
+    REJECTED = "rejected"
 
 
 #: The final statuses a dispatcher brings launches to (the settled-launches counter).
