@@ -171,12 +171,15 @@ class Dispatcher:
                     due = outbox.any_due(session, utcnow())
                     session.rollback()
                     return wait if due else None
-            batch = outbox.claim_due(session, self.id, utcnow(), MAX_TASKS_PER_CALL)
-            if batch is None:
+            claimed = outbox.claim_call(
+                session, self.id, utcnow(), SALESBOT_RUN_PATH, MAX_TASKS_PER_CALL
+            )
+            if claimed is None:
                 session.rollback()
                 return None
-            call_id, wait = self._open_call(session, batch)
-            if call_id is None:
+            batch, call_id = claimed
+            wait = self._take_slot(session, call_id)
+            if wait > 0:
                 session.rollback()  # the claim too: nothing is held while waiting
                 return wait
             session.commit()
@@ -185,22 +188,31 @@ class Dispatcher:
         return 0.0
 
     def _open_call(self, session: Session, batch: Batch) -> tuple[int | None, float]:
-        """Record the call and take its request slot, in that order, in one transaction.
+        """Record the call for launches already held, and take its request slot.
 
         `start_call` refuses (`ClaimLost`) unless every launch is still held by this
-        claim. The slot is taken last, right before the commit, and the call's start
-        time is read then: the later the clock is read, the closer it is to the moment
-        amoCRM sees the request, and the tighter the shared budget can be kept.
+        claim.
         """
         call_id = outbox.start_call(session, batch, SALESBOT_RUN_PATH, utcnow())
+        wait = self._take_slot(session, call_id)
+        return (call_id, 0.0) if wait <= 0 else (None, wait)
+
+    def _take_slot(self, session: Session, call_id: int) -> float:
+        """Take the request slot of call `call_id`, recorded earlier in this transaction:
+        0 when it may go (commit), or the seconds to wait (roll back).
+
+        The slot is taken last, right before the commit, and the call's start time is
+        read then: the later the clock is read, the closer it is to the moment amoCRM
+        sees the request, and the tighter the shared budget can be kept.
+        """
         if self.dry_run:
-            return call_id, 0.0
+            return 0.0
         verdict = budget.take(session, self.settings.amocrm_max_rps, call_id, self._margin)
         if not verdict.go:
-            return None, verdict.wait
+            return verdict.wait
         outbox.stamp_call(session, call_id, verdict.now)
         self._slot_at = verdict.now
-        return call_id, 0.0
+        return 0.0
 
     def _send(self, batch: Batch, call_id: int, retried_401: bool = False) -> None:
         if self.dry_run:

@@ -14,16 +14,42 @@ skipped. The same holds for the probes a webhook makes before storing a launch
 answer is nearly always "no row". A driver error is re-raised as SQLAlchemy's
 `DBAPIError` subclass with its parameters hidden, so callers keep catching
 `SQLAlchemyError` and no webhook body or token reaches a log.
+
+The dispatcher's statements (claim, start a call, settle) go the same way
+(`CompiledStatement`): they run once per batch of up to 100 launches, and name the
+batch's ids as one bound value (`in_ids`), a JSON array on SQLite and an array on
+PostgreSQL, so the statement is the same text for any batch and binds three values,
+not a hundred.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from typing import cast as typed
 
-from sqlalchemy import Connection, Dialect, Insert, Select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Dialect,
+    Executable,
+    Insert,
+    Select,
+    String,
+    TypeDecorator,
+    bindparam,
+    cast,
+    func,
+    select,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.types import TypeEngine
 
 Processor = Callable[[Any], Any] | None
 
@@ -125,6 +151,70 @@ class CompiledSelect:
         return _run(connection, compiled.sql, compiled.bind(values), fetch=None)
 
 
+class CompiledStatement:
+    """Any statement (an UPDATE fenced by a claim, a SELECT … FOR UPDATE), built by
+    `build(dialect_name)` and compiled on first use per dialect, run on the driver's
+    cursor.
+
+    Binds are handled as in `CompiledSelect` (a bind not given keeps the value it was
+    built with); a list of ids goes in one bind (`in_ids`). `rows` gives the driver's
+    raw tuples, `execute` the number of rows the statement changed.
+    """
+
+    def __init__(self, build: Callable[[str], Executable]) -> None:
+        self.build = build
+        self._by_dialect: dict[tuple[str, str, str], _CompiledSelect] = {}
+
+    def rows(self, connection: Connection, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run it in the connection's transaction; every row, as the driver gives it."""
+        compiled = self._compiled(connection.dialect)
+        return _run(connection, compiled.sql, compiled.bind(values), fetch=None)
+
+    def execute(self, connection: Connection, values: Mapping[str, Any]) -> int:
+        """Run it in the connection's transaction; how many rows it matched."""
+        compiled = self._compiled(connection.dialect)
+        return _run_counted(connection, compiled.sql, compiled.bind(values))
+
+    def _compiled(self, dialect: Dialect) -> _CompiledSelect:
+        key = (dialect.name, dialect.driver, dialect.paramstyle)
+        compiled = self._by_dialect.get(key)
+        if compiled is None:
+            statement = self.build(dialect.name)
+            assert isinstance(statement, ClauseElement)
+            compiled = _CompiledSelect.of(statement, dialect, postcompile=False)
+            self._by_dialect[key] = compiled
+        return compiled
+
+
+class IdList(TypeDecorator[list[int]]):
+    """A list of ids bound as ONE value: a JSON array on SQLite (read back with
+    `json_each`), a `BIGINT[]` on PostgreSQL."""
+
+    impl = String
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(ARRAY(BigInteger))
+        return dialect.type_descriptor(String())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None or dialect.name == "postgresql":
+            return value
+        return json.dumps([int(id_) for id_ in value])
+
+
+def in_ids(column: ColumnElement[int], dialect: str, name: str = "ids") -> ColumnElement[bool]:
+    """`column` is one of the ids bound (as a list) to `name`: `= ANY(:ids)` on
+    PostgreSQL, `IN (SELECT value FROM json_each(?))` on SQLite. The planner looks
+    each id up, whatever the list's length."""
+    ids = bindparam(name, type_=IdList())
+    if dialect == "postgresql":
+        return column == func.any(cast(ids, ARRAY(BigInteger)))
+    each = func.json_each(ids).table_valued("value")
+    return column.in_(select(each.c.value))
+
+
 @dataclass(frozen=True, slots=True)
 class _CompiledSelect:
     sql: str
@@ -133,16 +223,24 @@ class _CompiledSelect:
     positional: bool
 
     @classmethod
-    def of(cls, statement: Select[Any], dialect: Dialect) -> _CompiledSelect:
-        sql = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-        names = list(sql.positiontup or ()) if sql.positional else list(sql.params)
+    def of(
+        cls, statement: ClauseElement, dialect: Dialect, postcompile: bool = True
+    ) -> _CompiledSelect:
+        """`postcompile`: render literal IN lists (then every bind needs a value, such
+        as `bindparam(name, None)`); without it a bind built without one is None."""
+        options = {"render_postcompile": postcompile}
+        sql = typed(SQLCompiler, statement.compile(dialect=dialect, compile_kwargs=options))
+        if "POSTCOMPILE" in sql.string:
+            raise ValueError("an expanding bind: spell the IN list as or_(==, …), or in_ids")
+        built = sql.construct_params(_check=False)
+        names = list(sql.positiontup or ()) if sql.positional else list(built)
         unknown = [name for name in names if name not in sql.binds]
         if unknown:
             raise ValueError(f"expanding binds {unknown}: spell the IN list as or_(==, …)")
         binds = tuple(
             (
                 name,
-                sql.params[name],
+                built[name],
                 sql.binds[name].type.dialect_impl(dialect).bind_processor(dialect),
             )
             for name in names
@@ -185,3 +283,20 @@ def _run(
             sql, parameters, exc, dbapi.Error, hide_parameters=True, dialect=dialect
         ) from exc
     return [tuple(row) for row in rows]
+
+
+def _run_counted(connection: Connection, sql: str, parameters: Any) -> int:
+    """One driver call in the connection's transaction: the rows it changed."""
+    dialect = connection.dialect
+    dbapi = dialect.loaded_dbapi
+    try:
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(sql, parameters)
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(
+            sql, parameters, exc, dbapi.Error, hide_parameters=True, dialect=dialect
+        ) from exc

@@ -11,15 +11,18 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
+from typing import cast as typed
 
-from sqlalchemy import BindParameter, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Select, Update, bindparam, insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import UnaryExpression
+from sqlalchemy.sql.operators import custom_op
 
 from automation.errors import ClaimLost
 from automation.store import chatguard, states
 from automation.store.database import rowcount
+from automation.store.fastsql import CompiledInsert, CompiledStatement, in_ids
 from automation.store.models import ApiCall, CallLaunch, Launch
 from automation.store.states import LaunchStatus
 
@@ -75,15 +78,44 @@ def claim_due(session: Session, dispatcher: str, now: datetime, limit: int = 100
     starts two bots in one chat (`chatguard.one_per_chat`).
     """
     connection = session.connection()
-    query = _claim_query(connection.dialect.name)
-    rows = connection.execute(query, {"now_": now, "n": limit}).all()
-    claimed = tuple(Claimed(*row[:5]) for row in chatguard.one_per_chat(rows))
-    if not claimed:
-        return None
-    batch = Batch(dispatcher, secrets.token_hex(8), claimed)
-    params = {"ids": batch.ids, "now_": now, "by": dispatcher, "token": batch.token}
-    connection.execute(_MARK_SENDING, params)
+    batch = _due(connection, dispatcher, now, limit)
+    if batch is not None:
+        params = {"ids": batch.ids, "now_": now, "by": dispatcher, "token": batch.token}
+        _MARK_SENDING.execute(connection, params)
     return batch
+
+
+def claim_call(
+    session: Session, dispatcher: str, now: datetime, endpoint: str, limit: int = 100
+) -> tuple[Batch, int] | None:
+    """`claim_due` and `start_call` in one: the due launches are claimed and put in a
+    new call row by ONE UPDATE. Commit this BEFORE sending; None when nothing is due."""
+    connection = session.connection()
+    batch = _due(connection, dispatcher, now, limit)
+    if batch is None:
+        return None
+    call_id = _insert_call(connection, batch, endpoint, now)
+    params = {"ids": batch.ids, "now_": now, "by": dispatcher, "token": batch.token}
+    marked = _CLAIM_IN_CALL.execute(connection, {**params, "call": call_id})
+    if marked != len(batch):  # the rows are ours: SQLite's write lock, or FOR UPDATE
+        raise AssertionError(f"claimed {marked} of {len(batch)} launches selected as due")
+    return batch, call_id
+
+
+def _due(connection: Connection, dispatcher: str, now: datetime, limit: int) -> Batch | None:
+    rows = [_DueRow._make(row) for row in _DUE.rows(connection, {"now_": now, "n": limit})]
+    claimed = tuple(Claimed(*row[:5]) for row in chatguard.one_per_chat(rows))
+    return Batch(dispatcher, secrets.token_hex(8), claimed) if claimed else None
+
+
+class _DueRow(NamedTuple):
+    id: int
+    bot_id: int
+    entity_type: int
+    entity_id: int
+    retries: int
+    chat_lead_id: int | None
+    chat_contact_id: int | None
 
 
 def any_due(session: Session, now: datetime) -> bool:
@@ -107,21 +139,26 @@ def start_call(session: Session, batch: Batch, endpoint: str, now: datetime) -> 
     batch is no longer held by this claim.
     """
     connection = session.connection()
-    values = {"dispatcher": batch.dispatcher, "endpoint": endpoint, "launch_count": len(batch)}
-    call_id = int(connection.execute(_INSERT_CALL, {**values, "started_at": now}).scalar_one())
-    ids = batch.ids
-    connection.execute(
-        _INSERT_CALL_LAUNCHES,
-        [{"call_id": call_id, "launch_id": id_, "position": i} for i, id_ in enumerate(ids)],
-    )
-    marked = rowcount(
-        connection.execute(_MARK_IN_CALL, {**_held(batch), "call": call_id, "now_": now})
-    )
-    if marked != len(ids):
+    call_id = _insert_call(connection, batch, endpoint, now)
+    marked = _MARK_IN_CALL.execute(connection, {**_held(batch), "call": call_id, "now_": now})
+    if marked != len(batch):
         raise ClaimLost(
-            f"{len(ids) - marked} of {len(ids)} launches of claim {batch.token} are no longer "
-            f"held by {batch.dispatcher}"
+            f"{len(batch) - marked} of {len(batch)} launches of claim {batch.token} are no "
+            f"longer held by {batch.dispatcher}"
         )
+    return call_id
+
+
+def _insert_call(connection: Connection, batch: Batch, endpoint: str, now: datetime) -> int:
+    """The call row and its launches, in the order they go in the request."""
+    values = {"dispatcher": batch.dispatcher, "endpoint": endpoint, "launch_count": len(batch)}
+    row = _INSERT_CALL.execute(connection, {**values, "started_at": now})
+    assert row is not None
+    call_id = int(row[0])
+    _INSERT_CALL_LAUNCHES.execute_many(
+        connection,
+        [{"call_id": call_id, "launch_id": id_, "position": i} for i, id_ in enumerate(batch.ids)],
+    )
     return call_id
 
 
@@ -129,38 +166,36 @@ def _held(batch: Batch) -> dict[str, Any]:
     return {"ids": batch.ids, "by": batch.dispatcher, "token": batch.token}
 
 
-# The dispatcher's statements are built once: with 100 ids a statement built per call
-# spent more time coercing parameters than the database spent running it.
-_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
-#: The fence: still `sending`, claimed by this dispatcher, under this claim's token.
-_HELD = (
-    Launch.id.in_(_IDS)
-    & (Launch.status == LaunchStatus.SENDING)
-    & (Launch.claimed_by == bindparam("by"))
-    & (Launch.claim_token == bindparam("token"))
-)
-_MARK_SENDING = (
-    update(Launch)
-    .where(Launch.id.in_(_IDS))
-    .values(
-        status=LaunchStatus.SENDING,
-        sending_at=bindparam("now_"),
-        updated_at=bindparam("now_"),
-        claimed_by=bindparam("by"),
-        claim_token=bindparam("token"),
+# The dispatcher's statements run once per batch of up to 100 launches: compiled once
+# and run on the driver's cursor (`fastsql`), with the batch's ids in one bound value.
+# Built per dialect: the ids are `json_each(?)` on SQLite, `= ANY(?)` on PostgreSQL.
+
+
+def _status(dialect: str) -> ColumnElement[LaunchStatus]:
+    """The status column, as a statement that also names the batch's ids compares it.
+
+    On SQLite a unary `+` keeps the comparison off the status-leading indexes
+    (`ix_launches_due`, `ix_launches_status_created`), so the planner cannot prefer
+    walking one of them to looking the ids up by primary key, whatever its statistics
+    say (tests/store/test_outbox_plans.py checks the plans).
+    """
+    column: ColumnElement[LaunchStatus] = Launch.status.expression
+    if dialect != "sqlite":
+        return column
+    return UnaryExpression(column, operator=custom_op("+"), type_=Launch.status.type)
+
+
+def _held_where(dialect: str) -> ColumnElement[bool]:
+    """The fence: still `sending`, claimed by this dispatcher, under this claim's token."""
+    return (
+        in_ids(Launch.id.expression, dialect)
+        & (_status(dialect) == LaunchStatus.SENDING)
+        & (Launch.claimed_by == bindparam("by"))
+        & (Launch.claim_token == bindparam("token"))
     )
-)
-_MARK_IN_CALL = (
-    update(Launch)
-    .where(_HELD)
-    .values(call_id=bindparam("call"), attempts=Launch.attempts + 1, updated_at=bindparam("now_"))
-)
-_INSERT_CALL = insert(ApiCall).returning(ApiCall.id)
-_INSERT_CALL_LAUNCHES = insert(CallLaunch)
 
 
-@cache
-def _claim_query(dialect: str) -> Any:
+def _due_query(dialect: str) -> Select[Any]:
     query = (
         select(
             Launch.id,
@@ -180,17 +215,52 @@ def _claim_query(dialect: str) -> Any:
         .limit(bindparam("n"))
     )
     if dialect == "postgresql":
-        return query.with_for_update(skip_locked=True, of=Launch)
-    return query
+        query = query.with_for_update(skip_locked=True, of=Launch)
+    return typed(Select[Any], query)
+
+
+_CLAIM_VALUES: dict[str, Any] = {
+    "status": LaunchStatus.SENDING,
+    "sending_at": bindparam("now_"),
+    "updated_at": bindparam("now_"),
+    "claimed_by": bindparam("by"),
+    "claim_token": bindparam("token"),
+}
+_DUE = CompiledStatement(_due_query)
+_MARK_SENDING = CompiledStatement(
+    lambda dialect: (
+        update(Launch).where(in_ids(Launch.id.expression, dialect)).values(**_CLAIM_VALUES)
+    )
+)
+_CLAIM_IN_CALL = CompiledStatement(
+    lambda dialect: (
+        update(Launch)
+        .where(in_ids(Launch.id.expression, dialect), _status(dialect) == LaunchStatus.PENDING)
+        .values(**_CLAIM_VALUES, call_id=bindparam("call"), attempts=Launch.attempts + 1)
+    )
+)
+_MARK_IN_CALL = CompiledStatement(
+    lambda dialect: (
+        update(Launch)
+        .where(_held_where(dialect))
+        .values(
+            call_id=bindparam("call"), attempts=Launch.attempts + 1, updated_at=bindparam("now_")
+        )
+    )
+)
+_INSERT_CALL = CompiledInsert(lambda _: insert(ApiCall).returning(ApiCall.id))
+_INSERT_CALL_LAUNCHES = CompiledInsert(lambda _: insert(CallLaunch))
 
 
 def stamp_call(session: Session, call_id: int, started_at: datetime) -> None:
     """Set a call's start to the moment its request slot was granted."""
-    session.connection().execute(_STAMP_CALL, {"call": call_id, "at": started_at})
+    _STAMP_CALL.execute(session.connection(), {"call": call_id, "at": started_at})
 
 
-_STAMP_CALL = (
-    update(ApiCall).where(ApiCall.id == bindparam("call")).values(started_at=bindparam("at"))
+_STAMP_CALL = CompiledStatement(
+    lambda _: (
+        update(ApiCall).where(ApiCall.id == bindparam("call")).values(started_at=bindparam("at"))
+    )
 )
 
 
@@ -205,8 +275,8 @@ def finish_call(
     excerpt: str | None = None,
 ) -> None:
     """Record how an API call ended."""
-    session.connection().execute(
-        _FINISH_CALL,
+    _FINISH_CALL.execute(
+        session.connection(),
         {
             "call": call_id,
             "now_": now,
@@ -218,15 +288,17 @@ def finish_call(
     )
 
 
-_FINISH_CALL = (
-    update(ApiCall)
-    .where(ApiCall.id == bindparam("call"))
-    .values(
-        finished_at=bindparam("now_"),
-        outcome=bindparam("outcome_"),
-        status_code=bindparam("code"),
-        error=bindparam("error_"),
-        response_excerpt=bindparam("excerpt"),
+_FINISH_CALL = CompiledStatement(
+    lambda _: (
+        update(ApiCall)
+        .where(ApiCall.id == bindparam("call"))
+        .values(
+            finished_at=bindparam("now_"),
+            outcome=bindparam("outcome_", type_=ApiCall.outcome.type),
+            status_code=bindparam("code", type_=ApiCall.status_code.type),
+            error=bindparam("error_", type_=ApiCall.error.type),
+            response_excerpt=bindparam("excerpt", type_=ApiCall.response_excerpt.type),
+        )
     )
 )
 
@@ -246,25 +318,28 @@ def settle(
     is_error = status in (LaunchStatus.FAILED, LaunchStatus.UNCERTAIN)
     statement = _SETTLE_WITH_ERROR if is_error else _SETTLE
     params = {**_held(batch), "new_status": status, "now_": now, "why": reason}
-    moved = rowcount(session.connection().execute(statement, params))
+    moved = statement.execute(session.connection(), params)
     if status == LaunchStatus.FAILED:
         chatguard.release_waiters(session.connection(), batch.ids, now)
     return moved
 
 
-_SETTLE = (
-    update(Launch)
-    .where(_HELD)
-    .values(
-        status=bindparam("new_status"),
-        settled_at=bindparam("now_"),
-        updated_at=bindparam("now_"),
-        reason=bindparam("why"),
-        claimed_by=None,
-        claim_token=None,
-    )
-)
-_SETTLE_WITH_ERROR = _SETTLE.values(last_error=bindparam("why"))
+def _settle(dialect: str, with_error: bool) -> Update:
+    values: dict[str, Any] = {
+        "status": bindparam("new_status", type_=Launch.status.type),
+        "settled_at": bindparam("now_"),
+        "updated_at": bindparam("now_"),
+        "reason": bindparam("why", type_=Launch.reason.type),
+        "claimed_by": None,
+        "claim_token": None,
+    }
+    if with_error:
+        values["last_error"] = bindparam("why", type_=Launch.last_error.type)
+    return update(Launch).where(_held_where(dialect)).values(**values)
+
+
+_SETTLE = CompiledStatement(lambda dialect: _settle(dialect, with_error=False))
+_SETTLE_WITH_ERROR = CompiledStatement(lambda dialect: _settle(dialect, with_error=True))
 
 
 def retry_later(
@@ -277,21 +352,23 @@ def retry_later(
         return 0
     params = {**_held(batch), "due": not_before, "now_": now, "error_": error}
     params["why"] = f"retry after: {error}"
-    return rowcount(session.connection().execute(_RETRY_LATER, params))
+    return _RETRY_LATER.execute(session.connection(), params)
 
 
-_RETRY_LATER = (
-    update(Launch)
-    .where(_HELD)
-    .values(
-        status=LaunchStatus.PENDING,
-        not_before=bindparam("due"),
-        retries=Launch.retries + 1,
-        last_error=bindparam("error_"),
-        reason=bindparam("why"),
-        claimed_by=None,
-        claim_token=None,
-        updated_at=bindparam("now_"),
+_RETRY_LATER = CompiledStatement(
+    lambda dialect: (
+        update(Launch)
+        .where(_held_where(dialect))
+        .values(
+            status=LaunchStatus.PENDING,
+            not_before=bindparam("due"),
+            retries=Launch.retries + 1,
+            last_error=bindparam("error_", type_=Launch.last_error.type),
+            reason=bindparam("why", type_=Launch.reason.type),
+            claimed_by=None,
+            claim_token=None,
+            updated_at=bindparam("now_"),
+        )
     )
 )
 
@@ -312,21 +389,24 @@ def release(
     statement = _RELEASE if not_before is None else _RELEASE_UNTIL
     if not_before is not None:
         params["due"] = not_before
-    return rowcount(session.connection().execute(statement, params))
+    return statement.execute(session.connection(), params)
 
 
-_RELEASE = (
-    update(Launch)
-    .where(_HELD)
-    .values(
-        status=LaunchStatus.PENDING,
-        claimed_by=None,
-        claim_token=None,
-        updated_at=bindparam("now_"),
-        reason=bindparam("why"),
-    )
-)
-_RELEASE_UNTIL = _RELEASE.values(not_before=bindparam("due"))
+def _release(dialect: str, until: bool) -> Update:
+    values: dict[str, Any] = {
+        "status": LaunchStatus.PENDING,
+        "claimed_by": None,
+        "claim_token": None,
+        "updated_at": bindparam("now_"),
+        "reason": bindparam("why", type_=Launch.reason.type),
+    }
+    if until:
+        values["not_before"] = bindparam("due")
+    return update(Launch).where(_held_where(dialect)).values(**values)
+
+
+_RELEASE = CompiledStatement(lambda dialect: _release(dialect, until=False))
+_RELEASE_UNTIL = CompiledStatement(lambda dialect: _release(dialect, until=True))
 
 
 def recover_orphans(session: Session, live: Sequence[str], now: datetime) -> tuple[int, int]:
