@@ -154,6 +154,12 @@ def webhook_stored(payload: Payload, planned: Sequence[PlannedLaunch], stored: E
     _inc(_child(LAUNCHES_ENQUEUED, "duplicate"), stored.duplicates)
 
 
+def webhook_queued() -> None:
+    """Count a committed large delivery stored raw (`queued`): its events and launches
+    are not known until a dispatcher expands it."""
+    _child(WEBHOOKS, "queued").inc()
+
+
 @cache
 def _child(metric: Counter, label: str) -> Counter:
     """`metric.labels(label)`, remembered: `labels` validates and locks on every call,

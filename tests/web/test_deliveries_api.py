@@ -53,7 +53,10 @@ def test_deliveries_of_a_lead_page_newest_first_with_a_cursor(api_app: Any) -> N
     ("query", "message"),
     [
         ("entity=1", "entity: unknown parameter; expected one of entity_id, status, since"),
-        ("status=sent", "status: expected one of accepted, unrecognized, queued, rejected, got 'sent'"),
+        (
+            "status=sent",
+            "status: expected one of accepted, unrecognized, queued, rejected, got 'sent'",
+        ),
         ("entity_id=0", "entity_id: expected a positive integer, got '0'"),
         ("since=yesterday", "since: expected a time with its offset"),
     ],

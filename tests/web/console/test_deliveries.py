@@ -126,7 +126,10 @@ def test_the_list_shows_what_the_api_answers_for_the_same_filter(
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("status=sent", "status: expected one of accepted, unrecognized, queued, rejected, got &#39;sent&#39;"),
+        (
+            "status=sent",
+            "status: expected one of accepted, unrecognized, queued, rejected, got &#39;sent&#39;",
+        ),
         ("entity_id=abc", "entity_id: expected a positive integer"),
         ("since=yesterday", "since: expected a time with its offset"),
         ("cursor=x", "cursor: expected the next_cursor of a previous page"),

@@ -1,0 +1,239 @@
+"""Large webhooks: stored raw, answered `queued` at once, expanded by the dispatcher.
+
+Through Flask's test client for the answers, and through `automation serve` (real
+gunicorn, its dispatcher and that dispatcher's expander) for the whole way: 30,000
+leads in one body, a small webhook answered meanwhile, a dispatcher SIGKILLed mid-way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from automation.store.models import Delivery, Launch, QueuedDelivery
+from automation.store.states import DeliveryStatus
+from tests.gunicorn import FORM, Server, children_of, command_line, running, server_env
+
+ROOT = Path(__file__).resolve().parents[2]
+AUTOMATION = str(Path(sys.executable).parent / "automation")
+LEADS_ADDED = """\
+version: 1
+rules:
+  - name: welcome-new-lead
+    on: lead.added
+    launch: {bot_id: 404, entity: lead}
+  - name: qualified
+    on: lead.status_changed
+    when:
+      status_id: 59936202
+    launch: {bot_id: 101, entity: lead}
+"""
+SMALL = (Path(__file__).parents[1] / "fixtures" / "webhooks" / "status_lead.form").read_bytes()
+
+
+def leads_form(count: int, account: str | None = "30112233", first: int = 27_000_000) -> bytes:
+    """`count` minimal added leads, one form field each (about 30 bytes a lead)."""
+    fields = [f"account[id]={account}"] if account is not None else []
+    fields += [f"leads[add][{i}][id]={first + i}" for i in range(count)]
+    return "&".join(fields).encode()
+
+
+@pytest.fixture
+def leads_rules(tmp_path: Path) -> Path:
+    path = tmp_path / "leads.yaml"
+    path.write_text(LEADS_ADDED)
+    return path
+
+
+@pytest.fixture
+def leads_client(
+    make_app: Callable[..., Any], make_settings: Callable[..., Any], leads_rules: Path
+) -> Any:
+    return make_app(make_settings(rules_file=str(leads_rules))).test_client()
+
+
+def post(client: Any, body: bytes, content_type: str = FORM) -> Any:
+    return client.post("/webhooks/amocrm/s3cret", data=body, content_type=content_type)
+
+
+def queue_rows(sessions: sessionmaker[Session]) -> list[QueuedDelivery]:
+    with sessions() as session:
+        rows = list(session.scalars(select(QueuedDelivery)))
+        session.expunge_all()
+        return rows
+
+
+# ------------------------------------------------------------------- the answers
+
+
+def test_a_body_of_more_fields_than_decoded_at_once_is_stored_raw_and_answered_queued(
+    leads_client: Any, sessions: sessionmaker[Session]
+) -> None:
+    answer = post(leads_client, leads_form(10_001))
+
+    assert answer.status_code == 200
+    assert answer.json["status"] == "queued"
+    with sessions() as session:
+        stored = session.get(Delivery, answer.json["delivery_id"])
+        assert stored is not None
+        assert (stored.status, stored.account_id, stored.launch_count) == ("queued", 30112233, 0)
+        assert session.scalar(select(func.count()).select_from(Launch)) == 0
+    assert [row.delivery_id for row in queue_rows(sessions)] == [answer.json["delivery_id"]]
+
+
+def test_a_decoded_body_of_more_launches_than_stored_at_once_is_queued(
+    leads_client: Any, sessions: sessionmaker[Session]
+) -> None:
+    answer = post(leads_client, leads_form(201))  # few fields, but 201 launches
+
+    assert answer.json["status"] == "queued"
+    assert len(queue_rows(sessions)) == 1
+    small = post(leads_client, leads_form(200, first=1))
+    assert (small.json["events"], small.json["launches"]) == (200, 200)
+
+
+def test_a_large_body_without_account_id_is_a_400_naming_the_field(
+    leads_client: Any, sessions: sessionmaker[Session]
+) -> None:
+    answer = post(leads_client, leads_form(10_001, account=None))
+
+    assert answer.status_code == 400
+    assert answer.json["error"].startswith("field 'account[id]': a body of 10001 fields")
+    assert queue_rows(sessions) == []
+
+
+def test_a_large_body_of_another_account_is_refused_before_it_is_stored(
+    make_app: Callable[..., Any],
+    make_settings: Callable[..., Any],
+    leads_rules: Path,
+    sessions: sessionmaker[Session],
+) -> None:
+    settings = make_settings(rules_file=str(leads_rules), amocrm_account_id=5)
+    answer = post(make_app(settings).test_client(), leads_form(10_001))
+
+    assert answer.status_code == 403
+    assert "account[id] 30112233; AMOCRM_ACCOUNT_ID allows only 5" in answer.json["error"]
+    assert queue_rows(sessions) == []
+
+
+# ---------------------------------------------------------- through `automation serve`
+
+
+def serve_env(database_url: str, rules_file: Path) -> dict[str, str]:
+    return server_env(
+        database_url,
+        rules_file,
+        DRY_RUN="1",
+        DISPATCHER_DEAD_AFTER="2",
+        MAX_BODY_BYTES=str(2 * 1024 * 1024),
+    )
+
+
+@pytest.fixture
+def served(database_url: str, leads_rules: Path, tmp_path: Path) -> Iterator[Server]:
+    command = [AUTOMATION, "serve", "--bind", "127.0.0.1:{port}", "--workers", "2"]
+    env = serve_env(database_url, leads_rules)
+    with running(command, env, tmp_path / "server.log") as server:
+        yield server
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def progress(sessions: sessionmaker[Session], delivery_id: int) -> QueuedDelivery:
+    with sessions() as session:
+        row = session.get(QueuedDelivery, delivery_id)
+        assert row is not None
+        session.expunge(row)
+        return row
+
+
+def launches_of(sessions: sessionmaker[Session], delivery_id: int) -> tuple[int, int]:
+    """(launches, distinct entities) stored for the delivery."""
+    with sessions() as session:
+        found = select(func.count(), func.count(Launch.entity_id.distinct())).where(
+            Launch.delivery_id == delivery_id
+        )
+        total, distinct = session.execute(found).one()
+    return int(total), int(distinct)
+
+
+def test_30000_leads_are_answered_queued_and_expanded_once_while_small_webhooks_go_through(
+    served: Server, sessions: sessionmaker[Session]
+) -> None:
+    hook = f"{served.url}/webhooks/amocrm/s3cret"
+    answer = requests.post(
+        hook, data=leads_form(30_000), headers={"Content-Type": FORM}, timeout=30
+    )
+    assert answer.status_code == 200 and answer.json()["status"] == "queued"
+    delivery_id = answer.json()["delivery_id"]
+
+    wait_for(lambda: progress(sessions, delivery_id).launches_done > 0)
+    small = requests.post(hook, data=SMALL, headers={"Content-Type": FORM}, timeout=30)
+    assert small.status_code == 200 and small.json()["launches"] == 1
+    wait_for(lambda: progress(sessions, delivery_id).finished_at is not None)
+
+    assert launches_of(sessions, delivery_id) == (30_000, 30_000)
+    with sessions() as session:
+        stored = session.get(Delivery, delivery_id)
+        assert stored is not None
+        assert (stored.status, stored.event_count) == (DeliveryStatus.ACCEPTED, 30_000)
+        assert (stored.launch_count, stored.duplicate_count) == (30_000, 0)
+
+
+def dispatcher_of(server: Server) -> int:
+    found = [pid for pid in children_of(server.process.pid) if "dispatch" in command_line(pid)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_a_dispatcher_killed_mid_expansion_leaves_the_rest_to_the_next_with_no_launch_twice(
+    served: Server,
+    sessions: sessionmaker[Session],
+    database_url: str,
+    leads_rules: Path,
+) -> None:
+    hook = f"{served.url}/webhooks/amocrm/s3cret"
+    answer = requests.post(
+        hook, data=leads_form(30_000), headers={"Content-Type": FORM}, timeout=30
+    )
+    delivery_id = answer.json()["delivery_id"]
+    wait_for(lambda: progress(sessions, delivery_id).launches_done > 0)
+
+    os.kill(dispatcher_of(served), signal.SIGKILL)
+    cut = progress(sessions, delivery_id)
+    assert cut.finished_at is None and cut.launches_done < 30_000
+
+    # A dispatcher started after it takes the stale claim over (DISPATCHER_DEAD_AFTER).
+    env = serve_env(database_url, leads_rules)
+    successor = subprocess.Popen([AUTOMATION, "dispatch"], cwd=ROOT, env=env)
+    try:
+        wait_for(lambda: progress(sessions, delivery_id).finished_at is not None)
+    finally:
+        successor.terminate()
+        successor.wait(30)
+
+    assert launches_of(sessions, delivery_id) == (30_000, 30_000)
+    finished = progress(sessions, delivery_id)
+    assert finished.claims == 2 and finished.launches_done == 30_000
+    with sessions() as session:
+        stored = session.get(Delivery, delivery_id)
+        assert stored is not None
+        assert (stored.launch_count, stored.duplicate_count) == (30_000, 0)
