@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Connection, Executable, Integer, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from automation.store.database import for_update, insert_ignoring
+from automation.store.fastsql import CompiledStatement
 from automation.store.models import ApiCall, RateLimit
 
 NAME = "amocrm"
@@ -60,53 +62,72 @@ def take(session: Session, max_rps: float, call_id: int, margin: timedelta = MAR
     clock is read only once the lock is held: a time read before waiting for the lock
     would be stale, and a stale start time lets the next dispatcher go early.
     """
-    locked = _HOLD.with_for_update() if session.get_bind().dialect.name == "postgresql" else _HOLD
-    hold_row = session.execute(locked).one_or_none()
+    connection = session.connection()
+    hold_row = _hold(connection, _HOLD_LOCKED)
     if hold_row is None:  # first use: create the row, then lock it
         _locked_row(session, datetime.now(UTC))
-        hold_row = session.execute(locked).one()
+        hold_row = _hold(connection, _HOLD_LOCKED)
     return _verdict(session, hold_row, max_rps, SECOND + margin, datetime.now(UTC), call_id)
 
 
 def peek(session: Session, max_rps: float, margin: timedelta = MARGIN) -> Verdict:
     """How long until a slot frees, without locking: a cheap look before claiming work
     that a refusal would only roll back."""
-    hold_row = session.execute(_HOLD).one_or_none()
+    hold_row = _hold(session.connection(), _HOLD)
     return _verdict(session, hold_row, max_rps, SECOND + margin, datetime.now(UTC), None)
 
 
-#: The hold, read with Core: the dispatcher reads it twice per call.
-_HOLD = select(RateLimit.hold_until, RateLimit.hold_reason).where(RateLimit.name == NAME)
+def _hold(connection: Connection, statement: CompiledStatement) -> tuple[Any, ...] | None:
+    rows = statement.typed_rows(connection, {})
+    return rows[0] if rows else None
+
+
+# The dispatcher reads the hold and the window twice per call: compiled once (`fastsql`).
+def _hold_query(dialect: str, locked: bool) -> Executable:
+    query = select(RateLimit.hold_until, RateLimit.hold_reason).where(RateLimit.name == NAME)
+    if locked and dialect == "postgresql":
+        return query.with_for_update()
+    return query
+
+
+_HOLD = CompiledStatement(lambda dialect: _hold_query(dialect, locked=False))
+#: Taking a slot locks the row (PostgreSQL; SQLite holds its write lock from BEGIN).
+_HOLD_LOCKED = CompiledStatement(lambda dialect: _hold_query(dialect, locked=True))
+#: The limit-th most recent start inside the window, if there is one: the slot frees
+#: when it leaves the window. One row, however high AMOCRM_MAX_RPS is.
+_WINDOW = CompiledStatement(
+    lambda _: (
+        select(ApiCall.started_at)
+        .where(
+            ApiCall.started_at > bindparam("since", type_=ApiCall.started_at.type),
+            ApiCall.outcome.is_distinct_from("dry_run"),
+            ApiCall.id != bindparam("exclude", type_=ApiCall.id.type),
+        )
+        .order_by(ApiCall.started_at.desc())
+        .offset(bindparam("skip", type_=Integer))
+        .limit(1)
+    )
+)
 
 
 def _verdict(
     session: Session,
-    hold_row: Row[datetime | None, str | None] | None,
+    hold_row: tuple[Any, ...] | None,
     max_rps: float,
     window: timedelta,
     now: datetime,
     exclude: int | None,
 ) -> Verdict:
-    until: datetime | None = hold_row.hold_until if hold_row is not None else None
+    until: datetime | None = hold_row[0] if hold_row is not None else None
     if until is not None and until > now:
         assert hold_row is not None
-        return Verdict((until - now).total_seconds(), now, hold_row.hold_reason)
-    # The limit-th most recent start inside the window, if there is one: the slot
-    # frees when it leaves the window. One row, however high AMOCRM_MAX_RPS is.
+        return Verdict((until - now).total_seconds(), now, hold_row[1])
     limit = max(1, int(max_rps))
-    query = (
-        select(ApiCall.started_at)
-        .where(ApiCall.started_at > now - window, ApiCall.outcome.is_distinct_from("dry_run"))
-        .order_by(ApiCall.started_at.desc())
-        .offset(limit - 1)
-        .limit(1)
-    )
-    if exclude is not None:
-        query = query.where(ApiCall.id != exclude)
-    oldest = session.execute(query).scalar()
-    if oldest is None:
+    values = {"since": now - window, "skip": limit - 1, "exclude": exclude or 0}
+    oldest = _WINDOW.typed_rows(session.connection(), values)
+    if not oldest:
         return Verdict(0.0, now)
-    wait = (oldest + window - now).total_seconds()
+    wait = (oldest[0][0] + window - now).total_seconds()
     return Verdict(max(wait, 0.001), now, "rate limit")
 
 
@@ -152,15 +173,19 @@ def failure_hold(streak: int) -> timedelta:
 def succeeded(session: Session, now: datetime) -> None:
     """A request went through: forget the 429 and failure streaks (holds run out by
     themselves). One UPDATE that usually matches nothing: no lock on the hot path."""
-    session.execute(
+    _SUCCEEDED.execute(session.connection(), {"now_": now})
+
+
+_SUCCEEDED = CompiledStatement(
+    lambda _: (
         update(RateLimit)
         .where(
             RateLimit.name == NAME,
             (RateLimit.consecutive_429 > 0) | (RateLimit.consecutive_failures > 0),
         )
-        .values(consecutive_429=0, consecutive_failures=0, updated_at=now)
-        .execution_options(synchronize_session=False)
+        .values(consecutive_429=0, consecutive_failures=0, updated_at=bindparam("now_"))
     )
+)
 
 
 def current_hold(session: Session, now: datetime) -> RateLimit | None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from automation.store.database import rowcount
+from automation.store.fastsql import CompiledStatement
 from automation.store.models import DispatcherRow
 
 
@@ -61,10 +62,14 @@ def beat(session: Session, dispatcher: str, now: datetime) -> bool:
 def is_stopped(session: Session, dispatcher: str) -> bool:
     """Whether `dispatcher`'s row is stopped (or gone): its claims may have been taken
     over, so it must not act on any of them again."""
-    stopped = session.execute(
-        select(DispatcherRow.stopped_at).where(DispatcherRow.id == dispatcher)
-    ).one_or_none()
-    return stopped is None or stopped[0] is not None
+    rows = _STOPPED_AT.rows(session.connection(), {"id_": dispatcher})
+    return not rows or rows[0][0] is not None
+
+
+#: Read before every call: compiled once (`fastsql`).
+_STOPPED_AT = CompiledStatement(
+    lambda _: select(DispatcherRow.stopped_at).where(DispatcherRow.id == bindparam("id_"))
+)
 
 
 def bury_dead(session: Session, now: datetime, dead_after: timedelta) -> None:

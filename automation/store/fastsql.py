@@ -170,6 +170,22 @@ class CompiledStatement:
         compiled = self._compiled(connection.dialect)
         return _run(connection, compiled.sql, compiled.bind(values), fetch=None)
 
+    def typed_rows(
+        self, connection: Connection, values: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """Every row of a SELECT, each value converted by its column's type (a
+        timestamp comes back an aware `datetime`, as from `execute`)."""
+        compiled = self._compiled(connection.dialect)
+        rows = _run(connection, compiled.sql, compiled.bind(values), fetch=None)
+        processors = compiled.results
+        return [
+            tuple(
+                value if process is None else process(value)
+                for value, process in zip(row, processors, strict=True)
+            )
+            for row in rows
+        ]
+
     def execute(self, connection: Connection, values: Mapping[str, Any]) -> int:
         """Run it in the connection's transaction; how many rows it matched."""
         compiled = self._compiled(connection.dialect)
@@ -221,6 +237,8 @@ class _CompiledSelect:
     #: (bind name, the value it was built with, its type's bind processor), in order.
     binds: tuple[tuple[str, Any, Processor], ...]
     positional: bool
+    #: A SELECT's result processors, one per column.
+    results: tuple[Processor, ...] = ()
 
     @classmethod
     def of(
@@ -245,7 +263,11 @@ class _CompiledSelect:
             )
             for name in names
         )
-        return cls(sql.string, binds, sql.positional)
+        columns = statement.selected_columns if isinstance(statement, Select) else ()
+        results = tuple(
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
+        )
+        return cls(sql.string, binds, sql.positional, results)
 
     def bind(self, values: Mapping[str, Any]) -> Any:
         known = {name for name, _, _ in self.binds}
