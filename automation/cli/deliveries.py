@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 ID = click.IntRange(min=1, max=MAX_ID)
 #: The `DeliveryStatus` values, spelled out so that `--help` imports no database code.
-DELIVERY_STATUSES = ("accepted", "unrecognized")
+DELIVERY_STATUSES = ("accepted", "unrecognized", "queued", "rejected")
 MAX_LIMIT = 10_000
 
 

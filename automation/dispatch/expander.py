@@ -109,6 +109,9 @@ class Expander:
             except SQLAlchemyError as exc:
                 log.error("expander: database error %s; trying again", type(exc).__name__)
                 expanded = False
+            except Exception:  # a bug must not end the thread: the claim goes stale
+                log.exception("expander: unexpected error; trying again")
+                expanded = False
             if not expanded:
                 self.stopping.wait(IDLE_SLEEP)
 

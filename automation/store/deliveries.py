@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, select, tuple_
 from sqlalchemy.orm import Session, defer
 
-from automation.store.models import Delivery, DeliveryEntity
+from automation.store.models import Delivery, DeliveryEntity, QueuedDelivery
 from automation.store.states import DeliveryStatus
 
 
@@ -34,6 +34,38 @@ class EntityRef(Shape):
     id: int
 
 
+class Expansion(Shape):
+    """How far a large webhook stored raw (`queued`) got in being expanded into its
+    launches by a dispatcher (`store.queue`)."""
+
+    queued_at: datetime
+    #: The dispatcher expanding it (None: waiting for one, or finished).
+    claimed_by: str | None
+    #: Times a dispatcher took it: more than one means one died or let go mid-way.
+    claims: int
+    #: Launches its events plan (None until a dispatcher decoded it), and those stored.
+    planned: int | None
+    launches_done: int
+    finished_at: datetime | None
+    #: Why it ended `rejected`.
+    error: str | None
+
+    def describe(self) -> str:
+        """`expanding: 1200 of 30000 launches planned (claimed by …)` and the like."""
+        if self.error is not None:
+            return f"rejected at {_at(self.finished_at)}: {self.error}"
+        total = "?" if self.planned is None else str(self.planned)
+        done = f"{self.launches_done} of {total} launches planned"
+        if self.finished_at is not None:
+            return f"expanded at {_at(self.finished_at)}: {done}"
+        holder = f"claimed by {self.claimed_by}" if self.claimed_by else "waiting for a dispatcher"
+        return f"queued at {_at(self.queued_at)}, expanding: {done} ({holder})"
+
+
+def _at(moment: datetime | None) -> str:
+    return "?" if moment is None else f"{moment:%Y-%m-%d %H:%M:%S}Z"
+
+
 class DeliveryRow(Shape):
     """One stored webhook, without its body."""
 
@@ -48,6 +80,9 @@ class DeliveryRow(Shape):
     #: The rules version that judged it; None if stored before versions were recorded.
     rules_version_id: int | None
     entities: list[EntityRef]
+    #: A large webhook stored raw: how its expansion into launches went (None for
+    #: every other webhook).
+    expansion: Expansion | None = None
 
 
 class DeliveryPage(Shape):
@@ -89,8 +124,9 @@ def list_deliveries(session: Session, query: DeliveryQuery) -> DeliveryPage:
     )
     found = list(session.scalars(statement))
     page, more = found[: query.limit], len(found) > query.limit
-    entities = entities_of(session, [delivery.id for delivery in page])
-    rows = [_row(delivery, entities.get(delivery.id, [])) for delivery in page]
+    ids = [delivery.id for delivery in page]
+    entities, expansions = entities_of(session, ids), expansions_of(session, ids)
+    rows = [_row(d, entities.get(d.id, []), expansions.get(d.id)) for d in page]
     return DeliveryPage(deliveries=rows, next_cursor=str(page[-1].id) if more else None)
 
 
@@ -141,6 +177,25 @@ def entities_of(session: Session, ids: Sequence[int]) -> dict[int, list[EntityRe
     return found
 
 
+def expansions_of(session: Session, ids: Sequence[int]) -> dict[int, Expansion]:
+    """The expansions of those of these deliveries that were stored raw."""
+    if not ids:
+        return {}
+    rows = session.scalars(select(QueuedDelivery).where(QueuedDelivery.delivery_id.in_(ids)))
+    return {
+        row.delivery_id: Expansion(
+            queued_at=row.queued_at,
+            claimed_by=row.claimed_by if row.claim_token is not None else None,
+            claims=row.claims,
+            planned=row.planned,
+            launches_done=row.launches_done,
+            finished_at=row.finished_at,
+            error=row.error,
+        )
+        for row in rows
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class RawBody:
     """A delivery's body as amoCRM posted it, and what came with it: the console
@@ -161,7 +216,9 @@ def raw_body(session: Session, delivery_id: int) -> RawBody | None:
     return RawBody(bytes(delivery.body), delivery.content_type, delivery.account_subdomain)
 
 
-def _row(delivery: Delivery, entities: list[EntityRef]) -> DeliveryRow:
+def _row(
+    delivery: Delivery, entities: list[EntityRef], expansion: Expansion | None = None
+) -> DeliveryRow:
     return DeliveryRow(
         id=delivery.id,
         received_at=delivery.received_at,
@@ -172,6 +229,7 @@ def _row(delivery: Delivery, entities: list[EntityRef]) -> DeliveryRow:
         account_id=delivery.account_id,
         rules_version_id=delivery.rules_version_id,
         entities=entities,
+        expansion=expansion,
     )
 
 
@@ -186,7 +244,7 @@ def format_deliveries(rows: Sequence[DeliveryRow], shown: int = 3) -> list[str]:
             (
                 str(row.id),
                 f"{row.received_at:%Y-%m-%d %H:%M:%S}",
-                row.status.value,
+                _status(row),
                 str(row.events),
                 str(row.launches),
                 "-" if row.rules_version_id is None else f"#{row.rules_version_id}",
@@ -197,3 +255,12 @@ def format_deliveries(rows: Sequence[DeliveryRow], shown: int = 3) -> list[str]:
     return [
         "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
     ]
+
+
+def _status(row: DeliveryRow) -> str:
+    """The status, and a queued webhook's progress: `queued 1200/30000`."""
+    found = row.expansion
+    if row.status is not DeliveryStatus.QUEUED or found is None:
+        return row.status.value
+    total = "?" if found.planned is None else str(found.planned)
+    return f"{row.status.value} {found.launches_done}/{total}"

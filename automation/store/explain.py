@@ -30,7 +30,7 @@ from automation.limits import MAX_ID
 from automation.rules.load import Decision, RuleSet
 from automation.rules.matchers import Failure
 from automation.rules.verdicts import Outcome
-from automation.store.deliveries import DeliveryRow, Shape, _row, entities_of
+from automation.store.deliveries import DeliveryRow, Shape, _row, entities_of, expansions_of
 from automation.store.intake import dedupe_digest
 from automation.store.models import Delivery, Launch
 from automation.store.states import LaunchStatus
@@ -182,7 +182,7 @@ def explain_delivery(
         events = [_event(rules, delivery, event, d, stored) for event, d in judged]
     entities = entities_of(session, [delivery.id]).get(delivery.id, [])
     return DeliveryExplanation(
-        delivery=_row(delivery, entities),
+        delivery=_row(delivery, entities, expansions_of(session, [delivery.id]).get(delivery.id)),
         rules=used,
         decode_error=decode_error,
         events=events,
@@ -390,6 +390,8 @@ def describe_explanation(explanation: DeliveryExplanation) -> list[str]:
         f"  entities: {entities}",
         f"  rules: {describe_rules(explanation.rules)}",
     ]
+    if d.expansion is not None:
+        lines.insert(1, f"  large webhook stored raw: {d.expansion.describe()}")
     if explanation.decode_error:
         lines.append(f"  body no longer decodes: {explanation.decode_error}")
     for event in explanation.events:

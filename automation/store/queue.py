@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import ColumnElement, Connection, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from automation.errors import ClaimLost
@@ -290,69 +290,3 @@ def _advance(
             f"queued delivery #{claim.delivery_id} is no longer this expander's to expand: "
             "another dispatcher took it over"
         )
-
-
-# ---------------------------------------------------------------------- what shows
-
-
-@dataclass(frozen=True, slots=True)
-class QueueFacts:
-    """Queued deliveries not expanded yet, for `/healthz` and `/metrics`."""
-
-    waiting: int
-    oldest_queued_at: datetime | None
-
-
-def queue_facts(session: Session) -> QueueFacts:
-    """Count and oldest arrival of the unfinished queue rows (one index walk)."""
-    count, oldest = session.execute(
-        select(func.count(), func.min(QueuedDelivery.queued_at)).where(
-            QueuedDelivery.finished_at.is_(None)
-        )
-    ).one()
-    return QueueFacts(int(count or 0), oldest)
-
-
-@dataclass(frozen=True, slots=True)
-class Expansion:
-    """How a queued delivery's expansion stands, as `deliveries show` tells it."""
-
-    queued_at: datetime
-    claimed_by: str | None
-    claims: int
-    planned: int | None
-    launches_done: int
-    entities_done: int
-    finished_at: datetime | None
-    error: str | None
-
-    def describe(self) -> str:
-        """`expanding: 1200 of 30000 launches (claimed by host:123:ab)` and the like."""
-        if self.error is not None:
-            return f"rejected at {self.finished_at:%Y-%m-%d %H:%M:%S}Z: {self.error}"
-        total = "?" if self.planned is None else str(self.planned)
-        done = f"{self.launches_done} of {total} launches planned"
-        if self.finished_at is not None:
-            return f"expanded at {self.finished_at:%Y-%m-%d %H:%M:%S}Z: {done}"
-        holder = f"claimed by {self.claimed_by}" if self.claimed_by else "waiting for a dispatcher"
-        return f"queued at {self.queued_at:%Y-%m-%d %H:%M:%S}Z, expanding: {done} ({holder})"
-
-
-def expansions_of(session: Session, ids: Sequence[int]) -> dict[int, Expansion]:
-    """The queue rows of these deliveries (only queued ones have one)."""
-    if not ids:
-        return {}
-    rows = session.scalars(select(QueuedDelivery).where(QueuedDelivery.delivery_id.in_(ids)))
-    return {
-        row.delivery_id: Expansion(
-            row.queued_at,
-            row.claimed_by,
-            row.claims,
-            row.planned,
-            row.launches_done,
-            row.entities_done,
-            row.finished_at,
-            row.error,
-        )
-        for row in rows
-    }

@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from automation.store.models import ApiCall, Delivery, DispatcherRow, Launch
+from automation.store.models import ApiCall, Delivery, DispatcherRow, Launch, QueuedDelivery
 from automation.store.states import LaunchStatus
 
 
@@ -27,20 +27,27 @@ class Vitals:
     oldest_due: datetime | None
     last_heartbeat: datetime | None
     last_webhook: datetime | None
+    #: Large deliveries stored raw whose launches are not expanded yet (`store.queue`).
+    queued: int = 0
+    oldest_queued: datetime | None = None
 
 
 def read_vitals(session: Session, now: datetime) -> Vitals:
-    """One round trip: COUNT and MIN over `ix_launches_due`, MAX over two indexed columns."""
+    """One round trip: COUNT and MIN over `ix_launches_due` and over
+    `ix_delivery_queue_waiting`, MAX over two indexed columns."""
     due = (Launch.status == LaunchStatus.PENDING, Launch.not_before <= now)
+    waiting = QueuedDelivery.finished_at.is_(None)
     row = session.execute(
         select(
             select(func.count()).select_from(Launch).where(*due).scalar_subquery(),
             select(func.min(Launch.not_before)).where(*due).scalar_subquery(),
             select(func.max(DispatcherRow.heartbeat_at)).scalar_subquery(),
             select(func.max(Delivery.received_at)).scalar_subquery(),
+            select(func.count()).select_from(QueuedDelivery).where(waiting).scalar_subquery(),
+            select(func.min(QueuedDelivery.queued_at)).where(waiting).scalar_subquery(),
         )
     ).one()
-    return Vitals(int(row[0] or 0), row[1], row[2], row[3])
+    return Vitals(int(row[0] or 0), row[1], row[2], row[3], int(row[4] or 0), row[5])
 
 
 def last_webhook_at(session: Session) -> datetime | None:

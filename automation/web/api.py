@@ -27,6 +27,7 @@ from werkzeug.datastructures import MultiDict
 from automation.errors import BadParameter
 from automation.limits import MAX_ID
 from automation.store import story
+from automation.store.deliveries import expansions_of
 from automation.store.launchlog import LaunchQuery
 from automation.store.states import LaunchStatus
 from automation.times import parse_api_moment
@@ -162,6 +163,7 @@ def delivery_detail(session: Session, delivery_id: int) -> DeliveryDetail | None
         delivery=told.delivery,
         body=told.body.decode("utf-8", errors="replace"),
         launches=list(told.launches),
+        expansion=expansions_of(session, [delivery_id]).get(delivery_id),
     )
 
 

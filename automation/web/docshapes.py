@@ -27,6 +27,14 @@ class WebhookAccepted(_Doc):
     launches: int
 
 
+class WebhookQueued(_Doc):
+    """A large webhook, stored raw before this answer; a dispatcher expands its launches
+    right after (`GET /api/deliveries/{id}` shows how far)."""
+
+    delivery_id: int
+    status: Literal["queued"]
+
+
 class HealthDatabase(_Doc):
     """The database answered; `schema_current` says whether it is at the code's revision."""
 
@@ -74,6 +82,11 @@ class HealthDispatch(_Doc):
     last_heartbeat_at: datetime | None
     due_launches: int
     oldest_due_at: datetime | None
+    #: Large webhooks stored raw whose launches are not expanded yet, the oldest's
+    #: arrival, and whether it waits longer than 2 minutes (then `degraded`).
+    queued_deliveries: int
+    oldest_queued_at: datetime | None
+    queued_too_long: bool
     paused_until: datetime | None
     pause_reason: str | None
 

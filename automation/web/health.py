@@ -40,6 +40,9 @@ FAILURES = frozenset(
 )
 #: How far back `/healthz` looks at amoCRM calls.
 CALL_WINDOW = timedelta(minutes=5)
+#: A large webhook queued longer than this has not been expanded when it should have
+#: (an expansion of 40,000 leads takes well under a minute): degraded.
+QUEUED_TOO_LONG = timedelta(minutes=2)
 
 
 @bp.get("/healthz")
@@ -104,6 +107,11 @@ def _dispatch(state: Runtime, now: datetime) -> dict[str, Any]:
         "last_heartbeat_at": _iso(facts.last_heartbeat),
         "due_launches": facts.due,
         "oldest_due_at": _iso(facts.oldest_due),
+        "queued_deliveries": facts.queued,
+        "oldest_queued_at": _iso(facts.oldest_queued),
+        "queued_too_long": bool(
+            facts.oldest_queued and now - facts.oldest_queued > QUEUED_TOO_LONG
+        ),
         "paused_until": _iso(hold.hold_until) if hold else None,
         "pause_reason": hold.hold_reason if hold else None,
     }
@@ -180,6 +188,8 @@ def _degraded(body: dict[str, Any], state: Runtime) -> list[str]:
         reasons.append(_calls_reason(amocrm))
     if dispatch.get("due_launches") and not dispatch.get("live_dispatchers"):
         reasons.append(_no_dispatcher_reason(dispatch, state.settings.dispatcher_dead_after))
+    if dispatch.get("queued_too_long"):
+        reasons.append(_queued_reason(dispatch))
     if rules["last_error"]:
         reasons.append(
             f"the rules file is broken; the last good rules (loaded {rules['loaded_at']}) "
@@ -215,6 +225,15 @@ def _no_dispatcher_reason(dispatch: dict[str, Any], dead_after: float) -> str:
         f"{dispatch['due_launches']} launch(es) due (the oldest since "
         f"{dispatch['oldest_due_at']}) and no dispatcher has a heartbeat in the last "
         f"{dead_after:g}s (last: {last}): start `automation dispatch` or `automation serve`"
+    )
+
+
+def _queued_reason(dispatch: dict[str, Any]) -> str:
+    minutes = QUEUED_TOO_LONG.total_seconds() / 60
+    return (
+        f"{dispatch['queued_deliveries']} large webhook(s) queued and not expanded into "
+        f"launches, the oldest since {dispatch['oldest_queued_at']} (more than {minutes:g} "
+        "minutes): a dispatcher expands them; see `automation deliveries list --status queued`"
     )
 
 

@@ -94,6 +94,17 @@ def _facts_gauges(facts: Vitals, now: datetime) -> Iterator[Metric]:
         "How long the oldest due launch has waited since it became due (0: none due)",
         max(0.0, oldest_age),
     )
+    queued_age = (now - facts.oldest_queued).total_seconds() if facts.oldest_queued else 0.0
+    yield _gauge(
+        "automation_deliveries_queued",
+        "Large webhooks stored raw whose launches a dispatcher has not expanded yet",
+        facts.queued,
+    )
+    yield _gauge(
+        "automation_deliveries_queued_oldest_age_seconds",
+        "How long the oldest queued webhook has waited for its expansion (0: none)",
+        max(0.0, queued_age),
+    )
     yield _gauge(
         "automation_dispatcher_last_heartbeat_timestamp_seconds",
         "Unix time of the last heartbeat of any dispatcher (0: none ever ran)",

@@ -23,7 +23,7 @@ from automation.store.explain import DeliveryExplanation
 from automation.store.states import DeliveryStatus, LaunchStatus
 from automation.times import RELATIVE_PATTERN
 from automation.web.api import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT, RULE_PATTERN
-from automation.web.docshapes import Health, WebhookAccepted
+from automation.web.docshapes import Health, WebhookAccepted, WebhookQueued
 from automation.web.schemas import DeliveryDetail, Error, LaunchDetail, LaunchPage
 
 JSON = dict[str, Any]
@@ -33,6 +33,7 @@ _REF = "#/components/schemas/{model}"
 _MODELS: tuple[type[BaseModel], ...] = (
     Error,
     WebhookAccepted,
+    WebhookQueued,
     Health,
     LaunchPage,
     LaunchDetail,
@@ -145,7 +146,13 @@ def _webhook() -> JSON:
             },
         },
         "responses": {
-            "200": _json("Stored; counts of events and of new launches.", "WebhookAccepted"),
+            "200": _json(
+                "Stored; counts of events and of new launches. A large body (more than "
+                "10,000 fields, 200 launches or 1,000 entities) is stored raw and answered "
+                "`queued`: a dispatcher expands its launches right after.",
+                "WebhookAccepted",
+                "WebhookQueued",
+            ),
             "400": _error("The body is not an amoCRM webhook we can decode."),
             "403": _error("From another account than AMOCRM_ACCOUNT_ID / AMOCRM_SUBDOMAIN."),
             "404": _error("Wrong secret."),
@@ -348,10 +355,12 @@ def _read_errors() -> JSON:
     }
 
 
-def _json(description: str, schema: str) -> JSON:
+def _json(description: str, schema: str, *alternatives: str) -> JSON:
+    """An answer of the `schema` model, or of any one of it and the `alternatives`."""
+    refs = [{"$ref": _REF.format(model=model)} for model in (schema, *alternatives)]
     return {
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": _REF.format(model=schema)}}},
+        "content": {"application/json": {"schema": {"oneOf": refs} if alternatives else refs[0]}},
     }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
+from automation.store.deliveries import Expansion
 from automation.store.story import CallRecord, DeliveryRecord, LaunchRecord, LaunchStory
 
 #: Serializes a bare launch record the way the models serialize the ones they hold.
@@ -61,6 +62,8 @@ class DeliveryDetail(_Out):
     delivery: DeliveryRecord
     body: str
     launches: list[LaunchRecord]
+    #: A large webhook stored raw (`queued`): how far its expansion got; else None.
+    expansion: Expansion | None = None
 
 
 def detail_of(told: LaunchStory) -> LaunchDetail:

@@ -17,9 +17,11 @@ from automation.dispatch.expander import Expander
 from automation.errors import ClaimLost
 from automation.rules.load import load_rules
 from automation.store import queue, versions
+from automation.store.deliveries import expansions_of
 from automation.store.models import Delivery, DeliveryEntity, Launch, QueuedDelivery
 from automation.store.queue import Progress, RawDelivery
 from automation.store.states import DeliveryStatus
+from automation.store.vitals import read_vitals
 
 FORM = "application/x-www-form-urlencoded"
 ARRIVED = datetime(2026, 12, 7, 5, 0, tzinfo=UTC)
@@ -263,19 +265,25 @@ def test_a_queued_body_that_does_not_decode_ends_rejected_with_its_error(
     assert launch_count(sessions) == 0
 
 
-def test_queue_facts_count_what_waits_and_since_when(
+def test_vitals_count_what_waits_and_since_when_and_the_expansion_tells_its_progress(
     sessions: sessionmaker[Session], enqueue: Callable[..., int]
 ) -> None:
-    with sessions() as session:
-        assert queue.queue_facts(session) == queue.QueueFacts(0, None)
+    def waiting() -> tuple[int, datetime | None]:
+        with sessions() as session:
+            facts = read_vitals(session, ARRIVED)
+        return facts.queued, facts.oldest_queued
+
+    def shown(delivery_id: int) -> str:
+        with sessions() as session:
+            return expansions_of(session, [delivery_id])[delivery_id].describe()
+
+    assert waiting() == (0, None)
     delivery_id = enqueue(leads_form(5))
     enqueue(leads_form(5))
-    with sessions() as session:
-        assert queue.queue_facts(session) == queue.QueueFacts(2, ARRIVED)
-        shown = queue.expansions_of(session, [delivery_id])[delivery_id]
-    assert "waiting for a dispatcher" in shown.describe()
+    assert waiting() == (2, ARRIVED)
+    assert "expanding: 0 of ? launches planned (waiting for a dispatcher)" in shown(delivery_id)
+
     expander(sessions).drain()
-    with sessions() as session:
-        assert queue.queue_facts(session) == queue.QueueFacts(0, None)
-        shown = queue.expansions_of(session, [delivery_id])[delivery_id]
-    assert shown.describe().endswith("5 of 5 launches planned")
+
+    assert waiting() == (0, None)
+    assert shown(delivery_id).endswith(": 5 of 5 launches planned")

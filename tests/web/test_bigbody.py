@@ -8,19 +8,24 @@ leads in one body, a small webhook answered meanwhile, a dispatcher SIGKILLed mi
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from click.testing import CliRunner
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from automation.cli import main
+from automation.dispatch.expander import Expander
 from automation.store.models import Delivery, Launch, QueuedDelivery
 from automation.store.states import DeliveryStatus
 from tests.gunicorn import FORM, Server, children_of, command_line, running, server_env
@@ -125,6 +130,79 @@ def test_a_large_body_of_another_account_is_refused_before_it_is_stored(
     assert answer.status_code == 403
     assert "account[id] 30112233; AMOCRM_ACCOUNT_ID allows only 5" in answer.json["error"]
     assert queue_rows(sessions) == []
+
+
+# ------------------------------------------------------------------ what shows
+
+TOKEN = "a-long-admin-token-for-tests-0123456789"
+
+
+@pytest.fixture
+def queued_app(
+    make_app: Callable[..., Any],
+    make_settings: Callable[..., Any],
+    leads_rules: Path,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Any:
+    """An app with one large webhook queued three minutes ago and nothing expanding it."""
+    app = make_app(make_settings(rules_file=str(leads_rules), admin_token=TOKEN))
+    answer = post(app.test_client(), leads_form(10_001))
+    with app.extensions["automation"].sessions.begin() as session:
+        row = session.get(QueuedDelivery, answer.json["delivery_id"])
+        row.queued_at = row.queued_at - timedelta(minutes=3)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("RULES_FILE", str(leads_rules))
+    app.delivery_id = answer.json["delivery_id"]
+    return app
+
+
+def test_healthz_is_degraded_while_a_large_webhook_waits_more_than_2_minutes(
+    queued_app: Any,
+) -> None:
+    health = queued_app.test_client().get("/healthz").json
+
+    assert health["status"] == "degraded"
+    assert health["dispatch"]["queued_deliveries"] == 1
+    assert health["dispatch"]["queued_too_long"] is True
+    assert any("1 large webhook(s) queued" in reason for reason in health["reasons"])
+
+    Expander(
+        queued_app.extensions["automation"].sessions, lambda: "d", timedelta(seconds=30), "x"
+    ).drain()
+    health = queued_app.test_client().get("/healthz").json
+    assert health["dispatch"]["queued_deliveries"] == 0
+    assert not any("queued" in reason for reason in health["reasons"])
+
+
+def test_metrics_gauge_the_queued_webhooks_and_the_oldest_ones_age(queued_app: Any) -> None:
+    page = queued_app.test_client().get("/metrics").get_data(as_text=True)
+
+    assert "automation_deliveries_queued 1.0" in page
+    age = re.search(r"^automation_deliveries_queued_oldest_age_seconds (\S+)$", page, re.M)
+    assert age is not None and 180 <= float(age[1]) < 600
+
+
+def test_list_api_and_show_tell_a_queued_webhooks_progress(queued_app: Any) -> None:
+    delivery_id = queued_app.delivery_id
+    listed = CliRunner().invoke(main, ["deliveries", "list", "--status", "queued"])
+    assert listed.exit_code == 0, listed.output
+    assert f"{delivery_id}" in listed.output and "queued 0/?" in listed.output
+
+    client = queued_app.test_client()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    page = client.get("/api/deliveries?status=queued", headers=auth).json
+    assert page["deliveries"][0]["expansion"]["launches_done"] == 0
+    Expander(
+        queued_app.extensions["automation"].sessions, lambda: "d", timedelta(seconds=30), "x"
+    ).drain()
+
+    detail = client.get(f"/api/deliveries/{delivery_id}", headers=auth).json
+    assert detail["delivery"]["status"] == "accepted"
+    assert detail["expansion"]["planned"] == detail["expansion"]["launches_done"] == 10_001
+    shown = CliRunner().invoke(main, ["deliveries", "show", str(delivery_id)])
+    assert "large webhook stored raw: expanded at " in shown.output
+    assert "10001 of 10001 launches planned" in shown.output
 
 
 # ---------------------------------------------------------- through `automation serve`

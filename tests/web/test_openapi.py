@@ -154,10 +154,13 @@ class Exchange:
 
 
 HOOK = "POST /webhooks/amocrm/s3cret"
+#: More fields than a webhook decodes at once: stored raw and answered `queued`.
+LARGE = b"account[id]=1&" + b"&".join(b"leads[add][%d][id]=%d" % (i, i + 1) for i in range(10_001))
 JSON = "application/json"
 EXCHANGES = [
     Exchange("webhook form", HOOK, 200, body=STATUS_LEAD),
     Exchange("webhook json", HOOK, 200, body=TALK, content_type=JSON),
+    Exchange("webhook queued", HOOK, 200, body=LARGE),
     Exchange("webhook undecodable", HOOK, 400, body=b"a[=1"),
     Exchange("webhook other account", HOOK, 403, {"amocrm_account_id": 111}, STATUS_LEAD),
     Exchange("webhook wrong secret", "POST /webhooks/amocrm/guess", 404, body=STATUS_LEAD),
