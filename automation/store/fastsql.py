@@ -231,6 +231,19 @@ def in_ids(column: ColumnElement[int], dialect: str, name: str = "ids") -> Colum
     return column.in_(select(each.c.value))
 
 
+def each_id(dialect: str, name: str = "ids") -> tuple[ColumnElement[int], ColumnElement[int]]:
+    """The ids bound (as a list) to `name`, as rows to select from: (id, its position
+    in the list from 0). `unnest … WITH ORDINALITY` on PostgreSQL, `json_each` on
+    SQLite: one statement inserts a row per id."""
+    ids = bindparam(name, type_=IdList())
+    if dialect == "postgresql":
+        array = cast(ids, ARRAY(BigInteger))
+        rows = func.unnest(array).table_valued("id", with_ordinality="ord").render_derived()
+        return rows.c.id, rows.c.ord - 1
+    each = func.json_each(ids).table_valued("value", "key")
+    return each.c.value, each.c.key
+
+
 @dataclass(frozen=True, slots=True)
 class _CompiledSelect:
     sql: str

@@ -14,7 +14,19 @@ from datetime import datetime
 from typing import Any, NamedTuple
 from typing import cast as typed
 
-from sqlalchemy import ColumnElement, Connection, Select, Update, bindparam, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    String,
+    Update,
+    bindparam,
+    insert,
+    literal,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
@@ -22,7 +34,7 @@ from sqlalchemy.sql.operators import custom_op
 from automation.errors import ClaimLost
 from automation.store import chatguard, states
 from automation.store.database import rowcount
-from automation.store.fastsql import CompiledInsert, CompiledStatement, in_ids
+from automation.store.fastsql import CompiledInsert, CompiledStatement, each_id, in_ids
 from automation.store.models import ApiCall, CallLaunch, Launch
 from automation.store.states import LaunchStatus
 
@@ -155,10 +167,7 @@ def _insert_call(connection: Connection, batch: Batch, endpoint: str, now: datet
     row = _INSERT_CALL.execute(connection, {**values, "started_at": now})
     assert row is not None
     call_id = int(row[0])
-    _INSERT_CALL_LAUNCHES.execute_many(
-        connection,
-        [{"call_id": call_id, "launch_id": id_, "position": i} for i, id_ in enumerate(batch.ids)],
-    )
+    _INSERT_CALL_LAUNCHES.execute(connection, {"call": call_id, "ids": batch.ids})
     return call_id
 
 
@@ -172,17 +181,20 @@ def _held(batch: Batch) -> dict[str, Any]:
 
 
 def _status(dialect: str) -> ColumnElement[LaunchStatus]:
-    """The status column, as a statement that also names the batch's ids compares it.
+    """The status column, as a statement that also names the batch's ids compares it:
+    written so that no index can serve the comparison (`+status` on SQLite,
+    `status || ''` on PostgreSQL), and the planner looks the ids up by primary key.
 
-    On SQLite a unary `+` keeps the comparison off the status-leading indexes
-    (`ix_launches_due`, `ix_launches_status_created`), so the planner cannot prefer
-    walking one of them to looking the ids up by primary key, whatever its statistics
-    say (tests/store/test_outbox_plans.py checks the plans).
+    Left bare, PostgreSQL walked `ix_launches_status_created` for `status = 'sending'`
+    (its statistics say few launches are `sending`), through the index entries of
+    every batch claimed before: each claim and settle leaves dead entries there until
+    VACUUM, so a settle took 50 ms after a few hundred batches, and the drain slowed
+    as it went. tests/store/test_outbox_plans.py checks the plans on both databases.
     """
     column: ColumnElement[LaunchStatus] = Launch.status.expression
-    if dialect != "sqlite":
-        return column
-    return UnaryExpression(column, operator=custom_op("+"), type_=Launch.status.type)
+    if dialect == "sqlite":
+        return UnaryExpression(column, operator=custom_op("+"), type_=Launch.status.type)
+    return type_coerce(column.op("||")(literal("", String)), Launch.status.type)
 
 
 def _held_where(dialect: str) -> ColumnElement[bool]:
@@ -249,7 +261,12 @@ _MARK_IN_CALL = CompiledStatement(
     )
 )
 _INSERT_CALL = CompiledInsert(lambda _: insert(ApiCall).returning(ApiCall.id))
-_INSERT_CALL_LAUNCHES = CompiledInsert(lambda _: insert(CallLaunch))
+_INSERT_CALL_LAUNCHES = CompiledStatement(
+    lambda dialect: insert(CallLaunch).from_select(
+        ["call_id", "launch_id", "position"],
+        select(bindparam("call", type_=CallLaunch.call_id.type), *each_id(dialect)),
+    )
+)
 
 
 def stamp_call(session: Session, call_id: int, started_at: datetime) -> None:
