@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation import metrics
@@ -53,6 +54,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class _Accepted:
+    """A call amoCRM accepted, whose answer is not written yet (see `Dispatcher._turn`)."""
+
+    batch: Batch
+    call_id: int
+    result: CallResult
+    at: datetime
+
+
 @dataclass
 class Stats:
     """What one dispatcher did, for `--once` output and tests."""
@@ -86,6 +97,8 @@ class Dispatcher:
         self._margin = timedelta(milliseconds=settings.amocrm_rate_margin_ms)
         #: When the request slot of the call about to be sent was granted.
         self._slot_at = utcnow()
+        #: The last call's accepted answer, written with the next call's claim.
+        self._accepted: _Accepted | None = None
         #: RETENTION_DAYS: a prune pass a day, one small batch per loop turn.
         self._retention = retention.DailyPrune(settings, sessions)
         #: Queued large webhooks are expanded into launches by a thread of their own.
@@ -123,7 +136,7 @@ class Dispatcher:
                     self._register(wait_if_not_alone)
                 self.membership.maybe_recover()
                 self._retention.tick()
-                waited = self.step()
+                waited = self._turn()
                 if waited is None:
                     if once:
                         break
@@ -137,8 +150,20 @@ class Dispatcher:
             self._stopping.set()
             self.expander.stop()
             heartbeat.join()
+            self._write_last_answer()
             self._unregister()
         return self.stats
+
+    def _write_last_answer(self) -> None:
+        """On the way out: a failure here leaves the call to recovery (`uncertain`)."""
+        try:
+            self._write_accepted()
+        except SQLAlchemyError as exc:
+            log.error(
+                "the last accepted call was not recorded (%s): recovery will make "
+                "its launches uncertain",
+                type(exc).__name__,
+            )
 
     def _register(self, wait: bool) -> None:
         self.membership.register(wait)
@@ -153,7 +178,22 @@ class Dispatcher:
     # ----------------------------------------------------------------- one cycle
 
     def step(self) -> float | None:
-        """Claim one batch and send it. None: nothing due; > 0: seconds to wait."""
+        """Claim one batch, send it and record its outcome. None: nothing due; > 0:
+        seconds to wait."""
+        waited = self._turn()
+        self._write_accepted()
+        return waited
+
+    def _turn(self) -> float | None:
+        """`step`, except that an accepted call's answer is written in the transaction
+        that claims the next batch: one commit per call, not two.
+
+        The answer waits at most one loop turn: it is written at once when nothing is
+        due, when the next call must wait for its request slot, and when the loop
+        stops. A crash in between leaves the call as one whose answer was lost: its
+        launches are still `sending` in a call without an end, and recovery makes them
+        `uncertain`, never `pending`, so nothing is sent twice (docs/operating.md).
+        """
         try:
             return self._step()
         except ClaimLost as problem:
@@ -162,6 +202,7 @@ class Dispatcher:
 
     def _step(self) -> float | None:
         with self.sessions() as session:
+            written = self._record_accepted(session)
             self.membership.check(session)
             if not self.dry_run:
                 wait = budget.peek(session, self.settings.amocrm_max_rps, self._margin).wait
@@ -169,23 +210,33 @@ class Dispatcher:
                     # Nothing due (a failed batch waits for the hold's end): say so, and
                     # `--once` stops instead of waiting to send what is not due yet.
                     due = outbox.any_due(session, utcnow())
-                    session.rollback()
+                    self._end(session, written)
                     return wait if due else None
             claimed = outbox.claim_call(
                 session, self.id, utcnow(), SALESBOT_RUN_PATH, MAX_TASKS_PER_CALL
             )
             if claimed is None:
-                session.rollback()
+                self._end(session, written)
                 return None
             batch, call_id = claimed
             wait = self._take_slot(session, call_id)
             if wait > 0:
-                session.rollback()  # the claim too: nothing is held while waiting
+                session.rollback()  # the claim too: nothing is held while waiting,
+                self._write_accepted()  # but the last answer is written at once
                 return wait
             session.commit()
+            self._accepted_recorded(written)
         # Committed: the call row exists before the request goes out.
-        self._send(batch, call_id)
+        self._send(batch, call_id, defer=True)
         return 0.0
+
+    def _end(self, session: Session, written: int | None) -> None:
+        """Commit the last call's answer, if this transaction wrote it; else roll back."""
+        if written is None:
+            session.rollback()
+            return
+        session.commit()
+        self._accepted_recorded(written)
 
     def _open_call(self, session: Session, batch: Batch) -> tuple[int | None, float]:
         """Record the call for launches already held, and take its request slot.
@@ -214,7 +265,11 @@ class Dispatcher:
         self._slot_at = verdict.now
         return 0.0
 
-    def _send(self, batch: Batch, call_id: int, retried_401: bool = False) -> None:
+    def _send(
+        self, batch: Batch, call_id: int, retried_401: bool = False, defer: bool = False
+    ) -> None:
+        """Send a batch whose call is recorded, and act on the answer. `defer`: an
+        accepted answer is written with the next claim (`_turn`), not at once."""
         if self.dry_run:
             self.stats.calls += 1
             self._record_dry_run(batch, call_id)
@@ -236,6 +291,12 @@ class Dispatcher:
         if result.outcome in (Outcome.BAD_REQUEST, Outcome.REFUSED):
             self._finish(call_id, result)
             self._isolate(batch, result)
+            return
+        if result.outcome is Outcome.ACCEPTED:
+            self._write_accepted()  # one answer waits at a time
+            self._accepted = _Accepted(batch, call_id, result, utcnow())
+            if not defer:
+                self._write_accepted()
             return
         self._finish(call_id, result, settle=batch)
 
@@ -282,6 +343,45 @@ class Dispatcher:
             if settle is not None:
                 self._settle(session, settle, result, now)
 
+    def _record_accepted(self, session: Session) -> int | None:
+        """Write the waiting accepted answer in `session`'s transaction: the call's end,
+        its launches `sent`. How many were settled, or None when no answer waits; the
+        answer keeps waiting until `_accepted_recorded` is told of the commit."""
+        accepted = self._accepted
+        if accepted is None:
+            return None
+        result, at = accepted.result, accepted.at
+        outbox.finish_call(
+            session,
+            accepted.call_id,
+            at,
+            outcome=result.outcome.value,
+            status_code=result.status_code,
+            error=result.error,
+            excerpt=result.body_excerpt,
+        )
+        done = outbox.settle(session, accepted.batch, LaunchStatus.SENT, at, "accepted by amoCRM")
+        budget.succeeded(session, at)
+        return done
+
+    def _accepted_recorded(self, done: int | None) -> None:
+        """The transaction that wrote the accepted answer committed."""
+        accepted = self._accepted
+        if done is None or accepted is None:
+            return
+        self._accepted = None
+        self.stats.sent += done
+        metrics.launches_settled(LaunchStatus.SENT, done)
+        _say_if_fenced(accepted.batch, done, "sent")
+
+    def _write_accepted(self) -> None:
+        """Write the waiting accepted answer now, in a transaction of its own."""
+        if self._accepted is None:
+            return
+        with self.sessions.begin() as session:
+            done = self._record_accepted(session)
+        self._accepted_recorded(done)
+
     def _record_dry_run(self, batch: Batch, call_id: int) -> None:
         now = utcnow()
         with self.sessions.begin() as session:
@@ -294,13 +394,7 @@ class Dispatcher:
 
     def _settle(self, session: Session, batch: Batch, result: CallResult, now: datetime) -> None:
         outcome = result.outcome
-        if outcome is Outcome.ACCEPTED:
-            done = outbox.settle(session, batch, LaunchStatus.SENT, now, "accepted by amoCRM")
-            budget.succeeded(session, now)
-            self.stats.sent += done
-            metrics.launches_settled(LaunchStatus.SENT, done)
-            _say_if_fenced(batch, done, "sent")
-        elif outcome is Outcome.UNCERTAIN and not self.settings.amocrm_retry_uncertain:
+        if outcome is Outcome.UNCERTAIN and not self.settings.amocrm_retry_uncertain:
             said = "no answer" if result.status_code is None else f"HTTP {result.status_code}"
             reason = f"uncertain: {said} from amoCRM ({result.error})"
             done = outbox.settle(session, batch, LaunchStatus.UNCERTAIN, now, reason)
@@ -328,7 +422,7 @@ class Dispatcher:
                 "amoCRM failing (%s): all dispatchers hold %s", outcome.value, _secs(backoff)
             )
             self._retry(session, batch, result, now, now + backoff)
-        else:  # BAD_REQUEST and REFUSED are `_isolate`'s: they never reach here
+        else:  # ACCEPTED is `_record_accepted`'s, BAD_REQUEST and REFUSED `_isolate`'s
             raise AssertionError(f"no rule settles a call with outcome {outcome}")
 
     def _retry(
@@ -419,6 +513,7 @@ class Dispatcher:
         It may have stalled while waiting: before the call, the registry row and the
         claim are checked again, and a claim lost meanwhile stops everything held.
         """
+        self._write_accepted()  # a half accepted before this one
         while True:
             try:
                 with self.sessions() as session:

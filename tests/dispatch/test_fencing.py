@@ -332,3 +332,50 @@ def test_sigstop_past_dead_after_during_a_bisect_sends_nothing_twice(
     assert len(counts) == 99
     assert max(counts.values()) == 1, f"{sum(counts.values()) - 99} launches sent twice"
     assert status_counts(sessions) == {"sent": 99}
+
+
+def test_a_crash_before_an_accepted_answer_is_written_leaves_its_call_uncertain(
+    slow_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    """The loop writes an accepted call's answer with the next call's claim (one commit
+    per call). A dispatcher SIGKILLed in between leaves exactly that call unanswered in
+    the database: its launches must become `uncertain`, never be sent again.
+
+    `_turn` is one turn of the loop; dropping A after it is what a SIGKILL leaves (the
+    database holds all that survives a process, and A wrote nothing more)."""
+    add_launches(sessions, 150)
+    a = dispatch.build(slow_settings, sessions, read_timeout=5)
+    a._register(wait=False)
+    assert a._turn() == 0.0  # 100 launches accepted by amoCRM; the answer waits
+    assert status_counts(sessions) == {"sending": 100, "pending": 50}
+    declare_dead(sessions, a.id)  # A was SIGKILLed: its heartbeat stops
+
+    b = dispatch.build(slow_settings, sessions, read_timeout=5)
+    b.run(once=True)
+
+    counts = received(fake)
+    assert len(counts) == 150 and max(counts.values()) == 1  # nothing sent twice
+    assert status_counts(sessions) == {"uncertain": 100, "sent": 50}
+    with sessions() as session:
+        reasons = set(session.scalars(select(Launch.reason).where(Launch.status == "uncertain")))
+    assert reasons == {"uncertain: the dispatcher stopped while its request was in flight"}
+
+    a._write_accepted()  # A's answer, written late (a stall, not a crash), moves nothing
+    assert status_counts(sessions) == {"uncertain": 100, "sent": 50}
+
+
+def test_the_loop_writes_every_accepted_answer_before_it_stops(
+    slow_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    """With the answers written one turn late, a drain still ends with all `sent`, every
+    call finished, and stats that count each launch once."""
+    add_launches(sessions, 250)
+    settings = slow_settings.model_copy(update={"amocrm_max_rps": 50})
+
+    stats = dispatch.build(settings, sessions, read_timeout=5).run(once=True)
+
+    assert (stats.calls, stats.sent) == (3, 250)
+    assert status_counts(sessions) == {"sent": 250}
+    with sessions() as session:
+        unfinished = session.scalars(select(ApiCall.id).where(ApiCall.finished_at.is_(None)))
+        assert list(unfinished) == []
