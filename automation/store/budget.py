@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Executable, Integer, bindparam, select, update
 from sqlalchemy.orm import Session
+from tenacity import RetryCallState, Retrying, wait_exponential
 
 from automation.store.database import for_update, insert_ignoring
 from automation.store.fastsql import CompiledStatement
@@ -146,7 +147,7 @@ def rate_limited(session: Session, now: datetime, retry_after: float | None = No
     must not stop sending for good)."""
     state = _locked_row(session, now)
     state.consecutive_429 += 1
-    backoff = min(timedelta(seconds=2 ** min(state.consecutive_429 - 1, 20)), MAX_BACKOFF)
+    backoff = _doubling(state.consecutive_429, MAX_BACKOFF)
     if retry_after is not None:
         backoff = max(backoff, min(timedelta(seconds=retry_after), MAX_RETRY_AFTER))
     hold(session, now + backoff, f"rate limited by amoCRM (429 #{state.consecutive_429})", now)
@@ -167,7 +168,17 @@ def failed(session: Session, now: datetime, what: str) -> timedelta:
 
 def failure_hold(streak: int) -> timedelta:
     """Pure: how long everyone holds after the `streak`-th failure in a row."""
-    return min(timedelta(seconds=2 ** min(streak - 1, 20)), MAX_FAILURE_HOLD)
+    return _doubling(streak, MAX_FAILURE_HOLD)
+
+
+def _doubling(streak: int, longest: timedelta) -> timedelta:
+    """1 s, 2 s, 4 s … up to `longest` for the `streak`-th in a row: tenacity's
+    exponential wait, asked for one attempt's value. The streak lives in the database
+    (every dispatcher shares it), so no Retrying loop of ours holds it."""
+    attempt = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
+    attempt.attempt_number = streak
+    wait = wait_exponential(multiplier=1, min=1, max=longest.total_seconds())
+    return timedelta(seconds=wait(attempt))
 
 
 def succeeded(session: Session, now: datetime) -> None:
