@@ -87,12 +87,15 @@ def running(
 
 
 def children_of(pid: int) -> list[int]:
-    """The child processes of `pid` (gunicorn's workers, serve's dispatcher), from /proc."""
-    try:
-        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(child) for child in listed.split()]
+    """The child processes of `pid` (gunicorn's workers, serve's dispatcher), from /proc:
+    each thread's own, since serve starts its dispatcher from a thread."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
 
 
 def command_line(pid: int) -> str:

@@ -6,20 +6,30 @@ crash of either side is visible and gunicorn's workers stay plain web workers.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
 import os
 import re
 import shutil
-import subprocess
+import signal
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    wait_exponential,
+)
 
 from automation.logs import GunicornLogger
 
@@ -60,16 +70,11 @@ def run_server(
     dispatcher's complaint about the first one.
     """
     server_pid, metrics_dir = os.getpid(), share_metrics_dir()
-    children: list[subprocess.Popen[bytes]] = []
+    keeper = DispatcherKeeper(server_pid)
 
     def when_ready(_arbiter: Any) -> None:
         if with_dispatcher:
-            from automation.cli.server import SERVER_PID_VARIABLE
-
-            # It stops with this process even when this one is SIGKILLed.
-            env = os.environ | {SERVER_PID_VARIABLE: str(server_pid)}
-            command = [sys.executable, "-m", "automation", "dispatch"]
-            children.append(subprocess.Popen(command, env=env))
+            keeper.start()
         on_ready()
 
     hooks = {"when_ready": when_ready, "child_exit": mark_worker_dead}
@@ -90,18 +95,118 @@ def run_server(
         # server's own process may stop the dispatcher or remove what the others
         # still write to.
         if os.getpid() == server_pid:
-            for child in children:
-                stop_child(child)
+            keeper.stop()
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def stop_child(child: subprocess.Popen[bytes], grace: float = 15) -> None:
-    """SIGTERM (the dispatcher finishes its call in flight), then SIGKILL after `grace`."""
-    child.terminate()
+#: A dispatcher that ran this long before it exited was healthy: the next one starts at
+#: once and its back-off starts again from a second.
+HEALTHY_RUN_SECONDS = 60.0
+#: The longest wait before starting the dispatcher again after quick exits in a row.
+LONGEST_RESTART_WAIT = 60.0
+
+
+class DispatcherKeeper:
+    """Runs `serve`'s dispatcher and starts it again when it exits, as gunicorn does
+    for its workers: a dispatcher that died (a bug, the OOM killer, a stray `kill`)
+    otherwise left launches piling up behind a web server that still answered 200.
+    Quick exits in a row wait 1 s, 2 s, 4 s … up to a minute (tenacity's schedule), so a
+    dispatcher that cannot start (a database it cannot open) is not started in a loop.
+
+    A thread of the server's process waits on the child; `stop` (the server stopping)
+    ends it, and no dispatcher starts after that. The child is started by posix_spawn,
+    not subprocess's fork and exec: that one reads a pipe until the child has exec'd,
+    and a gunicorn worker forked from this process meanwhile inherits the pipe and
+    holds it open for its whole life, so the keeper hung there and never saw its
+    dispatcher die (a test found it, one run in a few).
+    """
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.pid: int | None = None
+        self.thread = threading.Thread(target=self._keep, name="dispatcher-keeper", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, grace: float = 15) -> None:
+        """Start no other; SIGTERM the current one (it finishes its call in flight),
+        SIGKILL after `grace` seconds. The keeper thread reaps it."""
+        with self.lock:
+            self.stopping.set()
+            pid = self.pid
+        if self.thread.ident is None:
+            return
+        if pid is not None:
+            _signal(pid, signal.SIGTERM)
+        self.thread.join(grace)
+        with self.lock:
+            pid = self.pid
+        if pid is not None:
+            _signal(pid, signal.SIGKILL)
+            self.thread.join(5)
+
+    def _keep(self) -> None:
+        quick = retry_if_result(
+            lambda ran: ran < HEALTHY_RUN_SECONDS and not self.stopping.is_set()
+        )
+        while not self.stopping.is_set():
+            Retrying(
+                retry=quick | retry_if_exception_type(OSError),
+                wait=wait_exponential(multiplier=1, min=1, max=LONGEST_RESTART_WAIT),
+                sleep=self._pause,
+                before_sleep=_say_restart,
+            )(self._run_once)
+
+    def _pause(self, seconds: float) -> None:
+        self.stopping.wait(seconds)
+
+    def _run_once(self) -> float:
+        """One dispatcher, from start to exit: how long it ran, in seconds."""
+        from automation.cli.server import SERVER_PID_VARIABLE
+
+        with self.lock:
+            if self.stopping.is_set():
+                return HEALTHY_RUN_SECONDS
+            # It stops with this process even when this one is SIGKILLed.
+            env = os.environ | {SERVER_PID_VARIABLE: str(self.server_pid)}
+            command = [sys.executable, "-m", "automation", "dispatch"]
+            # Signals Python ignores go back to their defaults, as subprocess does.
+            restore = (signal.SIGPIPE, signal.SIGXFSZ)
+            self.pid = pid = os.posix_spawn(sys.executable, command, env, setsigdef=restore)
+        started = time.monotonic()
+        code = _wait(pid)
+        ran = time.monotonic() - started
+        with self.lock:
+            self.pid = None
+        if not self.stopping.is_set():
+            how = "for a reason unknown" if code is None else f"with code {code}"
+            log.error("the dispatcher (pid %s) exited %s after %.1f s", pid, how, ran)
+        return ran
+
+
+def _wait(pid: int) -> int | None:
+    """The child's exit code (negative: the signal that ended it), or None when
+    gunicorn's reaper (which waits for any child) took its status first."""
     try:
-        child.wait(grace)
-    except subprocess.TimeoutExpired:
-        child.kill()
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status)
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _say_restart(attempt: RetryCallState) -> None:
+    wait = attempt.upcoming_sleep
+    log.error(
+        "starting the dispatcher again in %.0f s (quick exit #%d)", wait, attempt.attempt_number
+    )
 
 
 def share_metrics_dir() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -210,6 +211,53 @@ def test_the_dispatcher_of_a_killed_server_stops_too(tmp_path: Path, rules_file:
     assert f"the server that started this dispatcher (pid {server.pid}) is gone" in (
         output.read_text()
     )
+
+
+def test_serve_starts_its_dispatcher_again_when_it_dies(tmp_path: Path, rules_file: Path) -> None:
+    """A dispatcher killed under `serve` (the OOM killer, a stray `kill -9`) left the web
+    server answering 200 while launches piled up unsent. `serve` starts another, says
+    so, and on SIGTERM stops the one it runs and starts no more. (On SQLite the new one
+    waits out DISPATCHER_DEAD_AFTER before it takes over from the dead one's row.)"""
+    from tests.gunicorn import children_of, command_line, free_port, wait_gone
+
+    port = free_port()
+    argv = [str(BIN / "automation"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+    output = tmp_path / "serve.log"
+
+    def dispatchers(at_least: int) -> list[int]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = [pid for pid in children_of(server.pid) if "dispatch" in command_line(pid)]
+            if output.read_text().count("dispatcher started") >= at_least and found:
+                return found
+            assert server.poll() is None, output.read_text()
+            time.sleep(0.1)
+        raise AssertionError(f"no dispatcher #{at_least}:\n{output.read_text()}")
+
+    with output.open("wb") as sink:
+        env = serve_env(tmp_path, rules_file) | {"DISPATCHER_DEAD_AFTER": "2"}
+        server = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=sink, stderr=sink)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", server, 60)
+        [first] = dispatchers(1)
+        os.kill(first, signal.SIGKILL)
+        [second] = dispatchers(2)
+        assert second != first
+        server.terminate()
+        server.wait(60)
+        assert wait_gone([second], 30), "the restarted dispatcher outlived the server"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+    log = output.read_text()
+    # Its status is gunicorn's if gunicorn's reaper (which waits for any child) was first:
+    assert re.search(
+        rf"the dispatcher \(pid {first}\) exited (with code -9|for a reason unknown) after ", log
+    )
+    assert "starting the dispatcher again in 1 s (quick exit #1)" in log
+    assert log.count("dispatcher started") == 2, log
+    assert f"the dispatcher (pid {second}) exited" not in log
 
 
 def test_a_dispatcher_stopped_while_waiting_for_another_exits_quietly(
