@@ -39,7 +39,12 @@ if TYPE_CHECKING:
 MAX_HOLDERS = 50
 
 _LEAD, _CONTACT = ENTITY_TYPE_CODES["lead"], ENTITY_TYPE_CODES["contact"]
-_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+#: Every key in one round trip, in the array's (sorted) order: PostgreSQL evaluates a
+#: volatile function of the target list after the ORDER BY.
+_LOCK = text(
+    "SELECT pg_advisory_xact_lock(key) "
+    "FROM unnest(CAST(:keys AS BIGINT[])) WITH ORDINALITY AS held(key, place) ORDER BY place"
+)
 
 
 def lock(connection: Connection, launches: Iterable[PlannedLaunch]) -> None:
@@ -55,8 +60,9 @@ def lock(connection: Connection, launches: Iterable[PlannedLaunch]) -> None:
         names.update(f"chat:{name}" for name in Chat.of(launch).lock_names())
         if launch.cooldown:
             names.add(f"cooldown:{launch.bot_id}:{launch.entity_type}:{launch.entity_id}")
-    for key in sorted(_key(name) for name in names):
-        connection.execute(_LOCK, {"key": key})
+    if names:
+        # One sorted order for every transaction: two never wait for each other's keys.
+        connection.execute(_LOCK, {"keys": sorted(_key(name) for name in names)})
 
 
 def _key(name: str) -> int:
