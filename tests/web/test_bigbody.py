@@ -299,7 +299,8 @@ def test_a_dispatcher_killed_mid_expansion_leaves_the_rest_to_the_next_with_no_l
     cut = progress(sessions, delivery_id)
     assert cut.finished_at is None and cut.launches_done < 30_000
 
-    # A dispatcher started after it takes the stale claim over (DISPATCHER_DEAD_AFTER).
+    # The dispatcher serve starts again, and one started by hand, wait for its heartbeat
+    # and its claim to go stale (DISPATCHER_DEAD_AFTER); one of them takes the claim over.
     env = serve_env(database_url, leads_rules)
     successor = subprocess.Popen([AUTOMATION, "dispatch"], cwd=ROOT, env=env)
     try:
@@ -310,7 +311,7 @@ def test_a_dispatcher_killed_mid_expansion_leaves_the_rest_to_the_next_with_no_l
 
     assert launches_of(sessions, delivery_id) == (30_000, 30_000)
     finished = progress(sessions, delivery_id)
-    assert finished.claims == 2 and finished.launches_done == 30_000
+    assert finished.claims >= 2 and finished.launches_done == 30_000
     with sessions() as session:
         stored = session.get(Delivery, delivery_id)
         assert stored is not None
