@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from automation.dispatch import expander as expanding
 from automation.dispatch.expander import Expander
+from automation.dispatch.loop import build as build_dispatcher
 from automation.errors import ClaimLost
 from automation.rules.load import load_rules
 from automation.store import queue, versions
@@ -287,3 +288,16 @@ def test_vitals_count_what_waits_and_since_when_and_the_expansion_tells_its_prog
 
     assert waiting() == (0, None)
     assert shown(delivery_id).endswith(": 5 of 5 launches planned")
+
+
+def test_dispatch_once_expands_what_is_queued_then_sends_its_launches(
+    sessions: sessionmaker[Session],
+    enqueue: Callable[..., int],
+    make_settings: Callable[..., Any],
+) -> None:
+    delivery_id = enqueue(leads_form(150))
+
+    stats = build_dispatcher(make_settings(dry_run=True), sessions).run(once=True)
+
+    assert delivery(sessions, delivery_id).status is DeliveryStatus.ACCEPTED
+    assert stats.dry_run == 150  # the launches it expanded went out in the same run
