@@ -159,8 +159,9 @@ class Expander:
             at, seconds = self._chunk(claim, work, at, size)
             size = self._next_size(size, seconds)
             self.stopping.wait(seconds * self.pause_share)
+        totals = (work.events, len(work.planned))
         with self.sessions.begin() as session:
-            queue.finish(session.connection(), claim, at, work.status, utcnow())
+            queue.finish(session.connection(), claim, at, work.status, utcnow(), totals=totals)
 
     def _work(self, claim: Claim) -> Work:
         """Decode and judge the body as a replay would, with the stored rules version."""

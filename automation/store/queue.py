@@ -230,13 +230,19 @@ def finish(
     status: DeliveryStatus,
     now: datetime,
     error: str | None = None,
+    totals: tuple[int, int] | None = None,
 ) -> None:
     """End a claimed expansion: the delivery takes `status` (`accepted`,
-    `unrecognized` or `rejected` with `error`). Raises `ClaimLost` like `store_chunk`."""
-    _advance(connection, claim, at, now, at, finished=True, error=error)
-    connection.execute(
-        update(Delivery).where(Delivery.id == claim.delivery_id).values(status=status)
-    )
+    `unrecognized` or `rejected` with `error`) and `totals`, (events, planned
+    launches) of the whole body when it decoded: written here whatever the chunks
+    stored, since a body whose events name no entity and plan no launch stores none.
+    Raises `ClaimLost` like `store_chunk`."""
+    planned = None if totals is None else totals[1]
+    _advance(connection, claim, at, now, at, planned=planned, finished=True, error=error)
+    values: dict[str, object] = {"status": status}
+    if totals is not None:
+        values["event_count"] = totals[0]
+    connection.execute(update(Delivery).where(Delivery.id == claim.delivery_id).values(values))
 
 
 def release(connection: Connection, claim: Claim) -> None:

@@ -123,6 +123,22 @@ def test_a_queued_delivery_is_expanded_into_every_launch_once(
     assert expander(sessions).drain() == 0  # nothing is left to expand
 
 
+def test_an_expansion_that_stores_no_row_still_records_its_events_and_plan(
+    sessions: sessionmaker[Session], enqueue: Callable[..., int]
+) -> None:
+    # Added leads without an id: 300 events that name no entity and plan no launch.
+    fields = ["account[id]=30112233", "account[subdomain]=mybrand"]
+    fields += [f"leads[add][{i}][name]=lead{i}" for i in range(300)]
+    delivery_id = enqueue("&".join(fields).encode())
+
+    assert expander(sessions).drain() == 1
+
+    stored = delivery(sessions, delivery_id)
+    assert (stored.status, stored.event_count, stored.launch_count) == ("accepted", 300, 0)
+    row = queue_row(sessions, delivery_id)
+    assert row.finished_at is not None and (row.planned, row.launches_done) == (0, 0)
+
+
 def test_a_held_claim_is_not_taken_by_a_second_expander(
     sessions: sessionmaker[Session], enqueue: Callable[..., int]
 ) -> None:
