@@ -439,6 +439,12 @@ def recover_orphans(session: Session, live: Sequence[str], now: datetime) -> tup
     orphaned = Launch.status == LaunchStatus.SENDING
     if live:
         orphaned = orphaned & (Launch.claimed_by.is_(None) | Launch.claimed_by.not_in(live))
+    if session.get_bind().dialect.name == "postgresql":
+        # Lock them first. A dispatcher declared dead may be committing a call for some
+        # of them right now; an UPDATE that waited for its row locks would re-check the
+        # rows against the unfinished calls it read before that commit, and send back
+        # to `pending` what is in flight. Each statement below reads after the locks.
+        session.execute(select(Launch.id).where(orphaned).with_for_update())
     unfinished = select(ApiCall.id).where(ApiCall.finished_at.is_(None))
     in_unfinished_call = Launch.call_id.in_(unfinished)
     unclaimed = {"claimed_by": None, "claim_token": None, "updated_at": now}

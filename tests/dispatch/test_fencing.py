@@ -379,3 +379,49 @@ def test_the_loop_writes_every_accepted_answer_before_it_stops(
     with sessions() as session:
         unfinished = session.scalars(select(ApiCall.id).where(ApiCall.finished_at.is_(None)))
         assert list(unfinished) == []
+
+
+def test_recovery_waits_for_a_call_being_started_and_makes_it_uncertain(
+    database_url: str, sessions: sessionmaker[Session]
+) -> None:
+    """PostgreSQL: A, paused past DISPATCHER_DEAD_AFTER while waiting to resend half a
+    batch, resumes and starts its call just as B recovers A's launches. B's recovery
+    waits for A's row locks; once A commits, the launches are in a call without an
+    answer and must become `uncertain`. (Bare, B's UPDATE re-checked the rows against a
+    list of unfinished calls read before A's commit, put them back to `pending` and sent
+    them a second time: the chaos run's double send.)"""
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite runs one writer at a time: no interleaving to test")
+    add_launches(sessions, 2)
+    now = datetime.now(UTC)
+    with sessions.begin() as session:  # A's claim, from before its pause
+        held = outbox.claim_due(session, "a", now, limit=2)
+        assert held is not None
+    a_session = sessions()
+    outbox.start_call(a_session, held, ENDPOINT, now)  # A resumes: not committed yet
+    a_pid = a_session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar()
+
+    def recover() -> None:  # B: "a" has no registry row, so it counts as dead
+        with sessions.begin() as session:
+            outbox.recover_orphans(session, ["b"], datetime.now(UTC))
+
+    b = threading.Thread(target=recover)
+    b.start()
+    engine = make_engine(database_url)
+    try:
+        wait_for(lambda: _blocked_by(engine, a_pid))
+    finally:
+        engine.dispose()
+    a_session.commit()  # A's call row and its launches' call, committed
+    a_session.close()
+    b.join(10)
+
+    assert status_counts(sessions) == {"uncertain": 2}
+
+
+def _blocked_by(engine: object, pid: int) -> bool:
+    """Whether some session waits for a lock that backend `pid` holds."""
+    assert hasattr(engine, "connect")
+    with engine.connect() as connection:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"
+        return bool(connection.execute(text(query), {"pid": pid}).scalar())
