@@ -97,6 +97,10 @@ class Dispatcher:
         self._margin = timedelta(milliseconds=settings.amocrm_rate_margin_ms)
         #: When the request slot of the call about to be sent was granted.
         self._slot_at = utcnow()
+        #: Look at the budget before claiming (`budget.peek`), so that a wait for a
+        #: request slot does not claim and roll back; skipped while the slots come
+        #: free at once (a backlog drains), where the look is two queries per call.
+        self._look_first = True
         #: The last call's accepted answer, written with the next call's claim.
         self._accepted: _Accepted | None = None
         #: RETENTION_DAYS: a prune pass a day, one small batch per loop turn.
@@ -204,7 +208,7 @@ class Dispatcher:
         with self.sessions() as session:
             written = self._record_accepted(session)
             self.membership.check(session)
-            if not self.dry_run:
+            if not self.dry_run and self._look_first:
                 wait = budget.peek(session, self.settings.amocrm_max_rps, self._margin).wait
                 if wait > 0:
                     # Nothing due (a failed batch waits for the hold's end): say so, and
@@ -220,6 +224,7 @@ class Dispatcher:
                 return None
             batch, call_id = claimed
             wait = self._take_slot(session, call_id)
+            self._look_first = wait > 0
             if wait > 0:
                 session.rollback()  # the claim too: nothing is held while waiting,
                 self._write_accepted()  # but the last answer is written at once
