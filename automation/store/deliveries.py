@@ -58,6 +58,8 @@ class Expansion(Shape):
         done = f"{self.launches_done} of {total} launches planned"
         if self.finished_at is not None:
             return f"expanded at {_at(self.finished_at)}: {done}"
+        if self.claims == 0:
+            return f"queued, not started: waiting for a dispatcher (since {_at(self.queued_at)})"
         holder = f"claimed by {self.claimed_by}" if self.claimed_by else "waiting for a dispatcher"
         return f"queued at {_at(self.queued_at)}, expanding: {done} ({holder})"
 

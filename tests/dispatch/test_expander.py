@@ -298,7 +298,9 @@ def test_vitals_count_what_waits_and_since_when_and_the_expansion_tells_its_prog
     delivery_id = enqueue(leads_form(5))
     enqueue(leads_form(5))
     assert waiting() == (2, ARRIVED)
-    assert "expanding: 0 of ? launches planned (waiting for a dispatcher)" in shown(delivery_id)
+    assert shown(delivery_id) == (
+        "queued, not started: waiting for a dispatcher (since 2026-12-07 05:00:00Z)"
+    )
 
     expander(sessions).drain()
 
