@@ -12,6 +12,10 @@ from automation.web.serving import mark_worker_dead
 #: The webhook secret masked in gunicorn's lines and, with LOG_FORMAT=json, every line
 #: of the master and of the workers a JSON object, as the server's own.
 logger_class = "automation.logs.GunicornLogger"
+#: No control socket (gunicorn >= 24): its one path per user, ~/.gunicorn/gunicorn.ctl,
+#: is shared by every gunicorn on the host and accepts reload and shutdown. Older
+#: gunicorns ignore the name.
+control_socket_disable = True
 
 
 def child_exit(server: object, worker: object) -> None:

@@ -249,11 +249,17 @@ class Settings(BaseSettings):
         ]
 
     def masked(self) -> dict[str, Any]:
-        """The settings as a dict with every secret replaced by `***`."""
+        """The settings as a dict with every secret replaced by `***`, and every other
+        value spelled as its variable takes it (`AMOCRM_TIMEOUT=3.05,10.0`, not a
+        Python tuple), so a line of `config show` can be pasted back."""
         shown: dict[str, Any] = {}
         for name, value in self.model_dump().items():
             if isinstance(value, SecretStr):
                 value = "***"
+            elif isinstance(value, tuple):
+                value = ",".join(str(part) for part in value)
+            elif isinstance(value, bool):
+                value = str(value).lower()
             shown[name.upper()] = value
         return shown
 

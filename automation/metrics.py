@@ -38,6 +38,7 @@ WEBHOOK_ENDPOINT = "webhooks.receive"
 WEBHOOK_OUTCOMES = (
     "accepted",
     "unrecognized",
+    "queued",
     "bad_request",
     "forbidden",
     "not_found",
@@ -61,6 +62,7 @@ ENQUEUE_RESULTS = ("pending", "skipped", "duplicate")
 WEBHOOKS = Counter(
     "automation_webhooks",
     "Webhook requests answered, by outcome: accepted or unrecognized (stored, 200), "
+    "queued (a large body stored raw, 200, expanded by a dispatcher), "
     "bad_request, forbidden, not_found (wrong secret), too_large, unsupported (content "
     "type), too_slow (408), unavailable (503: not configured or not stored), error (500)",
     ["outcome"],

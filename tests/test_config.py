@@ -250,3 +250,16 @@ def test_an_amocrm_secret_too_short_to_mask_is_warned_about_at_start(
         assert warnings[0].startswith(
             "AMOCRM_CLIENT_SECRET is shorter than 8 characters: too short to mask safely"
         )
+
+
+def test_every_value_config_show_prints_reads_back_as_the_same_setting() -> None:
+    """`config show` is where an operator copies a setting from: a line pasted into the
+    environment must mean what it showed (AMOCRM_TIMEOUT once printed a Python tuple,
+    `(3.05, 10.0)`, which the setting refuses)."""
+    given = {"AMOCRM_TIMEOUT": "2.5,20", "DRY_RUN": "false", "AMOCRM_SUBDOMAIN": "shop"}
+    settings = load_settings(given)
+    shown = settings.masked()
+    pasted = {name: str(value) for name, value in shown.items() if value not in (None, "***")}
+
+    assert shown["AMOCRM_TIMEOUT"] == "2.5,20.0"
+    assert load_settings(pasted).masked() == shown

@@ -192,13 +192,22 @@ def test_a_setting_without_a_row_or_with_a_wrong_default_is_reported() -> None:
 
 def test_every_variable_in_the_configuration_tables_exists() -> None:
     """A documented variable the code does not read is a trap (a typo, a removed one)."""
-    process_only = {"PROMETHEUS_MULTIPROC_DIR", "TEST_DATABASE_URL"}
+    process_only = {"PROMETHEUS_MULTIPROC_DIR", "TEST_DATABASE_URL", "WEB_THREADS"}
     text = CONFIGURATION.read_text(encoding="utf-8")
     documented = {
         row[0].strip("`") for row in table_rows(text) if re.fullmatch(r"`[A-Z0-9_]+`", row[0])
     }
 
     assert documented - set(env_names()) == process_only
+    assert _serve_option_variable("--threads") == "WEB_THREADS"
+
+
+def _serve_option_variable(option: str) -> str | None:
+    """The variable a `serve` option reads (click's envvar), for the table's own rows."""
+    from automation.cli.server import serve
+
+    [param] = [p for p in serve.params if option in p.opts]
+    return param.envvar if isinstance(param.envvar, str) else None
 
 
 # ---------------------------------------------------------------------- commands

@@ -74,6 +74,7 @@ def run_server(
 
     def when_ready(_arbiter: Any) -> None:
         if with_dispatcher:
+            keeper.stop_with_server()
             keeper.start()
         on_ready()
 
@@ -89,6 +90,11 @@ def run_server(
             "timeout": 30,
             "graceful_timeout": 10,
         }
+        if "control_socket_disable" in gunicorn_settings():
+            # gunicorn >= 24 listens on a control socket at one path for every gunicorn
+            # of the user (~/.gunicorn/gunicorn.ctl), which accepts reload, worker add
+            # and shutdown: the last server started takes it over from the others.
+            options["control_socket_disable"] = True
         _Gunicorn(options | hooks | {"logger_class": GunicornLogger}).run()
     finally:
         # A worker leaves gunicorn's loop by SystemExit through here too: only the
@@ -130,6 +136,24 @@ class DispatcherKeeper:
 
     def start(self) -> None:
         self.thread.start()
+
+    def stop_with_server(self) -> None:
+        """From now on, a SIGTERM, SIGINT or SIGQUIT for the server means its dispatcher
+        will stop too. Ctrl-C in a terminal and systemd's stop signal the whole group, so
+        the dispatcher usually stops before `stop` is called: without this it looked
+        like a crash (an ERROR and a restart scheduled). Wraps gunicorn's handlers,
+        which must be installed already (they are by `when_ready`)."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            previous = signal.getsignal(signum)
+            if callable(previous):
+                signal.signal(signum, self._stopping_handler(previous))
+
+    def _stopping_handler(self, previous: Callable[[int, Any], Any]) -> Callable[[int, Any], None]:
+        def handler(signum: int, frame: Any) -> None:
+            self.stopping.set()
+            previous(signum, frame)
+
+        return handler
 
     def stop(self, grace: float = 15) -> None:
         """Start no other; SIGTERM the current one (it finishes its call in flight),
@@ -207,6 +231,13 @@ def _say_restart(attempt: RetryCallState) -> None:
     log.error(
         "starting the dispatcher again in %.0f s (quick exit #%d)", wait, attempt.attempt_number
     )
+
+
+def gunicorn_settings() -> dict[str, Any]:
+    """The settings this gunicorn knows (they vary across versions)."""
+    from gunicorn.config import Config
+
+    return dict(Config().settings)
 
 
 def share_metrics_dir() -> str:

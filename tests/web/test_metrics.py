@@ -31,6 +31,7 @@ from automation.web import serving
 from tests.conftest import incoming_message
 from tests.fake_amocrm import ACCESS_TOKEN, FakeAmoCRM
 from tests.launches import add_launches
+from tests.web.test_bigbody import leads_form
 from tests.web.test_serving import BIN, ROOT, free_port, server_env, wait_healthy
 
 FORM = "application/x-www-form-urlencoded"
@@ -148,6 +149,8 @@ def test_each_webhook_answer_is_counted_under_its_outcome(
             environ_overrides={"CONTENT_LENGTH": "10"},
         )
         assert stalled.status_code == 408
+    roomy = make_app(make_settings(amocrm_account_id=30112233)).test_client()
+    assert post(roomy, leads_form(10_001)).json["status"] == "queued"
     unconfigured = make_app(make_settings(webhook_secret=None)).test_client()
     assert post(unconfigured, webhook_body("status_lead")).status_code == 503
     monkeypatch.setattr("automation.web.webhooks.store", _broken_store)
@@ -161,7 +164,7 @@ def test_each_webhook_answer_is_counted_under_its_outcome(
     }
     assert grew == dict.fromkeys(metrics.WEBHOOK_OUTCOMES, 1.0)
     timed = "automation_webhook_duration_seconds_count"
-    assert value(after, timed) - value(before, timed) == 10
+    assert value(after, timed) - value(before, timed) == 11
 
 
 def _broken_store(*args: Any) -> Any:

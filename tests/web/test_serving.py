@@ -260,6 +260,44 @@ def test_serve_starts_its_dispatcher_again_when_it_dies(tmp_path: Path, rules_fi
     assert f"the dispatcher (pid {second}) exited" not in log
 
 
+def test_ctrl_c_stops_serve_and_its_dispatcher_quietly(tmp_path: Path, rules_file: Path) -> None:
+    """Ctrl-C in a terminal (and systemd's stop) signals the whole process group, so the
+    dispatcher stops before `serve` stops it; that is no crash: no ERROR, no restart.
+    And no gunicorn control socket: one path for every gunicorn on the host."""
+    from tests.gunicorn import children_of, command_line, free_port, wait_gone
+
+    port = free_port()
+    argv = [str(BIN / "automation"), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+    output = tmp_path / "serve.log"
+    with output.open("wb") as sink:
+        server = subprocess.Popen(
+            argv,
+            cwd=tmp_path,
+            env=serve_env(tmp_path, rules_file),
+            stdout=sink,
+            stderr=sink,
+            start_new_session=True,  # its own process group, as a terminal gives it
+        )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", server, 60)
+        while "dispatcher started" not in output.read_text():
+            assert server.poll() is None, output.read_text()
+            time.sleep(0.1)
+        family = children_of(server.pid)
+        assert any("dispatch" in command_line(pid) for pid in family)
+        os.killpg(server.pid, signal.SIGINT)
+        assert server.wait(60) == 0, output.read_text()
+        assert wait_gone(family, 30), "a child outlived serve"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+    log = output.read_text()
+    assert "dispatcher stopped" in log
+    assert " ERROR " not in log and "again" not in log, log
+    assert "Control socket" not in log
+
+
 def test_a_dispatcher_stopped_while_waiting_for_another_exits_quietly(
     tmp_path: Path, rules_file: Path
 ) -> None:
