@@ -30,6 +30,12 @@ class Vitals:
     #: Large deliveries stored raw whose launches are not expanded yet (`store.queue`).
     queued: int = 0
     oldest_queued: datetime | None = None
+    #: Of those no dispatcher holds: since when the longest-waiting one has waited for
+    #: one (its arrival, or when its last holder let go of it or stored its last chunk).
+    unclaimed_since: datetime | None = None
+    #: Of those a dispatcher holds: the oldest last progress (`claimed_at` moves with
+    #: every chunk stored), so a big body still making progress is not stalled.
+    stalled_since: datetime | None = None
 
 
 def read_vitals(session: Session, now: datetime) -> Vitals:
@@ -37,6 +43,9 @@ def read_vitals(session: Session, now: datetime) -> Vitals:
     `ix_delivery_queue_waiting`, MAX over two indexed columns."""
     due = (Launch.status == LaunchStatus.PENDING, Launch.not_before <= now)
     waiting = QueuedDelivery.finished_at.is_(None)
+    unclaimed = (waiting, QueuedDelivery.claim_token.is_(None))
+    held = (waiting, QueuedDelivery.claim_token.is_not(None))
+    since = func.coalesce(QueuedDelivery.claimed_at, QueuedDelivery.queued_at)
     row = session.execute(
         select(
             select(func.count()).select_from(Launch).where(*due).scalar_subquery(),
@@ -45,9 +54,13 @@ def read_vitals(session: Session, now: datetime) -> Vitals:
             select(func.max(Delivery.received_at)).scalar_subquery(),
             select(func.count()).select_from(QueuedDelivery).where(waiting).scalar_subquery(),
             select(func.min(QueuedDelivery.queued_at)).where(waiting).scalar_subquery(),
+            select(func.min(since)).where(*unclaimed).scalar_subquery(),
+            select(func.min(QueuedDelivery.claimed_at)).where(*held).scalar_subquery(),
         )
     ).one()
-    return Vitals(int(row[0] or 0), row[1], row[2], row[3], int(row[4] or 0), row[5])
+    return Vitals(
+        int(row[0] or 0), row[1], row[2], row[3], int(row[4] or 0), row[5], row[6], row[7]
+    )
 
 
 def last_webhook_at(session: Session) -> datetime | None:

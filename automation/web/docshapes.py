@@ -82,10 +82,15 @@ class HealthDispatch(_Doc):
     last_heartbeat_at: datetime | None
     due_launches: int
     oldest_due_at: datetime | None
-    #: Large webhooks stored raw whose launches are not expanded yet, the oldest's
-    #: arrival, and whether it waits longer than 2 minutes (then `degraded`).
+    #: Large webhooks stored raw whose launches are not expanded yet, and the oldest's
+    #: arrival.
     queued_deliveries: int
     oldest_queued_at: datetime | None
+    #: Of those no dispatcher holds, since when the longest-waiting one has waited.
+    queued_unclaimed_since: datetime | None
+    #: Of those being expanded, the oldest last progress (a chunk stored).
+    queued_progress_at: datetime | None
+    #: Either is more than 2 minutes ago (then `degraded`, the reason says which).
     queued_too_long: bool
     paused_until: datetime | None
     pause_reason: str | None

@@ -40,8 +40,9 @@ FAILURES = frozenset(
 )
 #: How far back `/healthz` looks at amoCRM calls.
 CALL_WINDOW = timedelta(minutes=5)
-#: A large webhook queued longer than this has not been expanded when it should have
-#: (an expansion of 40,000 leads takes well under a minute): degraded.
+#: A large webhook that no dispatcher has taken for this long, or whose expansion has
+#: stored no chunk for this long, is not being expanded: degraded. Not its whole time
+#: in the queue: a big body on PostgreSQL may take minutes while it makes progress.
 QUEUED_TOO_LONG = timedelta(minutes=2)
 
 
@@ -59,7 +60,7 @@ def healthz() -> tuple[Response, int]:
     body["dispatch"] = _dispatch(state, now) if reachable else {}
     body["amocrm"] = _amocrm(state, now) if reachable else {}
     unhealthy = _unhealthy(body, state)
-    degraded = [] if unhealthy else _degraded(body, state)
+    degraded = [] if unhealthy else _degraded(body, state, now)
     body["status"] = "unhealthy" if unhealthy else "degraded" if degraded else "ok"
     body["reasons"] = unhealthy or degraded
     return jsonify(body), 503 if unhealthy else 200
@@ -109,12 +110,17 @@ def _dispatch(state: Runtime, now: datetime) -> dict[str, Any]:
         "oldest_due_at": _iso(facts.oldest_due),
         "queued_deliveries": facts.queued,
         "oldest_queued_at": _iso(facts.oldest_queued),
-        "queued_too_long": bool(
-            facts.oldest_queued and now - facts.oldest_queued > QUEUED_TOO_LONG
-        ),
+        "queued_unclaimed_since": _iso(facts.unclaimed_since),
+        "queued_progress_at": _iso(facts.stalled_since),
+        "queued_too_long": _too_long(facts.unclaimed_since, now)
+        or _too_long(facts.stalled_since, now),
         "paused_until": _iso(hold.hold_until) if hold else None,
         "pause_reason": hold.hold_reason if hold else None,
     }
+
+
+def _too_long(since: datetime | None, now: datetime) -> bool:
+    return since is not None and now - since > QUEUED_TOO_LONG
 
 
 def _amocrm(state: Runtime, now: datetime) -> dict[str, Any]:
@@ -178,7 +184,7 @@ def _unhealthy(body: dict[str, Any], state: Runtime) -> list[str]:
     return reasons
 
 
-def _degraded(body: dict[str, Any], state: Runtime) -> list[str]:
+def _degraded(body: dict[str, Any], state: Runtime, now: datetime) -> list[str]:
     """Why launches are not going out as they should, while webhooks are stored."""
     dispatch, amocrm, rules = body["dispatch"], body["amocrm"], body["rules"]
     reasons = []
@@ -189,7 +195,7 @@ def _degraded(body: dict[str, Any], state: Runtime) -> list[str]:
     if dispatch.get("due_launches") and not dispatch.get("live_dispatchers"):
         reasons.append(_no_dispatcher_reason(dispatch, state.settings.dispatcher_dead_after))
     if dispatch.get("queued_too_long"):
-        reasons.append(_queued_reason(dispatch))
+        reasons += _queued_reasons(dispatch, now)
     if rules["last_error"]:
         reasons.append(
             f"the rules file is broken; the last good rules (loaded {rules['loaded_at']}) "
@@ -228,13 +234,26 @@ def _no_dispatcher_reason(dispatch: dict[str, Any], dead_after: float) -> str:
     )
 
 
-def _queued_reason(dispatch: dict[str, Any]) -> str:
-    minutes = QUEUED_TOO_LONG.total_seconds() / 60
-    return (
-        f"{dispatch['queued_deliveries']} large webhook(s) queued and not expanded into "
-        f"launches, the oldest since {dispatch['oldest_queued_at']} (more than {minutes:g} "
-        "minutes): a dispatcher expands them; see `automation deliveries list --status queued`"
-    )
+def _queued_reasons(dispatch: dict[str, Any], now: datetime) -> list[str]:
+    """Which it is: a large webhook no dispatcher takes, or one whose expansion stalled."""
+    minutes = f"{QUEUED_TOO_LONG.total_seconds() / 60:g} minutes"
+    reasons = []
+    unclaimed, progress = dispatch["queued_unclaimed_since"], dispatch["queued_progress_at"]
+    if unclaimed and _too_long(datetime.fromisoformat(unclaimed), now):
+        reasons.append(
+            f"a large webhook has been queued and not taken by any dispatcher for more than "
+            f"{minutes} (waiting since {unclaimed}; {dispatch['queued_deliveries']} queued in "
+            "all): start `automation dispatch` or `automation serve`; see "
+            "`automation deliveries list --status queued`"
+        )
+    if progress and _too_long(datetime.fromisoformat(progress), now):
+        reasons.append(
+            f"a large webhook's expansion has made no progress for more than {minutes} "
+            f"(its last chunk stored at {progress}): its dispatcher died or stalled, and "
+            "another takes it over after DISPATCHER_DEAD_AFTER; see "
+            "`automation deliveries list --status queued`"
+        )
+    return reasons
 
 
 def _pause(dispatch: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +165,9 @@ def test_healthz_is_degraded_while_a_large_webhook_waits_more_than_2_minutes(
     assert health["status"] == "degraded"
     assert health["dispatch"]["queued_deliveries"] == 1
     assert health["dispatch"]["queued_too_long"] is True
-    assert any("1 large webhook(s) queued" in reason for reason in health["reasons"])
+    assert health["dispatch"]["queued_progress_at"] is None
+    (reason,) = [r for r in health["reasons"] if "large webhook" in r]
+    assert "not taken by any dispatcher for more than 2 minutes" in reason
 
     Expander(
         queued_app.extensions["automation"].sessions, lambda: "d", timedelta(seconds=30), "x"
@@ -173,6 +175,50 @@ def test_healthz_is_degraded_while_a_large_webhook_waits_more_than_2_minutes(
     health = queued_app.test_client().get("/healthz").json
     assert health["dispatch"]["queued_deliveries"] == 0
     assert not any("queued" in reason for reason in health["reasons"])
+
+
+def hold(app: Any, progress_ago: timedelta) -> None:
+    """A dispatcher holds the queued delivery; its last chunk was `progress_ago`."""
+    with app.extensions["automation"].sessions.begin() as session:
+        row = session.get(QueuedDelivery, app.delivery_id)
+        row.claim_token, row.claimed_by, row.claims = "t" * 32, "d1", 1
+        row.claimed_at = datetime.now(UTC) - progress_ago
+
+
+def test_healthz_is_ok_while_a_large_webhook_queued_long_ago_makes_progress(
+    queued_app: Any,
+) -> None:
+    hold(queued_app, timedelta(seconds=5))  # queued 3 minutes ago, a chunk 5 s ago
+
+    health = queued_app.test_client().get("/healthz").json
+
+    assert health["dispatch"]["queued_too_long"] is False
+    assert health["dispatch"]["queued_unclaimed_since"] is None
+    assert not any("large webhook" in reason for reason in health["reasons"])
+
+
+def test_healthz_is_degraded_when_a_large_webhooks_expansion_makes_no_progress(
+    queued_app: Any,
+) -> None:
+    hold(queued_app, timedelta(minutes=2, seconds=10))
+
+    health = queued_app.test_client().get("/healthz").json
+
+    assert health["status"] == "degraded" and health["dispatch"]["queued_too_long"] is True
+    (reason,) = [r for r in health["reasons"] if "large webhook" in r]
+    assert "expansion has made no progress for more than 2 minutes" in reason
+
+
+def test_healthz_counts_a_released_webhooks_wait_from_its_release(queued_app: Any) -> None:
+    hold(queued_app, timedelta(seconds=5))
+    with queued_app.extensions["automation"].sessions.begin() as session:
+        row = session.get(QueuedDelivery, queued_app.delivery_id)
+        row.claim_token = row.claimed_by = None  # let go of by a stopping dispatcher
+
+    health = queued_app.test_client().get("/healthz").json
+
+    assert health["dispatch"]["queued_too_long"] is False
+    assert health["dispatch"]["queued_unclaimed_since"] is not None
 
 
 def test_metrics_gauge_the_queued_webhooks_and_the_oldest_ones_age(queued_app: Any) -> None:
