@@ -75,7 +75,12 @@ class Membership:
             if not wait:
                 raise NotAlone(message)
             if time.monotonic() - said_at > 60:
-                log.warning("%s Waiting for it to stop", message)
+                log.warning(
+                    "%s Waiting for it to stop, or for its heartbeat to be older than "
+                    "DISPATCHER_DEAD_AFTER=%gs (then it is dead: a killed one takes that long)",
+                    message,
+                    self.dead_after.total_seconds(),
+                )
                 said_at = time.monotonic()
             if self._wait(1):
                 raise NotAlone(message)

@@ -320,8 +320,12 @@ def test_a_dispatcher_stopped_while_waiting_for_another_exits_quietly(
             text=True,
         )
         assert second.stderr is not None
-        while "Waiting for it to stop" not in second.stderr.readline():
+        said = ""
+        while "Waiting for it to stop" not in said:
             assert second.poll() is None, "the second dispatcher exited"
+            said = second.stderr.readline()
+        # How long a killed one holds it up, since it cannot say it stopped:
+        assert "or for its heartbeat to be older than DISPATCHER_DEAD_AFTER=30s" in said
         second.send_signal(signal.SIGTERM)
         out, err = second.communicate(timeout=30)
     finally:
