@@ -520,6 +520,11 @@ class Dispatcher:
         """
         self._write_accepted()  # a half accepted before this one
         while True:
+            if self._stopping.is_set():
+                # SIGTERM lets the call in flight finish, not the calls a bisect or a
+                # token refresh still has in mind: up to a dozen more at the rate limit.
+                self._give_back(batch, "not sent: the dispatcher stopped; sent again later")
+                return
             try:
                 with self.sessions() as session:
                     self.membership.check(session)

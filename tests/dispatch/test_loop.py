@@ -144,6 +144,36 @@ def test_success_false_is_bisected_until_the_refused_launch_is_alone(
     assert [len(call.body) for call in fake.salesbot_calls()] == [4, 2, 2]
 
 
+def test_a_dispatcher_stopping_mid_bisect_sends_no_more_halves(
+    live_settings: Settings,
+    sessions: sessionmaker[Session],
+    fake: FakeAmoCRM,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM finishes the call in flight. A refused batch of 100 bisected to the end
+    is a dozen more calls at the rate limit, longer than `serve` waits before SIGKILL:
+    the halves go back to `pending` (their call was answered: nothing reached a bot)."""
+    add_launches(sessions, 4)
+    fake.refuse_next(1)
+    worker = make(live_settings, sessions)
+    isolate = worker._isolate
+
+    def stopped_meanwhile(batch: Any, result: Any) -> None:
+        worker.stop()  # the SIGTERM arrives while the refusal is being read
+        isolate(batch, result)
+
+    monkeypatch.setattr(worker, "_isolate", stopped_meanwhile)
+    worker.run(once=True)
+
+    assert [len(call.body) for call in fake.salesbot_calls()] == [4]
+    assert statuses(sessions) == {"pending": 4}
+    assert {launch.reason for launch in launches(sessions)} == {
+        "not sent: the dispatcher stopped; sent again later"
+    }
+    make(live_settings, sessions).run(once=True)  # the next one bisects them anew
+    assert statuses(sessions) == {"sent": 4}
+
+
 def test_a_single_refused_launch_fails_with_amocrms_answer(
     live_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
 ) -> None:
