@@ -366,6 +366,16 @@ class Dispatcher:
             excerpt=result.body_excerpt,
         )
         done = outbox.settle(session, accepted.batch, LaunchStatus.SENT, at, "accepted by amoCRM")
+        if done < len(accepted.batch):
+            late = outbox.accepted_late(session, accepted.batch, accepted.call_id, at)
+            if late:
+                log.warning(
+                    "call=%s accepted after this dispatcher was declared dead: %s launches "
+                    "recovery had made uncertain are sent",
+                    accepted.call_id,
+                    late,
+                )
+            done += late
         budget.succeeded(session, at)
         return done
 

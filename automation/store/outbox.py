@@ -341,6 +341,39 @@ def settle(
     return moved
 
 
+def accepted_late(session: Session, batch: Batch, call_id: int, now: datetime) -> int:
+    """Launches of `call_id` that recovery made `uncertain` (this dispatcher stalled past
+    DISPATCHER_DEAD_AFTER with the request in flight) become `sent` when the call's 202
+    arrives after all: the uncertainty is gone. Only while they are still `uncertain`,
+    unclaimed and in that call, so a launch an operator retried meanwhile is left alone.
+    Returns how many moved."""
+    params = {"ids": batch.ids, "call": call_id, "now_": now, "why": ACCEPTED_LATE}
+    return _ACCEPTED_LATE.execute(session.connection(), params)
+
+
+ACCEPTED_LATE = (
+    "accepted by amoCRM: the answer came after this dispatcher was declared dead, "
+    "which had made the launch uncertain"
+)
+_ACCEPTED_LATE = CompiledStatement(
+    lambda dialect: (
+        update(Launch)
+        .where(
+            in_ids(Launch.id.expression, dialect),
+            _status(dialect) == LaunchStatus.UNCERTAIN,
+            Launch.call_id == bindparam("call"),
+            Launch.claimed_by.is_(None),
+        )
+        .values(
+            status=LaunchStatus.SENT,
+            settled_at=bindparam("now_"),
+            updated_at=bindparam("now_"),
+            reason=bindparam("why", type_=Launch.reason.type),
+        )
+    )
+)
+
+
 def _settle(dialect: str, with_error: bool) -> Update:
     values: dict[str, Any] = {
         "status": bindparam("new_status", type_=Launch.status.type),

@@ -360,8 +360,44 @@ def test_a_crash_before_an_accepted_answer_is_written_leaves_its_call_uncertain(
         reasons = set(session.scalars(select(Launch.reason).where(Launch.status == "uncertain")))
     assert reasons == {"uncertain: the dispatcher stopped while its request was in flight"}
 
-    a._write_accepted()  # A's answer, written late (a stall, not a crash), moves nothing
-    assert status_counts(sessions) == {"uncertain": 100, "sent": 50}
+    # Had A only stalled (no crash), its answer, written late, ends the uncertainty:
+    # amoCRM accepted those 100, once. Nothing is sent again either way.
+    a._write_accepted()
+    assert status_counts(sessions) == {"sent": 150}
+    with sessions() as session:
+        late = session.scalars(select(Launch.reason).where(Launch.reason == outbox.ACCEPTED_LATE))
+        assert len(list(late)) == 100
+    assert len(fake.salesbot_calls()) == 2
+
+
+def test_an_answer_late_past_dead_after_is_sent_not_uncertain_nor_resent(
+    slow_settings: Settings, sessions: sessionmaker[Session], fake: FakeAmoCRM
+) -> None:
+    """A's request is in flight when A stalls past DISPATCHER_DEAD_AFTER: recovery
+    makes its launches `uncertain` (amoCRM may have started the bots). Then A's 202
+    arrives: they were started, once; the log says `sent`, not `uncertain`."""
+    add_launches(sessions, 5)
+    fake.stall_next(1, seconds=3)  # processed at once, answered 3 s later
+    a = dispatch.build(slow_settings, sessions, read_timeout=10)
+    a._register(wait=False)
+
+    def recovered_meanwhile() -> None:
+        while status_counts(sessions).get("sending") != 5 or not fake.salesbot_calls():
+            time.sleep(0.01)
+        declare_dead(sessions, a.id)
+        with sessions.begin() as session:
+            assert outbox.recover_orphans(session, ["b"], datetime.now(UTC)) == (0, 5)
+
+    b = threading.Thread(target=recovered_meanwhile)
+    b.start()
+    a.step()
+    b.join()
+    a._write_accepted()
+
+    assert status_counts(sessions) == {"sent": 5}
+    assert max(received(fake).values()) == 1 and len(fake.salesbot_calls()) == 1
+    with sessions() as session:
+        assert set(session.scalars(select(Launch.reason))) == {outbox.ACCEPTED_LATE}
 
 
 def test_the_loop_writes_every_accepted_answer_before_it_stops(
