@@ -68,12 +68,33 @@ def deliveries_list(
 @deliveries_group.command("show")
 @click.argument("delivery_id", metavar="ID", type=ID)
 @click.option("--current", is_flag=True, help="Judge with today's rules file instead.")
+@click.option(
+    "--events",
+    "window",
+    metavar="FROM:TO",
+    callback=lambda _ctx, _param, value: _window(value),
+    help="Show events FROM to TO-1 (counting from 0) and launches in the same window; "
+    "default 0:50.",
+)
+@click.option("--event", "event", type=click.IntRange(min=0), help="Show event N alone.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for scripts.")
-def deliveries_show(delivery_id: int, current: bool, as_json: bool) -> None:
-    """Why delivery ID started the bots it did: every event, every rule on its type
+def deliveries_show(
+    delivery_id: int,
+    current: bool,
+    window: tuple[int, int] | None,
+    event: int | None,
+    as_json: bool,
+) -> None:
+    """Why delivery ID started the bots it did: each event, every rule on its type
     (matched or why not), judged with the rules version that judged it on arrival;
-    then its launches. Writes nothing."""
-    explanation = load_explanation(delivery_id, use_current=current)
+    then its launches. The first 50 events are shown, and every event counted by
+    verdict. Writes nothing."""
+    if event is not None:
+        window = (event, event + 1)
+    offset, end = window or (0, 50)
+    explanation = load_explanation(
+        delivery_id, use_current=current, offset=offset, limit=end - offset
+    )
     if as_json:
         click.echo(explanation.model_dump_json())
     else:
@@ -82,14 +103,32 @@ def deliveries_show(delivery_id: int, current: bool, as_json: bool) -> None:
         click.echo("\n".join(describe_explanation(explanation)))
 
 
-def load_explanation(delivery_id: int, *, use_current: bool = False) -> DeliveryExplanation:
-    """The explanation, or a clean CLI error when the delivery is not stored."""
+def _window(value: str | None) -> tuple[int, int] | None:
+    """`FROM:TO` as (from, to), to past from."""
+    if value is None:
+        return None
+    first, colon, end = value.partition(":")
+    if not (colon and first.isdigit() and end.isdigit() and int(first) < int(end)):
+        raise click.BadParameter(f"expected FROM:TO with 0 <= FROM < TO, got {value!r}")
+    return int(first), int(end)
+
+
+def load_explanation(
+    delivery_id: int, *, use_current: bool = False, offset: int = 0, limit: int = 50
+) -> DeliveryExplanation:
+    """The explanation (events `offset` to `offset + limit - 1`), or a clean CLI error
+    when the delivery is not stored."""
     from automation.cli.common import rules_path
     from automation.store.explain import explain_delivery
 
     with command_sessions(read_only=True)() as session:
         explanation = explain_delivery(
-            session, delivery_id, lambda: command_rules(rules_path()), use_current=use_current
+            session,
+            delivery_id,
+            lambda: command_rules(rules_path()),
+            use_current=use_current,
+            offset=offset,
+            limit=limit,
         )
     if explanation is None:
         raise click.ClickException(f"delivery #{delivery_id}: not stored (never, or pruned since)")

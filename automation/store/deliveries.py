@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import ColumnElement, select, tuple_
+from sqlalchemy import ColumnElement, func, select, tuple_
 from sqlalchemy.orm import Session, defer
 
 from automation.store.models import Delivery, DeliveryEntity, QueuedDelivery
@@ -81,7 +81,9 @@ class DeliveryRow(Shape):
     account_id: int | None
     #: The rules version that judged it; None if stored before versions were recorded.
     rules_version_id: int | None
+    #: The first ENTITIES_SHOWN entities it names; `more_entities` counts the rest.
     entities: list[EntityRef]
+    more_entities: int = 0
     #: A large webhook stored raw: how its expansion into launches went (None for
     #: every other webhook).
     expansion: Expansion | None = None
@@ -128,7 +130,7 @@ def list_deliveries(session: Session, query: DeliveryQuery) -> DeliveryPage:
     page, more = found[: query.limit], len(found) > query.limit
     ids = [delivery.id for delivery in page]
     entities, expansions = entities_of(session, ids), expansions_of(session, ids)
-    rows = [_row(d, entities.get(d.id, []), expansions.get(d.id)) for d in page]
+    rows = [_row(d, entities.get(d.id), expansions.get(d.id)) for d in page]
     return DeliveryPage(deliveries=rows, next_cursor=str(page[-1].id) if more else None)
 
 
@@ -164,19 +166,45 @@ def _below(before_id: int) -> ColumnElement[bool]:
     return tuple_(Delivery.received_at, Delivery.id) < tuple_(anchor, before_id)
 
 
-def entities_of(session: Session, ids: Sequence[int]) -> dict[int, list[EntityRef]]:
-    """The entities each of these deliveries names, in a stable order."""
+#: Entities listed per delivery: a large webhook names tens of thousands.
+ENTITIES_SHOWN = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Named:
+    """The first entities a delivery names, and how many more there are."""
+
+    shown: list[EntityRef]
+    more: int
+
+
+def entities_of(
+    session: Session, ids: Sequence[int], shown: int = ENTITIES_SHOWN
+) -> dict[int, Named]:
+    """The first `shown` entities each of these deliveries names, in a stable order,
+    and the count of the others: one statement, numbered per delivery by a window."""
     if not ids:
         return {}
-    rows = session.execute(
-        select(DeliveryEntity.delivery_id, DeliveryEntity.entity_type, DeliveryEntity.entity_id)
-        .where(DeliveryEntity.delivery_id.in_(ids))
-        .order_by(DeliveryEntity.delivery_id, DeliveryEntity.entity_type, DeliveryEntity.entity_id)
+    e = DeliveryEntity
+    place = func.row_number().over(
+        partition_by=e.delivery_id, order_by=(e.entity_type, e.entity_id)
     )
-    found: dict[int, list[EntityRef]] = {}
-    for delivery_id, kind, entity_id in rows:
-        found.setdefault(delivery_id, []).append(EntityRef(type=kind, id=entity_id))
-    return found
+    total = func.count().over(partition_by=e.delivery_id)
+    numbered = (
+        select(e.delivery_id, e.entity_type, e.entity_id, place.label("place"), total.label("n"))
+        .where(e.delivery_id.in_(ids))
+        .subquery()
+    )
+    rows = session.execute(
+        select(numbered.c.delivery_id, numbered.c.entity_type, numbered.c.entity_id, numbered.c.n)
+        .where(numbered.c.place <= shown)
+        .order_by(numbered.c.delivery_id, numbered.c.place)
+    )
+    found: dict[int, Named] = {}
+    for delivery_id, kind, entity_id, count in rows:
+        named = found.setdefault(delivery_id, Named([], int(count) - shown))
+        named.shown.append(EntityRef(type=kind, id=entity_id))
+    return {key: Named(n.shown, max(0, n.more)) for key, n in found.items()}
 
 
 def expansions_of(session: Session, ids: Sequence[int]) -> dict[int, Expansion]:
@@ -219,7 +247,7 @@ def raw_body(session: Session, delivery_id: int) -> RawBody | None:
 
 
 def _row(
-    delivery: Delivery, entities: list[EntityRef], expansion: Expansion | None = None
+    delivery: Delivery, entities: Named | None, expansion: Expansion | None = None
 ) -> DeliveryRow:
     return DeliveryRow(
         id=delivery.id,
@@ -230,7 +258,8 @@ def _row(
         duplicates=delivery.duplicate_count,
         account_id=delivery.account_id,
         rules_version_id=delivery.rules_version_id,
-        entities=entities,
+        entities=entities.shown if entities else [],
+        more_entities=entities.more if entities else 0,
         expansion=expansion,
     )
 
@@ -241,7 +270,8 @@ def format_deliveries(rows: Sequence[DeliveryRow], shown: int = 3) -> list[str]:
     lines = [header]
     for row in rows:
         names = [f"{entity.type} {entity.id}" for entity in row.entities]
-        more = f" +{len(names) - shown}" if len(names) > shown else ""
+        hidden = len(names) - shown + row.more_entities
+        more = f" +{hidden}" if hidden > 0 else ""
         lines.append(
             (
                 str(row.id),

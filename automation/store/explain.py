@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import enum
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from automation.errors import PayloadError, RulesError
@@ -144,33 +145,70 @@ class LaunchMade(Shape):
     rules_version_id: int | None
 
 
+class VerdictCount(Shape):
+    """How many rule verdicts of every event of the body came out as `verdict`."""
+
+    verdict: Verdict
+    count: int
+
+
 class DeliveryExplanation(Shape):
-    """A delivery, the rules that judged it, every event's verdicts, its launches."""
+    """A delivery, the rules that judged it, a window of its events' verdicts and of
+    its launches (a large webhook has tens of thousands), and every event counted."""
 
     delivery: DeliveryRow
     rules: RulesUsed
     #: Why the body no longer decodes (then `events` is empty).
     decode_error: str | None
+    #: The events from the `offset`-th (0 = the first), at most `limit` of them.
     events: list[EventVerdicts]
+    #: The launches stored for it, by id, in the same window.
     launches: list[LaunchMade]
+    offset: int = 0
+    limit: int = 0
+    #: Events in the body and launches stored for it, all of them.
+    event_count: int = 0
+    launch_count: int = 0
+    #: Every event's rule verdicts counted by verdict, shown or not, most first.
+    verdicts: list[VerdictCount] = Field(default_factory=list)
+    #: Events that no rule listens to.
+    events_without_rules: int = 0
 
 
 CurrentRules = Callable[[], RuleSet]
 
+#: Events (and launches) an explanation shows unless asked for another window.
+EVENTS_SHOWN = 50
+#: Entities its text lists (the model carries `deliveries.ENTITIES_SHOWN`).
+ENTITIES_LISTED = 5
+
 
 def explain_delivery(
-    session: Session, delivery_id: int, current: CurrentRules, *, use_current: bool = False
+    session: Session,
+    delivery_id: int,
+    current: CurrentRules,
+    *,
+    use_current: bool = False,
+    offset: int = 0,
+    limit: int = EVENTS_SHOWN,
 ) -> DeliveryExplanation | None:
     """Explain the delivery, or None when it is not stored. `current` loads today's
-    rules file, only when the stored version cannot judge (or `use_current`)."""
+    rules file, only when the stored version cannot judge (or `use_current`).
+
+    Every event is judged (the counts by verdict cover them all), but only the window
+    of `limit` events from `offset` is spelled out, and the launches in the same window."""
     delivery = session.get(Delivery, delivery_id)
     if delivery is None:
         return None
     rules, used = judging_rules(session, delivery, current, use_current=use_current)
-    launches = list(
-        session.scalars(select(Launch).where(Launch.delivery_id == delivery_id).order_by(Launch.id))
+    mine = Launch.delivery_id == delivery_id
+    launches = session.scalars(
+        select(Launch).where(mine).order_by(Launch.id).offset(offset).limit(limit)
     )
-    events, decode_error = [], None
+    launch_count = session.scalar(select(func.count()).select_from(Launch).where(mine)) or 0
+    events, decode_error, event_count = [], None, 0
+    tally: Counter[Verdict] = Counter()
+    unheard = 0
     try:
         body, received_at = bytes(delivery.body), delivery.received_at
         payload = decode_body(body, delivery.content_type, received_at=received_at)
@@ -179,14 +217,25 @@ def explain_delivery(
     else:
         judged = [(event, rules.explain(event, delivery.received_at)) for event in payload.events]
         stored = _stored_launches(session, judged)
-        events = [_event(rules, delivery, event, d, stored) for event, d in judged]
-    entities = entities_of(session, [delivery.id]).get(delivery.id, [])
+        event_count = len(judged)
+        for place, (event, decisions) in enumerate(judged):
+            tally.update(_verdict_only(delivery, event, d, stored) for d in decisions)
+            unheard += not decisions
+            if offset <= place < offset + limit:
+                events.append(_event(rules, delivery, event, decisions, stored))
+    entities = entities_of(session, [delivery.id]).get(delivery.id)
     return DeliveryExplanation(
         delivery=_row(delivery, entities, expansions_of(session, [delivery.id]).get(delivery.id)),
         rules=used,
         decode_error=decode_error,
         events=events,
         launches=[_launch(launch) for launch in launches],
+        offset=offset,
+        limit=limit,
+        event_count=event_count,
+        launch_count=int(launch_count),
+        verdicts=[VerdictCount(verdict=v, count=n) for v, n in tally.most_common()],
+        events_without_rules=unheard,
     )
 
 
@@ -267,15 +316,40 @@ def _used(version: StoredVersion) -> RulesUsed:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What a verdict reads of a stored launch (a large webhook has tens of thousands:
+    plain rows, not ORM objects, are read)."""
+
+    id: int
+    delivery_id: int | None
+    event_group: str | None
+    event_index: int | None
+    status: LaunchStatus
+    reason: str | None
+    blocked_by: int | None
+
+
 def _stored_launches(
     session: Session, judged: list[tuple[Event, list[Decision]]]
-) -> dict[str, Launch]:
+) -> dict[str, Stored]:
     """The stored launches with the dedupe keys these decisions would use, by key."""
     keys = [dedupe_digest(d.launch) for _, ds in judged for d in ds if d.launch is not None]
     if not keys:
         return {}
-    found = session.scalars(select(Launch).where(Launch.dedupe_key.in_(keys)))
-    return {launch.dedupe_key: launch for launch in found}
+    found = session.execute(
+        select(
+            Launch.dedupe_key,
+            Launch.id,
+            Launch.delivery_id,
+            Launch.event_group,
+            Launch.event_index,
+            Launch.status,
+            Launch.reason,
+            Launch.blocked_by,
+        ).where(Launch.dedupe_key.in_(keys))
+    )
+    return {row[0]: Stored(*row[1:]) for row in found}
 
 
 def _event(
@@ -283,7 +357,7 @@ def _event(
     delivery: Delivery,
     event: Event,
     decisions: list[Decision],
-    stored: dict[str, Launch],
+    stored: dict[str, Stored],
 ) -> EventVerdicts:
     return EventVerdicts(
         index=event.index,
@@ -300,7 +374,7 @@ def _verdict(
     delivery: Delivery,
     event: Event,
     decision: Decision,
-    stored: dict[str, Launch],
+    stored: dict[str, Stored],
 ) -> RuleVerdict:
     why = decision.why
     if decision.launch is None:
@@ -329,6 +403,15 @@ def _verdict(
     )
 
 
+def _verdict_only(
+    delivery: Delivery, event: Event, decision: Decision, stored: dict[str, Stored]
+) -> Verdict:
+    """`_verdict`'s verdict alone, for counting every event's cheaply."""
+    if decision.launch is None:
+        return Verdict(decision.why.outcome.value)
+    return _launch_facts(delivery, event, stored.get(dedupe_digest(decision.launch)))[0]
+
+
 def _failures(rules: RuleSet, decision: Decision, event: Event) -> list[FailedCondition]:
     """Every failed top-level condition (matching stopped at the first)."""
     rule = next(rule for rule in rules.rules if rule.name == decision.rule)
@@ -346,7 +429,7 @@ def _failed(failure: Failure) -> FailedCondition:
 
 
 def _launch_facts(
-    delivery: Delivery, event: Event, launch: Launch | None
+    delivery: Delivery, event: Event, launch: Stored | None
 ) -> tuple[Verdict, int | None, int | None]:
     """What became of a planned launch: (verdict, its launch, a cooldown's earlier one)."""
     if launch is None:
@@ -383,7 +466,9 @@ def describe_explanation(explanation: DeliveryExplanation) -> list[str]:
     """The explanation as text, as `deliveries show` prints it and the console folds
     under its page: the delivery, the rules, each event and rule, its launches."""
     d = explanation.delivery
-    entities = ", ".join(f"{e.type} {e.id}" for e in d.entities) or "none"
+    entities = ", ".join(f"{e.type} {e.id}" for e in d.entities[:ENTITIES_LISTED]) or "none"
+    hidden = len(d.entities) - ENTITIES_LISTED + d.more_entities
+    entities += f" (+{hidden} more)" if hidden > 0 else ""
     lines = [
         f"delivery #{d.id} received {d.received_at:%Y-%m-%d %H:%M:%S}Z, {d.status.value}: "
         f"{d.events} event(s), {d.launches} launch(es), {d.duplicates} duplicate(s)",
@@ -400,8 +485,9 @@ def describe_explanation(explanation: DeliveryExplanation) -> list[str]:
         if not event.rules:
             lines.append(f"  no rules listen to {event.type}")
         lines += [f"  {line}" for verdict in event.rules for line in describe_verdict(verdict)]
+    lines += _window_lines(explanation)
     if not explanation.launches:
-        lines.append("launches: none")
+        lines.append("launches: none" if not explanation.launch_count else "launches: none here")
     for launch in explanation.launches:
         version = "-" if launch.rules_version_id is None else f"#{launch.rules_version_id}"
         lines.append(
@@ -409,7 +495,31 @@ def describe_explanation(explanation: DeliveryExplanation) -> list[str]:
             f"on {launch.entity or '?'} {launch.entity_id} (rules {version})"
             + (f": {launch.reason}" if launch.reason else "")
         )
+    if len(explanation.launches) < explanation.launch_count:
+        first = explanation.offset
+        lines.append(
+            f"launches {first}-{first + len(explanation.launches) - 1} shown of "
+            f"{explanation.launch_count} (by id, the same window as the events)"
+        )
     return lines
+
+
+def _window_lines(explanation: DeliveryExplanation) -> list[str]:
+    """When not every event is shown: which are, and every event counted by verdict."""
+    count, first = explanation.event_count, explanation.offset
+    if len(explanation.events) == count:
+        return []
+    shown = (
+        f"events {first}-{first + len(explanation.events) - 1}"
+        if explanation.events
+        else f"no event from {first}"
+    )
+    counts = ", ".join(f"{c.verdict.value} {c.count}" for c in explanation.verdicts) or "none"
+    return [
+        f"{shown} shown of {count} (see others with --events FROM:TO or --event N)",
+        f"all {count} events' rule verdicts: {counts}; "
+        f"{explanation.events_without_rules} event(s) no rule listens to",
+    ]
 
 
 def describe_verdict(verdict: RuleVerdict) -> list[str]:

@@ -19,7 +19,7 @@ from automation.errors import BadParameter
 from automation.limits import MAX_ID
 from automation.rules.load import RuleSet
 from automation.store.deliveries import DeliveryQuery, list_deliveries
-from automation.store.explain import explain_delivery
+from automation.store.explain import EVENTS_SHOWN, explain_delivery
 from automation.store.states import DeliveryStatus
 from automation.times import parse_api_moment
 from automation.web import api
@@ -68,15 +68,42 @@ def list_stored() -> Response:
         return api._json(list_deliveries(session, query))
 
 
+#: The query parameters of an explanation: its window of events (and launches).
+WINDOW_PARAMETERS = ("offset", "limit")
+#: More events than any body holds (MAX_BODY_BYTES caps it far below).
+MAX_OFFSET = 999_999_999
+
+
+def parse_window(args: MultiDict[str, str]) -> tuple[int, int]:
+    """`offset` (default 0) and `limit` (default EVENTS_SHOWN, at most MAX_LIMIT);
+    raise `BadParameter` naming the first bad one."""
+    for name in args:
+        if name not in WINDOW_PARAMETERS:
+            raise BadParameter(name, "unknown parameter; expected one of offset, limit")
+    offset = api._one(args, "offset", _offset)
+    limit = api._one(args, "limit", api._limit)
+    return offset or 0, EVENTS_SHOWN if limit is None else limit
+
+
+def _offset(text: str) -> int:
+    if not api._DIGITS.fullmatch(text) or int(text) > MAX_OFFSET:
+        raise ValueError(f"expected an integer from 0 to {MAX_OFFSET}, got {text!r}")
+    return int(text)
+
+
 @bp.get("/deliveries/<int:delivery_id>/explain")
 def explain(delivery_id: int) -> Response:
-    """Every event and every rule on its type, judged with the stored rules version
-    at the delivery's arrival; then its launches. Writes nothing."""
+    """Events `offset` to `offset + limit - 1` with every rule on their type, judged
+    with the stored rules version at the delivery's arrival, every event counted by
+    verdict; then its launches in the same window. Writes nothing."""
+    offset, limit = parse_window(request.args)
     state = runtime()
     with state.sessions() as session:
         found = None
         if delivery_id <= MAX_ID:
-            found = explain_delivery(session, delivery_id, current_rules)
+            found = explain_delivery(
+                session, delivery_id, current_rules, offset=offset, limit=limit
+            )
     if found is None:
         abort(404, f"no delivery with id {delivery_id}")
     return api._json(found)

@@ -19,10 +19,11 @@ from pydantic.json_schema import models_json_schema
 
 from automation.limits import MAX_ID
 from automation.store.deliveries import DeliveryPage
-from automation.store.explain import DeliveryExplanation
+from automation.store.explain import EVENTS_SHOWN, DeliveryExplanation
 from automation.store.states import DeliveryStatus, LaunchStatus
 from automation.times import RELATIVE_PATTERN
 from automation.web.api import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT, RULE_PATTERN
+from automation.web.deliveries import MAX_OFFSET
 from automation.web.docshapes import Health, WebhookAccepted, WebhookQueued
 from automation.web.schemas import DeliveryDetail, Error, LaunchDetail, LaunchPage
 
@@ -250,14 +251,30 @@ def _explain() -> JSON:
         "operationId": "explainDelivery",
         "summary": "Why a delivery did (not) start each bot",
         "description": (
-            "Every event, and every rule on its type: matched or why not (failed "
-            "conditions, outside active hours, missing entity, cooldown, duplicate, an "
-            "earlier rule's stop: true), judged with the rules version stored for the "
-            "delivery at its arrival time; `rules.note` says when today's file judged "
-            "instead. Then the launches it made. Writes nothing."
+            "A window of its events (`offset`, `limit`: the first 50 by default), and "
+            "every rule on each one's type: matched or why not (failed conditions, "
+            "outside active hours, missing entity, cooldown, duplicate, an earlier rule's "
+            "stop: true), judged with the rules version stored for the delivery at its "
+            "arrival time; `rules.note` says when today's file judged instead. Every "
+            "event counted by verdict (`verdicts`, `event_count`). Then the launches it "
+            "made, by id, in the same window (`launch_count` all of them). Writes nothing."
         ),
+        "parameters": [
+            *operation["parameters"],
+            _query(
+                "offset",
+                {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
+                "The first event (and launch) shown, counting from 0.",
+            ),
+            _query(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": EVENTS_SHOWN},
+                "How many events (and launches) are shown.",
+            ),
+        ],
         "responses": {
             "200": _json("The explanation.", "DeliveryExplanation"),
+            "400": _error("A parameter is unknown or has a bad value; the message names it."),
             **_read_errors(),
         },
     }

@@ -102,3 +102,39 @@ def test_show_of_a_delivery_that_is_not_stored_is_a_clean_error(deliveries: list
 
     assert result.exit_code == 1
     assert "delivery #424242: not stored (never, or pruned since)" in result.output
+
+
+def test_show_of_a_large_webhook_prints_a_window_of_events_and_counts_them_all(
+    client: Any, database_url: str, rules_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fields = {}
+    for i in range(120):
+        fields |= {f"leads[status][{i}][id]": 27_000_000 + i, f"leads[status][{i}][status_id]": 1}
+    answer = client.post("/webhooks/amocrm/s3cret", data=urlencode(fields), content_type=FORM)
+    delivery = str(answer.json["delivery_id"])
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("RULES_FILE", str(rules_file))
+
+    shown = run("show", delivery)
+    window = run("show", delivery, "--events", "100:102")
+    one = run("show", delivery, "--event", "7")
+    bad = run("show", delivery, "--events", "5:5")
+
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.count("\nevent ") == 50
+    assert (
+        "  entities: lead 27000000, lead 27000001, lead 27000002, lead 27000003, " in shown.output
+    )
+    assert "lead 27000004 (+115 more)\n" in shown.output
+    assert "events 0-49 shown of 120 (see others with --events FROM:TO or --event N)" in (
+        shown.output
+    )
+    assert "all 120 events' rule verdicts: conditions_failed 120; 0 event(s) no rule" in (
+        shown.output
+    )
+    events = [line for line in window.output.splitlines() if line.startswith("event ")]
+    assert [line.split()[1] for line in events] == ["100", "101"]
+    assert [line.split()[1] for line in one.output.splitlines() if line.startswith("event ")] == [
+        "7"
+    ]
+    assert bad.exit_code == 2 and "expected FROM:TO with 0 <= FROM < TO, got '5:5'" in bad.output

@@ -86,3 +86,56 @@ def test_explain_answers_the_explanation_model_and_needs_the_token(api_app: Any)
     )
     assert explanation.rules.version_id is not None and explanation.launches == []
     assert refused.status_code == 401
+
+
+def many_changes(count: int) -> str:
+    """`count` stage changes of as many leads, none of them the stage a rule wants."""
+    fields = {}
+    for i in range(count):
+        fields |= {
+            f"leads[status][{i}][id]": 27_000_000 + i,
+            f"leads[status][{i}][status_id]": 1,
+            f"leads[status][{i}][last_modified]": 1,
+        }
+    return urlencode(fields)
+
+
+def test_explain_shows_a_window_of_events_and_counts_them_all(api_app: Any) -> None:
+    client = api_app.test_client()
+    delivery = client.post(
+        "/webhooks/amocrm/s3cret", data=many_changes(120), content_type=FORM
+    ).json["delivery_id"]
+
+    first = DeliveryExplanation.model_validate(
+        client.get(f"/api/deliveries/{delivery}/explain", headers=AUTH).json
+    )
+    last = DeliveryExplanation.model_validate(
+        client.get(f"/api/deliveries/{delivery}/explain?offset=100&limit=50", headers=AUTH).json
+    )
+
+    assert [e.index for e in first.events] == list(range(50))
+    assert (first.offset, first.limit, first.event_count) == (0, 50, 120)
+    assert [(c.verdict.value, c.count) for c in first.verdicts] == [("conditions_failed", 120)]
+    assert [e.index for e in last.events] == list(range(100, 120))
+    # The delivery's entities: the first 20 listed, the others counted.
+    assert len(first.delivery.entities) == 20 and first.delivery.more_entities == 100
+    listed = client.get("/api/deliveries?limit=1", headers=AUTH).json["deliveries"][0]
+    assert len(listed["entities"]) == 20 and listed["more_entities"] == 100
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("limit=0", "limit: expected an integer from 1 to 500, got '0'"),
+        ("offset=-1", "offset: expected an integer from 0 to 999999999, got '-1'"),
+        ("page=2", "page: unknown parameter; expected one of offset, limit"),
+    ],
+)
+def test_a_bad_explain_window_is_a_400_naming_it(api_app: Any, query: str, message: str) -> None:
+    client = api_app.test_client()
+    delivery = client.post("/webhooks/amocrm/s3cret", data=lead_change(1), content_type=FORM).json[
+        "delivery_id"
+    ]
+    answer = client.get(f"/api/deliveries/{delivery}/explain?{query}", headers=AUTH)
+    assert answer.status_code == 400
+    assert answer.json["error"].startswith(message)

@@ -193,6 +193,7 @@ EXCHANGES = [
     Exchange("explain", "GET /api/deliveries/1/explain", 200),
     Exchange("explain no token", "GET /api/deliveries/1/explain", 401, headers={}),
     Exchange("explain unknown", "GET /api/deliveries/9/explain", 404),
+    Exchange("explain bad window", "GET /api/deliveries/1/explain?limit=0", 400),
     Exchange("explain database down", "GET /api/deliveries/1/explain", 503, database_down=True),
 ]
 

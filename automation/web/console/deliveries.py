@@ -22,11 +22,13 @@ from automation.limits import MAX_ID
 from automation.store.deliveries import DeliveryQuery, list_deliveries, raw_body
 from automation.store.explain import describe_explanation, explain_delivery
 from automation.web.console import bp
-from automation.web.deliveries import current_rules, parse_delivery_query
+from automation.web.deliveries import current_rules, parse_delivery_query, parse_window
 from automation.web.runtime import runtime
 
 #: Deliveries per page of the list.
 PAGE_SIZE = 50
+#: Characters of a raw body the page shows (a large webhook's is megabytes).
+BODY_SHOWN = 20_000
 #: The list's filters, as the API names them (the form sends them even when empty).
 FILTERS = ("entity_id", "status", "since", "until")
 
@@ -63,16 +65,35 @@ def delivery(delivery_id: int) -> str:
     (folded), every event with every rule's decision, and the launches it made."""
     if delivery_id > MAX_ID:
         abort(404, f"no delivery with id {delivery_id}")
+    try:
+        offset, limit = parse_window(request.args)
+    except BadParameter as exc:
+        abort(400, str(exc))
     with runtime().sessions() as db:
-        explanation = explain_delivery(db, delivery_id, current_rules)
+        explanation = explain_delivery(db, delivery_id, current_rules, offset=offset, limit=limit)
         raw = raw_body(db, delivery_id) if explanation is not None else None
     if explanation is None or raw is None:
         abort(404, f"no delivery with id {delivery_id}")
+    body = raw.body.decode("utf-8", errors="replace")
     return render_template(
         "delivery.html",
         x=explanation,
         row=explanation.delivery,
         raw=raw,
-        body=raw.body.decode("utf-8", errors="replace"),
+        body=body[:BODY_SHOWN],
+        body_length=len(body),
         text="\n".join(describe_explanation(explanation)),
+        pages=_pages(explanation.offset, explanation.limit, explanation.event_count),
     )
+
+
+def _pages(offset: int, limit: int, count: int) -> dict[str, int]:
+    """The offsets of the neighbouring windows of events that exist."""
+    pages = {}
+    if offset > 0:
+        pages["first"] = 0
+        pages["previous"] = max(0, offset - limit)
+    if offset + limit < count:
+        pages["next"] = offset + limit
+        pages["last"] = (count - 1) // limit * limit
+    return pages

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from flask.testing import FlaskClient
@@ -340,3 +341,24 @@ def test_the_pages_change_nothing_so_they_take_no_post(admin: FlaskClient) -> No
     token = csrf_token(admin, "/ui/deliveries")
     for path in ["/ui/deliveries", "/ui/deliveries/1"]:
         assert admin.post(path, data={"csrf_token": token}).status_code == 405
+
+
+def test_a_large_delivery_shows_a_window_of_events_with_links_to_the_others(
+    admin: FlaskClient, sessions: sessionmaker[Session]
+) -> None:
+    fields = {}
+    for i in range(120):
+        fields |= {f"leads[status][{i}][id]": 27_000_000 + i, f"leads[status][{i}][status_id]": 1}
+    body = urlencode(fields).encode()
+    delivery = deliver(sessions, body, MONDAY)
+
+    page = text(admin, f"/ui/deliveries/{delivery}")
+    last = text(admin, f"/ui/deliveries/{delivery}?offset=100&limit=50")
+
+    assert page.count('<article class="event"') == 50
+    assert "Events 0–49 of 120 shown" in page and "conditions failed 240, disabled 120" in page
+    assert f'href="/ui/deliveries/{delivery}?offset=50&amp;limit=50">next</a>' in page
+    assert "<div>+100 more</div>" in page  # entities beyond the first 20
+    assert last.count('<article class="event"') == 20 and 'id="event-119"' in last
+    assert f'href="/ui/deliveries/{delivery}?offset=0&amp;limit=50">first</a>' in last
+    text(admin, f"/ui/deliveries/{delivery}?limit=0", status=400)
