@@ -247,15 +247,20 @@ def launch_story(session: Session, launch_id: int) -> LaunchStory | None:
     return LaunchStory(launch, delivery, calls, verdict(launch, settling))
 
 
-def delivery_story(session: Session, delivery_id: int) -> DeliveryStory | None:
-    """The delivery, its body and the launches it caused, or None when there is none."""
+def delivery_story(
+    session: Session, delivery_id: int, offset: int = 0, limit: int | None = None
+) -> DeliveryStory | None:
+    """The delivery, its body and the launches it caused (`limit` of them from the
+    `offset`-th, by id: a bulk webhook has tens of thousands), or None when there is
+    none."""
     if delivery_id > MAX_ID:
         return None
     delivery = _delivery(session, delivery_id)
     if delivery is None:
         return None
     body = session.execute(select(Delivery.body).where(Delivery.id == delivery_id)).scalar_one()
-    launches = session.execute(_LAUNCH.where(Launch.delivery_id == delivery_id).order_by(Launch.id))
+    query = _LAUNCH.where(Launch.delivery_id == delivery_id).order_by(Launch.id).offset(offset)
+    launches = session.execute(query if limit is None else query.limit(limit))
     return DeliveryStory(delivery, bytes(body), tuple(map(LaunchRecord.from_row, launches)))
 
 

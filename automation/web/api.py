@@ -28,6 +28,7 @@ from automation.errors import BadParameter
 from automation.limits import MAX_ID
 from automation.store import story
 from automation.store.deliveries import expansions_of
+from automation.store.explain import EVENTS_SHOWN
 from automation.store.launchlog import LaunchQuery
 from automation.store.states import LaunchStatus
 from automation.times import parse_api_moment
@@ -47,6 +48,9 @@ M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+#: Launches `GET /api/deliveries/<id>` shows unless asked (as many as the explanation's
+#: events, EVENTS_SHOWN, which `parse_window` gives by default).
+LAUNCHES_SHOWN = EVENTS_SHOWN
 #: The cursor is opaque to clients; today it is the last id of the page.
 CURSOR_PATTERN = r"^[0-9]{1,30}$"
 #: PostgreSQL text cannot hold NUL, and an empty name is a forgotten variable.
@@ -154,15 +158,20 @@ def launch_detail(session: Session, launch_id: int) -> LaunchDetail | None:
     return detail_of(told) if told is not None else None
 
 
-def delivery_detail(session: Session, delivery_id: int) -> DeliveryDetail | None:
-    """The delivery, its body decoded for reading, and the launches it caused by id."""
-    told = story.delivery_story(session, delivery_id)
+def delivery_detail(
+    session: Session, delivery_id: int, offset: int = 0, limit: int = LAUNCHES_SHOWN
+) -> DeliveryDetail | None:
+    """The delivery, its body decoded for reading, and a window of the launches it
+    caused by id."""
+    told = story.delivery_story(session, delivery_id, offset, limit)
     if told is None:
         return None
     return DeliveryDetail(
         delivery=told.delivery,
         body=told.body.decode("utf-8", errors="replace"),
         launches=list(told.launches),
+        offset=offset,
+        limit=limit,
         expansion=expansions_of(session, [delivery_id]).get(delivery_id),
     )
 
@@ -232,8 +241,12 @@ def show_launch(launch_id: int) -> Response:
 
 @bp.get("/deliveries/<int:delivery_id>")
 def show_delivery(delivery_id: int) -> Response:
-    """One stored webhook with its body and launches, or 404."""
-    return _shown("delivery", delivery_id, delivery_detail)
+    """One stored webhook with its body and a window of its launches (`offset`,
+    `limit`: the first 50 by default; a bulk webhook has tens of thousands), or 404."""
+    from automation.web.deliveries import parse_window
+
+    offset, limit = parse_window(request.args)
+    return _shown("delivery", delivery_id, lambda s, i: delivery_detail(s, i, offset, limit))
 
 
 def _shown(noun: str, item_id: int, read: Callable[[Session, int], BaseModel | None]) -> Response:

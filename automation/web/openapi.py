@@ -70,7 +70,7 @@ def _document() -> JSON:
             "/api/launches": {"get": _list_launches()},
             "/api/launches/{launch_id}": {"get": _show("launch", "LaunchDetail")},
             "/api/deliveries": {"get": _list_deliveries()},
-            "/api/deliveries/{delivery_id}": {"get": _show("delivery", "DeliveryDetail")},
+            "/api/deliveries/{delivery_id}": {"get": _show_delivery()},
             "/api/deliveries/{delivery_id}/explain": {"get": _explain()},
             "/api/openapi.json": {"get": _openapi()},
         },
@@ -259,25 +259,46 @@ def _explain() -> JSON:
             "event counted by verdict (`verdicts`, `event_count`). Then the launches it "
             "made, by id, in the same window (`launch_count` all of them). Writes nothing."
         ),
-        "parameters": [
-            *operation["parameters"],
-            _query(
-                "offset",
-                {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
-                "The first event (and launch) shown, counting from 0.",
-            ),
-            _query(
-                "limit",
-                {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": EVENTS_SHOWN},
-                "How many events (and launches) are shown.",
-            ),
-        ],
+        "parameters": [*operation["parameters"], *_window("event (and launch)", "events")],
         "responses": {
             "200": _json("The explanation.", "DeliveryExplanation"),
             "400": _error("A parameter is unknown or has a bad value; the message names it."),
             **_read_errors(),
         },
     }
+
+
+def _show_delivery() -> JSON:
+    operation = _show("delivery", "DeliveryDetail")
+    return operation | {
+        "description": (
+            "Its record, its raw body as text and a window of the launches it made, by "
+            "id (`offset`, `limit`: the first 50 by default; `delivery.launch_count` "
+            "counts them all)."
+        ),
+        "parameters": [*operation["parameters"], *_window("launch", "launches")],
+        "responses": {
+            "200": _json("The delivery.", "DeliveryDetail"),
+            "400": _error("A parameter is unknown or has a bad value; the message names it."),
+            **_read_errors(),
+        },
+    }
+
+
+def _window(one: str, many: str) -> list[JSON]:
+    """`offset` and `limit` of a delivery's window (`deliveries.parse_window`)."""
+    return [
+        _query(
+            "offset",
+            {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
+            f"The first {one} shown, counting from 0.",
+        ),
+        _query(
+            "limit",
+            {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": EVENTS_SHOWN},
+            f"How many {many} are shown.",
+        ),
+    ]
 
 
 def _delivery_filters() -> list[JSON]:

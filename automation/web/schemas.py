@@ -57,11 +57,15 @@ class LaunchDetail(_Out):
 
 
 class DeliveryDetail(_Out):
-    """A stored webhook, its body as text (UTF-8, bad bytes replaced) and its launches."""
+    """A stored webhook, its body as text (UTF-8, bad bytes replaced) and a window of
+    its launches by id (`delivery.launch_count` counts them all)."""
 
     delivery: DeliveryRecord
     body: str
     launches: list[LaunchRecord]
+    #: The window: the first launch shown (counting from 0) and how many at most.
+    offset: int = 0
+    limit: int
     #: A large webhook stored raw (`queued`): how far its expansion got; else None.
     expansion: Expansion | None = None
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from automation.config import Settings
@@ -467,6 +467,27 @@ def test_delivery_shows_its_body_as_text_and_its_launches(
     assert answer.json["delivery"]["event_count"] == 1
     assert answer.json["delivery"]["launch_count"] == 1
     assert [launch["rule"] for launch in answer.json["launches"]] == ["qualified"]
+
+
+def test_a_deliverys_launches_are_shown_a_window_at_a_time(
+    get: Callable[..., Any], sessions: sessionmaker[Session]
+) -> None:
+    """A bulk webhook makes tens of thousands of launches: all of them in one answer was
+    16 MB for 30,000. A window, by id, as the explanation pages its events."""
+    delivery_id = add_delivery(sessions, b"account%5Bid%5D=30112233")
+    add_launches(sessions, 120)
+    with sessions.begin() as session:
+        session.execute(update(Launch).values(delivery_id=delivery_id))
+        ids = list(session.scalars(select(Launch.id).order_by(Launch.id)))
+
+    first = get(f"/api/deliveries/{delivery_id}").json
+    later = get(f"/api/deliveries/{delivery_id}", offset=100, limit=30).json
+    refused = get(f"/api/deliveries/{delivery_id}", **{"from": 3})
+
+    assert [launch["id"] for launch in first["launches"]] == ids[:50]
+    assert (first["offset"], first["limit"]) == (0, 50)
+    assert [launch["id"] for launch in later["launches"]] == ids[100:]
+    assert refused.status_code == 400 and "from" in refused.json["error"]
 
 
 def test_delivery_body_that_is_not_utf8_is_shown_with_replacement_characters(

@@ -184,6 +184,8 @@ EXCHANGES = [
     Exchange("delivery", "GET /api/deliveries/1", 200),
     Exchange("delivery no token", "GET /api/deliveries/1", 401, headers={}),
     Exchange("delivery unknown", "GET /api/deliveries/9", 404),
+    Exchange("delivery window", "GET /api/deliveries/1?offset=0&limit=1", 200),
+    Exchange("delivery bad window", "GET /api/deliveries/1?offset=-1", 400),
     Exchange("delivery database down", "GET /api/deliveries/1", 503, database_down=True),
     Exchange("deliveries", "GET /api/deliveries?entity_id=27754599&limit=1", 200),
     Exchange("deliveries bad filter", "GET /api/deliveries?status=sent", 400),
