@@ -82,6 +82,14 @@ class DatabaseCollector(Collector):
         yield from _facts_gauges(facts, now)
 
 
+def _stalled_seconds(facts: Vitals, now: datetime) -> float:
+    """The longest a queued webhook has waited for a dispatcher or, held, for progress:
+    an alert on it does not fire for a big body that is slow but moving, as one on the
+    oldest's age (since arrival) does on PostgreSQL."""
+    since = [moment for moment in (facts.unclaimed_since, facts.stalled_since) if moment]
+    return max([0.0, *((now - moment).total_seconds() for moment in since)])
+
+
 def _facts_gauges(facts: Vitals, now: datetime) -> Iterator[Metric]:
     oldest_age = (now - facts.oldest_due).total_seconds() if facts.oldest_due else 0.0
     yield _gauge(
@@ -104,6 +112,12 @@ def _facts_gauges(facts: Vitals, now: datetime) -> Iterator[Metric]:
         "automation_deliveries_queued_oldest_age_seconds",
         "How long the oldest queued webhook has waited for its expansion (0: none)",
         max(0.0, queued_age),
+    )
+    yield _gauge(
+        "automation_deliveries_queued_stalled_seconds",
+        "How long the worst queued webhook has gone without a dispatcher holding it, or "
+        "held without a chunk stored (0: none); /healthz is degraded past 120",
+        _stalled_seconds(facts, now),
     )
     yield _gauge(
         "automation_dispatcher_last_heartbeat_timestamp_seconds",

@@ -227,6 +227,9 @@ def test_metrics_gauge_the_queued_webhooks_and_the_oldest_ones_age(queued_app: A
     assert "automation_deliveries_queued 1.0" in page
     age = re.search(r"^automation_deliveries_queued_oldest_age_seconds (\S+)$", page, re.M)
     assert age is not None and 180 <= float(age[1]) < 600
+    # No dispatcher has held it for those 3 minutes: stalled as long (/healthz's rule).
+    stalled = re.search(r"^automation_deliveries_queued_stalled_seconds (\S+)$", page, re.M)
+    assert stalled is not None and 180 <= float(stalled[1]) < 600
 
 
 def test_list_api_and_show_tell_a_queued_webhooks_progress(queued_app: Any) -> None:
