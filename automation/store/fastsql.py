@@ -25,7 +25,8 @@ not a hundred.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from typing import cast as typed
@@ -299,36 +300,35 @@ def _run(
     connection: Connection, sql: str, parameters: Any, fetch: int | None, many: bool = False
 ) -> list[tuple[Any, ...]]:
     """One driver call in the connection's transaction: up to `fetch` rows (None: all)."""
-    dialect = connection.dialect
-    dbapi = dialect.loaded_dbapi
-    try:
-        cursor = connection.connection.cursor()
-        try:
-            if many:
-                cursor.executemany(sql, parameters)
-                return []
-            cursor.execute(sql, parameters)
-            if fetch == 0:
-                return []
-            rows = cursor.fetchall() if fetch is None else cursor.fetchmany(fetch)
-        finally:
-            cursor.close()
-    except dbapi.Error as exc:
-        raise DBAPIError.instance(
-            sql, parameters, exc, dbapi.Error, hide_parameters=True, dialect=dialect
-        ) from exc
+    with _driver_cursor(connection, sql, parameters) as cursor:
+        if many:
+            cursor.executemany(sql, parameters)
+            return []
+        cursor.execute(sql, parameters)
+        if fetch == 0:
+            return []
+        rows = cursor.fetchall() if fetch is None else cursor.fetchmany(fetch)
     return [tuple(row) for row in rows]
 
 
 def _run_counted(connection: Connection, sql: str, parameters: Any) -> int:
     """One driver call in the connection's transaction: the rows it changed."""
+    with _driver_cursor(connection, sql, parameters) as cursor:
+        cursor.execute(sql, parameters)
+        return int(cursor.rowcount)
+
+
+@contextmanager
+def _driver_cursor(connection: Connection, sql: str, parameters: Any) -> Iterator[Any]:
+    """A cursor of the connection's driver connection, closed after; the driver's errors
+    become SQLAlchemy's (DBAPIError and its kinds, as the rest of the code expects),
+    without the parameters, which are the customer's data."""
     dialect = connection.dialect
     dbapi = dialect.loaded_dbapi
     try:
         cursor = connection.connection.cursor()
         try:
-            cursor.execute(sql, parameters)
-            return int(cursor.rowcount)
+            yield cursor
         finally:
             cursor.close()
     except dbapi.Error as exc:
