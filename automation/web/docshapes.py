@@ -32,6 +32,9 @@ class WebhookQueued(_Doc):
     right after (`GET /api/deliveries/{id}` shows how far)."""
 
     delivery_id: int
+    #: 0: none stored yet, as every 200 has them; the expansion stores them.
+    events: Literal[0]
+    launches: Literal[0]
     status: Literal["queued"]
 
 

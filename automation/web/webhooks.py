@@ -243,7 +243,9 @@ def _queue(
         len(body),
         (time.perf_counter() - started) * 1000,
     )
-    return jsonify(delivery_id=delivery_id, status="queued"), 200
+    # `events` and `launches` as every 200 has them (the contract scripts read): none
+    # stored yet; `status` says they come with the expansion.
+    return jsonify(delivery_id=delivery_id, events=0, launches=0, status="queued"), 200
 
 
 def _unavailable(exc: SQLAlchemyError) -> tuple[Response, int]:
