@@ -23,6 +23,7 @@ from automation.store.models import Delivery, DeliveryEntity, Launch, QueuedDeli
 from automation.store.queue import Progress, RawDelivery
 from automation.store.states import DeliveryStatus
 from automation.store.vitals import read_vitals
+from tests.launches import leads_form as added_leads
 
 FORM = "application/x-www-form-urlencoded"
 ARRIVED = datetime(2026, 12, 7, 5, 0, tzinfo=UTC)
@@ -36,10 +37,8 @@ rules:
 
 
 def leads_form(count: int, account: int = 30112233) -> bytes:
-    """`count` minimal added leads, one form field each."""
-    fields = [f"account[id]={account}", "account[subdomain]=mybrand"]
-    fields += [f"leads[add][{i}][id]={27_000_000 + i}" for i in range(count)]
-    return "&".join(fields).encode()
+    """`count` minimal added leads of account `account` (subdomain mybrand)."""
+    return added_leads(count, account, subdomain="mybrand")
 
 
 def leads_json(count: int, account: int = 30112233) -> bytes:

@@ -29,6 +29,7 @@ from automation.dispatch.expander import Expander
 from automation.store.models import Delivery, Launch, QueuedDelivery
 from automation.store.states import DeliveryStatus
 from tests.gunicorn import FORM, Server, children_of, command_line, running, server_env
+from tests.launches import leads_form
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTOMATION = str(Path(sys.executable).parent / "automation")
@@ -45,13 +46,6 @@ rules:
     launch: {bot_id: 101, entity: lead}
 """
 SMALL = (Path(__file__).parents[1] / "fixtures" / "webhooks" / "status_lead.form").read_bytes()
-
-
-def leads_form(count: int, account: str | None = "30112233", first: int = 27_000_000) -> bytes:
-    """`count` minimal added leads, one form field each (about 30 bytes a lead)."""
-    fields = [f"account[id]={account}"] if account is not None else []
-    fields += [f"leads[add][{i}][id]={first + i}" for i in range(count)]
-    return "&".join(fields).encode()
 
 
 @pytest.fixture

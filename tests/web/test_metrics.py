@@ -30,8 +30,7 @@ from automation.store.models import DispatcherRow
 from automation.web import serving
 from tests.conftest import incoming_message
 from tests.fake_amocrm import ACCESS_TOKEN, FakeAmoCRM
-from tests.launches import add_launches
-from tests.web.test_bigbody import leads_form
+from tests.launches import add_launches, leads_form
 from tests.web.test_serving import BIN, ROOT, free_port, server_env, wait_healthy
 
 FORM = "application/x-www-form-urlencoded"
